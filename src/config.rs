@@ -1,0 +1,63 @@
+//! Server settings, read once from the Python `coldbrew.config.Config` object.
+//!
+//! Parsing and defaults live in Python (`coldbrew/config.py`), where the command line and the
+//! environment are; this is the typed view the Rust core works with.
+
+use std::time::Duration;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+use crate::telemetry::log::Level;
+
+#[derive(Clone, Debug)]
+pub struct ServerConfig {
+    pub app_spec: String,
+    pub host: String,
+    pub port: u16,
+    pub threads: usize,
+    pub workers: usize,
+    pub graceful_timeout: Duration,
+    pub root_path: String,
+    pub response_buffer: usize,
+    pub request_buffer: usize,
+    pub backlog: i32,
+    pub log_level: Level,
+    /// Requests that may wait for a free Python thread before new ones get 503.
+    pub max_pending: usize,
+    pub header_read_timeout: Duration,
+}
+
+impl ServerConfig {
+    pub fn from_py(cfg: &Bound<'_, PyAny>) -> PyResult<Self> {
+        let log_level: String = cfg.getattr("log_level")?.extract()?;
+        let log_level = Level::parse(&log_level)
+            .ok_or_else(|| PyValueError::new_err(format!("invalid log level: {log_level:?}")))?;
+        let graceful: f64 = cfg.getattr("graceful_timeout")?.extract()?;
+        if !(graceful.is_finite() && graceful >= 0.0) {
+            return Err(PyValueError::new_err("graceful_timeout must be a non-negative number"));
+        }
+        let threads: usize = cfg.getattr("threads")?.extract()?;
+        if threads == 0 {
+            return Err(PyValueError::new_err("threads must be at least 1"));
+        }
+        Ok(ServerConfig {
+            app_spec: cfg.getattr("app_spec")?.extract()?,
+            host: cfg.getattr("host")?.extract()?,
+            port: cfg.getattr("port")?.extract()?,
+            threads,
+            workers: cfg.getattr("workers")?.extract()?,
+            graceful_timeout: Duration::from_secs_f64(graceful),
+            root_path: cfg.getattr("root_path")?.extract()?,
+            response_buffer: cfg.getattr("response_buffer")?.extract()?,
+            request_buffer: cfg.getattr("request_buffer")?.extract()?,
+            backlog: cfg.getattr("backlog")?.extract()?,
+            log_level,
+            max_pending: match cfg.getattr("max_pending") {
+                Ok(value) if !value.is_none() => value.extract()?,
+                _ => 1024,
+            },
+            header_read_timeout: Duration::from_secs(30),
+        })
+    }
+}

@@ -1,0 +1,358 @@
+//! Response bodies: empty, complete, or streamed from a producer thread with a byte bound.
+
+use std::collections::VecDeque;
+use std::pin::Pin;
+use std::sync::{Arc, Condvar, Mutex};
+use std::task::{Context, Poll, Waker};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+
+/// The body of every response coldbrew sends.
+pub struct ResponseBody {
+    kind: Kind,
+}
+
+enum Kind {
+    Full(Option<Bytes>),
+    Stream(ChunkReceiver),
+    File(FileStream),
+}
+
+/// How much of a file is read per frame.
+const FILE_CHUNK: usize = 256 * 1024;
+
+impl ResponseBody {
+    pub fn empty() -> Self {
+        ResponseBody { kind: Kind::Full(None) }
+    }
+
+    pub fn full(data: Bytes) -> Self {
+        if data.is_empty() {
+            return Self::empty();
+        }
+        ResponseBody { kind: Kind::Full(Some(data)) }
+    }
+
+    /// `length` bytes of `file` from its current position, read on tokio's blocking pool so
+    /// neither the I/O thread nor a Python thread waits on the disk.
+    pub fn file(file: std::fs::File, length: u64) -> Self {
+        if length == 0 {
+            return Self::empty();
+        }
+        ResponseBody { kind: Kind::File(FileStream { file: tokio::fs::File::from_std(file), remaining: length }) }
+    }
+
+    /// A body fed by a [`ChunkSender`] on another thread. At most `capacity` bytes wait in
+    /// memory; beyond that the sender blocks until the client has taken some, so a slow client
+    /// slows its producer instead of growing a buffer.
+    pub fn channel(capacity: usize) -> (ChunkSender, ResponseBody) {
+        let shared = Arc::new(Shared {
+            state: Mutex::new(State {
+                queue: VecDeque::new(),
+                queued_bytes: 0,
+                end: End::Open,
+                receiver_gone: false,
+                waker: None,
+            }),
+            space: Condvar::new(),
+        });
+        let sender = ChunkSender { shared: shared.clone(), capacity: capacity.max(1), done: false };
+        (sender, ResponseBody { kind: Kind::Stream(ChunkReceiver { shared }) })
+    }
+}
+
+/// A body stream ended by its producer with an error: the connection is aborted so the client
+/// sees a truncated message, never a complete-looking one.
+#[derive(Debug)]
+pub struct BodyAborted(pub String);
+
+impl std::fmt::Display for BodyAborted {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "response aborted: {}", self.0)
+    }
+}
+
+impl std::error::Error for BodyAborted {}
+
+impl Body for ResponseBody {
+    type Data = Bytes;
+    type Error = BodyAborted;
+
+    fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        match &mut self.get_mut().kind {
+            Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
+            Kind::Stream(rx) => rx.poll_chunk(cx),
+            Kind::File(file) => file.poll_chunk(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        matches!(self.kind, Kind::Full(None))
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match &self.kind {
+            Kind::Full(data) => SizeHint::with_exact(data.as_ref().map_or(0, |d| d.len() as u64)),
+            Kind::Stream(_) => SizeHint::default(),
+            Kind::File(file) => SizeHint::with_exact(file.remaining),
+        }
+    }
+}
+
+struct FileStream {
+    file: tokio::fs::File,
+    remaining: u64,
+}
+
+impl FileStream {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        use tokio::io::{AsyncRead, ReadBuf};
+        if self.remaining == 0 {
+            return Poll::Ready(None);
+        }
+        let want = (self.remaining as usize).min(FILE_CHUNK);
+        let mut chunk = vec![0u8; want];
+        let mut buf = ReadBuf::new(&mut chunk);
+        match Pin::new(&mut self.file).poll_read(cx, &mut buf) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(Err(err)) => Poll::Ready(Some(Err(BodyAborted(format!("reading the file failed: {err}"))))),
+            Poll::Ready(Ok(())) => {
+                let n = buf.filled().len();
+                if n == 0 {
+                    return Poll::Ready(Some(Err(BodyAborted("the file ended before its announced length".into()))));
+                }
+                chunk.truncate(n);
+                self.remaining -= n as u64;
+                Poll::Ready(Some(Ok(Frame::data(Bytes::from(chunk)))))
+            }
+        }
+    }
+}
+
+struct Shared {
+    state: Mutex<State>,
+    /// Signalled when queued bytes drop or the receiver goes away.
+    space: Condvar,
+}
+
+struct State {
+    queue: VecDeque<Bytes>,
+    queued_bytes: usize,
+    end: End,
+    receiver_gone: bool,
+    waker: Option<Waker>,
+}
+
+enum End {
+    Open,
+    Finished,
+    Aborted(String),
+}
+
+/// The receiver went away: the client disconnected or the response was dropped.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Closed;
+
+/// The producing half of a streamed body. Dropping it without [`finish`](Self::finish) aborts
+/// the response.
+pub struct ChunkSender {
+    shared: Arc<Shared>,
+    capacity: usize,
+    done: bool,
+}
+
+impl ChunkSender {
+    /// Queues a chunk if there is room now. Returns the chunk back when the caller would have
+    /// to wait, so it can release the GIL before calling [`send_blocking`](Self::send_blocking).
+    pub fn try_send(&self, chunk: Bytes) -> Result<Option<Bytes>, Closed> {
+        let mut state = self.shared.state.lock().unwrap();
+        if state.receiver_gone {
+            return Err(Closed);
+        }
+        if state.queued_bytes >= self.capacity && !state.queue.is_empty() {
+            return Ok(Some(chunk));
+        }
+        Self::push(&mut state, chunk);
+        Ok(None)
+    }
+
+    /// Queues a chunk, waiting while the queue holds `capacity` bytes or more.
+    pub fn send_blocking(&self, chunk: Bytes) -> Result<(), Closed> {
+        let mut state = self.shared.state.lock().unwrap();
+        loop {
+            if state.receiver_gone {
+                return Err(Closed);
+            }
+            if state.queued_bytes < self.capacity || state.queue.is_empty() {
+                Self::push(&mut state, chunk);
+                return Ok(());
+            }
+            state = self.shared.space.wait(state).unwrap();
+        }
+    }
+
+    /// Whether the receiver is gone (the client disconnected).
+    pub fn is_closed(&self) -> bool {
+        self.shared.state.lock().unwrap().receiver_gone
+    }
+
+    fn push(state: &mut State, chunk: Bytes) {
+        if chunk.is_empty() {
+            return;
+        }
+        state.queued_bytes += chunk.len();
+        state.queue.push_back(chunk);
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+
+    /// Ends the body normally.
+    pub fn finish(mut self) {
+        self.end(End::Finished);
+    }
+
+    /// Ends the body with an error; the connection is aborted.
+    pub fn abort(mut self, reason: impl Into<String>) {
+        self.end(End::Aborted(reason.into()));
+    }
+
+    fn end(&mut self, end: End) {
+        self.done = true;
+        let mut state = self.shared.state.lock().unwrap();
+        state.end = end;
+        if let Some(waker) = state.waker.take() {
+            waker.wake();
+        }
+    }
+}
+
+impl Drop for ChunkSender {
+    fn drop(&mut self) {
+        if !self.done {
+            self.end(End::Aborted("the response producer went away".into()));
+        }
+    }
+}
+
+struct ChunkReceiver {
+    shared: Arc<Shared>,
+}
+
+impl ChunkReceiver {
+    fn poll_chunk(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
+        let mut state = self.shared.state.lock().unwrap();
+        if let Some(chunk) = state.queue.pop_front() {
+            state.queued_bytes -= chunk.len();
+            drop(state);
+            self.shared.space.notify_one();
+            return Poll::Ready(Some(Ok(Frame::data(chunk))));
+        }
+        match &state.end {
+            End::Open => {
+                match &state.waker {
+                    Some(w) if w.will_wake(cx.waker()) => {}
+                    _ => state.waker = Some(cx.waker().clone()),
+                }
+                Poll::Pending
+            }
+            End::Finished => Poll::Ready(None),
+            End::Aborted(reason) => Poll::Ready(Some(Err(BodyAborted(reason.clone())))),
+        }
+    }
+}
+
+impl Drop for ChunkReceiver {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock().unwrap();
+        state.receiver_gone = true;
+        state.queue.clear();
+        state.queued_bytes = 0;
+        drop(state);
+        self.shared.space.notify_all();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::thread;
+    use std::time::Duration;
+
+    fn block_on_frames(mut body: ResponseBody) -> Result<Vec<Bytes>, BodyAborted> {
+        let rt = tokio::runtime::Builder::new_current_thread().build().unwrap();
+        rt.block_on(async move {
+            let mut out = Vec::new();
+            loop {
+                let frame = std::future::poll_fn(|cx| Pin::new(&mut body).poll_frame(cx)).await;
+                match frame {
+                    None => return Ok(out),
+                    Some(Ok(f)) => out.push(f.into_data().unwrap()),
+                    Some(Err(e)) => return Err(e),
+                }
+            }
+        })
+    }
+
+    #[test]
+    fn full_body_reports_exact_size() {
+        let body = ResponseBody::full(Bytes::from_static(b"hello"));
+        assert_eq!(body.size_hint().exact(), Some(5));
+        assert_eq!(block_on_frames(body).unwrap(), vec![Bytes::from_static(b"hello")]);
+        assert!(ResponseBody::full(Bytes::new()).is_end_stream());
+    }
+
+    #[test]
+    fn channel_delivers_chunks_in_order_then_ends() {
+        let (tx, body) = ResponseBody::channel(4);
+        let producer = thread::spawn(move || {
+            for i in 0..50u8 {
+                tx.send_blocking(Bytes::from(vec![i; 3])).unwrap();
+            }
+            tx.finish();
+        });
+        let frames = block_on_frames(body).unwrap();
+        producer.join().unwrap();
+        let flat: Vec<u8> = frames.iter().flat_map(|b| b.iter().copied()).collect();
+        let expected: Vec<u8> = (0..50u8).flat_map(|i| [i, i, i]).collect();
+        assert_eq!(flat, expected);
+    }
+
+    #[test]
+    fn sender_waits_when_capacity_is_reached() {
+        let (tx, _body) = ResponseBody::channel(10);
+        assert_eq!(tx.try_send(Bytes::from_static(b"0123456789")).unwrap(), None);
+        let back = tx.try_send(Bytes::from_static(b"x")).unwrap();
+        assert_eq!(back, Some(Bytes::from_static(b"x")));
+    }
+
+    #[test]
+    fn oversized_chunk_passes_when_queue_is_empty() {
+        let (tx, _body) = ResponseBody::channel(2);
+        assert_eq!(tx.try_send(Bytes::from_static(b"larger than two")).unwrap(), None);
+    }
+
+    #[test]
+    fn dropping_receiver_unblocks_and_closes_sender() {
+        let (tx, body) = ResponseBody::channel(1);
+        tx.send_blocking(Bytes::from_static(b"a")).unwrap();
+        let waiter = thread::spawn(move || tx.send_blocking(Bytes::from_static(b"b")));
+        thread::sleep(Duration::from_millis(50));
+        drop(body);
+        assert_eq!(waiter.join().unwrap(), Err(Closed));
+    }
+
+    #[test]
+    fn abort_and_dropped_sender_yield_errors() {
+        let (tx, body) = ResponseBody::channel(8);
+        tx.send_blocking(Bytes::from_static(b"part")).unwrap();
+        tx.abort("boom");
+        let err = block_on_frames(body).unwrap_err();
+        assert!(err.0.contains("boom"));
+
+        let (tx, body) = ResponseBody::channel(8);
+        drop(tx);
+        assert!(block_on_frames(body).is_err());
+    }
+}

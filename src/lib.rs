@@ -1,0 +1,51 @@
+//! coldbrew: a Python application server with a Rust I/O core.
+//!
+//! - [`http`]: the protocol layer (hyper on tokio), which knows nothing about Python;
+//! - [`wsgi`]: the WSGI interface (PEP 3333) and the Python thread pool;
+//! - [`lifecycle`]: the listening socket, signals, startup and shutdown order;
+//! - [`config`]: the typed settings;
+//! - [`telemetry`]: the server's own logs.
+
+pub mod config;
+pub mod http;
+pub mod lifecycle;
+pub mod telemetry;
+pub mod wsgi;
+
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+
+/// Serves `app` until SIGTERM or SIGINT, then drains and returns.
+#[pyfunction]
+fn serve(py: Python<'_>, app: Py<PyAny>, config: &Bound<'_, PyAny>) -> PyResult<()> {
+    let config = config::ServerConfig::from_py(config)?;
+    lifecycle::run(py, app, config)
+}
+
+/// Writes one line to the server log, so the Python front end logs like the core does.
+#[pyfunction]
+fn log(level: &str, message: &str) -> PyResult<()> {
+    let level = telemetry::log::Level::parse(level).ok_or_else(|| PyValueError::new_err(format!("invalid log level: {level:?}")))?;
+    telemetry::log::emit(level, format_args!("{message}"));
+    Ok(())
+}
+
+/// Sets the level below which log lines are dropped.
+#[pyfunction]
+fn set_log_level(level: &str) -> PyResult<()> {
+    let level = telemetry::log::Level::parse(level).ok_or_else(|| PyValueError::new_err(format!("invalid log level: {level:?}")))?;
+    telemetry::log::set_level(level);
+    Ok(())
+}
+
+#[pymodule(gil_used = true)]
+fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(log, m)?)?;
+    m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
+    m.add_class::<wsgi::FileWrapper>()?;
+    m.add_class::<wsgi::InputStream>()?;
+    m.add_class::<wsgi::ErrorStream>()?;
+    Ok(())
+}

@@ -1,0 +1,96 @@
+//! The process around the server: the listening socket, signals and the order of startup and
+//! shutdown.
+//!
+//! Startup order is what the platform's TCP startup probe relies on: the app is imported (in
+//! Python, before `serve` is called) and the Python threads are running before the port opens.
+
+use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::Arc;
+use std::time::Duration;
+
+use pyo3::prelude::*;
+use socket2::{Domain, Protocol, Socket, Type};
+
+use crate::config::ServerConfig;
+use crate::http::{self, ServerOptions};
+use crate::telemetry::log;
+use crate::wsgi::Pool;
+
+/// How long Python threads get to return after the connections have drained.
+const THREAD_GRACE: Duration = Duration::from_millis(500);
+
+pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig) -> PyResult<()> {
+    log::set_level(config.log_level);
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .max_blocking_threads(16)
+        .thread_name("coldbrew-io")
+        .build()?;
+    let (pool, handler) = Pool::start(py, app, &config, runtime.handle().clone())?;
+    let listener = bind(&config.host, config.port, config.backlog)?;
+    let local = listener.local_addr()?;
+    log::info(format_args!(
+        "coldbrew {} serving WSGI app {} on http://{} with {} thread(s)",
+        env!("CARGO_PKG_VERSION"),
+        config.app_spec,
+        display_addr(local),
+        config.threads
+    ));
+
+    let options = ServerOptions { graceful_timeout: config.graceful_timeout, header_read_timeout: config.header_read_timeout };
+    let finished = py.detach(move || {
+        let served = runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::from_std(listener)?;
+            let shutdown = shutdown_signal()?;
+            Ok::<_, std::io::Error>(http::serve(listener, Arc::new(handler), options, shutdown).await)
+        });
+        // Dropping the runtime drops every connection and with them the queue's last sender,
+        // which tells the Python threads to finish.
+        runtime.shutdown_timeout(Duration::from_millis(100));
+        served.map(|_| pool.join(THREAD_GRACE))
+    })?;
+    if !finished {
+        log::warn(format_args!("requests still running after the graceful timeout; exiting"));
+        std::process::exit(0);
+    }
+    log::info(format_args!("shutdown complete"));
+    Ok(())
+}
+
+/// Resolves when SIGTERM or SIGINT arrives.
+fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    Ok(async move {
+        let name = tokio::select! {
+            _ = term.recv() => "SIGTERM",
+            _ = int.recv() => "SIGINT",
+        };
+        log::info(format_args!("{name} received: no new connections, finishing in-flight requests"));
+    })
+}
+
+fn bind(host: &str, port: u16, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    let addr: SocketAddr = (host, port)
+        .to_socket_addrs()?
+        .next()
+        .ok_or_else(|| std::io::Error::new(std::io::ErrorKind::AddrNotAvailable, format!("no address for {host}")))?;
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        let _ = socket.set_only_v6(false);
+    }
+    socket.bind(&addr.into())?;
+    socket.listen(backlog)?;
+    socket.set_nonblocking(true)?;
+    Ok(socket.into())
+}
+
+fn display_addr(addr: SocketAddr) -> String {
+    match addr {
+        SocketAddr::V4(v4) => v4.to_string(),
+        SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),
+    }
+}

@@ -1,0 +1,3 @@
+//! Telemetry: the server's own log lines (and, later, access logs and metrics).
+
+pub mod log;

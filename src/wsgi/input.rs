@@ -1,0 +1,196 @@
+//! `wsgi.input`: the request body as a Python file-like object.
+//!
+//! It streams from the connection: data that was read ahead is served first, and the rest is
+//! pulled frame by frame with the GIL released while the network is waited on.
+
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use http_body::Body;
+use hyper::body::Incoming;
+use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyList};
+use tokio::runtime::Handle;
+
+use super::RequestBody;
+
+#[pyclass(frozen, module = "coldbrew._coldbrew")]
+pub struct InputStream {
+    state: Mutex<State>,
+}
+
+struct State {
+    /// Received but not yet handed to the app.
+    buf: Bytes,
+    source: Source,
+}
+
+enum Source {
+    Exhausted,
+    Network(Incoming, Handle),
+    /// Another thread is waiting on the network for this body.
+    InUse,
+}
+
+impl InputStream {
+    pub(crate) fn new(body: RequestBody, runtime: &Handle) -> InputStream {
+        let (buf, source) = match body {
+            RequestBody::Empty => (Bytes::new(), Source::Exhausted),
+            RequestBody::Complete(data) => (data, Source::Exhausted),
+            RequestBody::Streaming { head, rest } => (head, Source::Network(rest, runtime.clone())),
+        };
+        InputStream { state: Mutex::new(State { buf, source }) }
+    }
+
+    pub(crate) fn empty() -> InputStream {
+        InputStream { state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted }) }
+    }
+
+    /// Pulls the next chunk from the network into the buffer. False at the end of the body.
+    fn fill(&self, py: Python<'_>) -> PyResult<bool> {
+        let (mut body, runtime) = {
+            let mut state = self.state.lock().unwrap();
+            match std::mem::replace(&mut state.source, Source::InUse) {
+                Source::Network(body, runtime) => (body, runtime),
+                Source::Exhausted => {
+                    state.source = Source::Exhausted;
+                    return Ok(false);
+                }
+                Source::InUse => {
+                    return Err(PyRuntimeError::new_err("wsgi.input is being read by another thread"));
+                }
+            }
+        };
+        let next = py.detach(|| runtime.block_on(next_data(&mut body)));
+        let mut state = self.state.lock().unwrap();
+        match next {
+            Ok(Some(data)) => {
+                state.buf = if state.buf.is_empty() {
+                    data
+                } else {
+                    let mut joined = BytesMut::with_capacity(state.buf.len() + data.len());
+                    joined.extend_from_slice(&state.buf);
+                    joined.extend_from_slice(&data);
+                    joined.freeze()
+                };
+                state.source = Source::Network(body, runtime);
+                Ok(true)
+            }
+            Ok(None) => {
+                state.source = Source::Exhausted;
+                Ok(false)
+            }
+            Err(err) => {
+                state.source = Source::Exhausted;
+                Err(PyOSError::new_err(format!("error reading the request body: {err}")))
+            }
+        }
+    }
+
+    /// Takes up to `limit` bytes (all when None), reading from the network as needed.
+    fn take(&self, py: Python<'_>, limit: Option<usize>) -> PyResult<Bytes> {
+        loop {
+            {
+                let mut state = self.state.lock().unwrap();
+                let enough = limit.is_some_and(|n| state.buf.len() >= n);
+                if enough || matches!(state.source, Source::Exhausted) {
+                    let n = limit.unwrap_or(usize::MAX).min(state.buf.len());
+                    return Ok(state.buf.split_to(n));
+                }
+            }
+            self.fill(py)?;
+        }
+    }
+
+    /// Takes one line, newline included, of at most `limit` bytes.
+    fn take_line(&self, py: Python<'_>, limit: Option<usize>) -> PyResult<Bytes> {
+        let mut scanned = 0;
+        loop {
+            {
+                let mut state = self.state.lock().unwrap();
+                let window = limit.unwrap_or(usize::MAX).min(state.buf.len());
+                if let Some(pos) = state.buf[scanned.min(window)..window].iter().position(|&b| b == b'\n') {
+                    let end = scanned.min(window) + pos + 1;
+                    return Ok(state.buf.split_to(end));
+                }
+                let full = limit.is_some_and(|n| state.buf.len() >= n);
+                if full || matches!(state.source, Source::Exhausted) {
+                    return Ok(state.buf.split_to(window));
+                }
+                scanned = window;
+            }
+            self.fill(py)?;
+        }
+    }
+}
+
+async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
+    loop {
+        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await {
+            None => return Ok(None),
+            Some(Err(err)) => return Err(err),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        return Ok(Some(data));
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// `None` and negative sizes mean "no limit", as for Python's own file objects.
+fn size_limit(size: Option<isize>) -> Option<usize> {
+    size.and_then(|n| usize::try_from(n).ok())
+}
+
+#[pymethods]
+impl InputStream {
+    #[pyo3(signature = (size=None))]
+    fn read<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        let data = self.take(py, size_limit(size))?;
+        Ok(PyBytes::new(py, &data))
+    }
+
+    #[pyo3(signature = (size=None))]
+    fn readline<'py>(&self, py: Python<'py>, size: Option<isize>) -> PyResult<Bound<'py, PyBytes>> {
+        let line = self.take_line(py, size_limit(size))?;
+        Ok(PyBytes::new(py, &line))
+    }
+
+    #[pyo3(signature = (hint=None))]
+    fn readlines<'py>(&self, py: Python<'py>, hint: Option<isize>) -> PyResult<Bound<'py, PyList>> {
+        let hint = size_limit(hint).filter(|&n| n > 0);
+        let lines = PyList::empty(py);
+        let mut total = 0;
+        loop {
+            let line = self.take_line(py, None)?;
+            if line.is_empty() {
+                break;
+            }
+            total += line.len();
+            lines.append(PyBytes::new(py, &line))?;
+            if hint.is_some_and(|n| total >= n) {
+                break;
+            }
+        }
+        Ok(lines)
+    }
+
+    fn __iter__(slf: Py<Self>) -> Py<Self> {
+        slf
+    }
+
+    fn __next__<'py>(&self, py: Python<'py>) -> PyResult<Option<Bound<'py, PyBytes>>> {
+        let line = self.take_line(py, None)?;
+        Ok((!line.is_empty()).then(|| PyBytes::new(py, &line)))
+    }
+
+    fn readable(&self) -> bool {
+        true
+    }
+
+    fn close(&self) {}
+}

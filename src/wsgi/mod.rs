@@ -1,0 +1,133 @@
+//! The WSGI interface (PEP 3333).
+//!
+//! The I/O thread turns each request into a [`RequestJob`] and puts it on a bounded queue; a
+//! fixed pool of Python threads ([`pool`]) takes jobs off it, builds the environ
+//! ([`environ`]), calls the app and hands the response back ([`response`]). Tokio threads never
+//! take the GIL.
+
+mod environ;
+mod input;
+mod pool;
+mod response;
+mod streams;
+
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::{Bytes, BytesMut};
+use crossbeam_channel::{Sender, TrySendError};
+use http::header::{CONTENT_LENGTH, EXPECT};
+use http::StatusCode;
+use http_body::Body;
+use hyper::body::Incoming;
+use tokio::sync::oneshot;
+
+use crate::http::{self as proto, ConnInfo, Handler};
+
+pub use input::InputStream;
+pub use pool::Pool;
+pub use streams::{ErrorStream, FileWrapper};
+
+/// One request waiting for a Python thread.
+pub(crate) struct RequestJob {
+    pub parts: http::request::Parts,
+    pub body: RequestBody,
+    pub conn: ConnInfo,
+    pub reply: oneshot::Sender<proto::Response>,
+}
+
+/// A request body as the Python side receives it: read ahead in full when small, so a slow
+/// uploader never holds a Python thread, or streamed from the connection on demand.
+pub(crate) enum RequestBody {
+    Empty,
+    Complete(Bytes),
+    /// `head` was read ahead; the rest is still on the connection.
+    Streaming { head: Bytes, rest: Incoming },
+}
+
+/// Hands requests from the I/O thread to the Python thread pool.
+pub struct WsgiHandler {
+    queue: Sender<RequestJob>,
+    read_ahead: usize,
+}
+
+impl WsgiHandler {
+    pub(crate) fn new(queue: Sender<RequestJob>, read_ahead: usize) -> Self {
+        WsgiHandler { queue, read_ahead }
+    }
+}
+
+impl Handler for WsgiHandler {
+    fn call(&self, request: proto::Request, conn: ConnInfo) -> impl Future<Output = proto::Response> + Send + use<> {
+        let queue = self.queue.clone();
+        let read_ahead = self.read_ahead;
+        async move {
+            let (parts, incoming) = request.into_parts();
+            let body = match read_body(&parts, incoming, read_ahead).await {
+                Ok(body) => body,
+                Err(_) => return proto::plain(StatusCode::BAD_REQUEST, "Bad Request: incomplete body\n"),
+            };
+            let (reply, answer) = oneshot::channel();
+            match queue.try_send(RequestJob { parts, body, conn, reply }) {
+                Ok(()) => {}
+                Err(TrySendError::Full(_)) => return proto::overloaded(),
+                Err(TrySendError::Disconnected(_)) => return proto::overloaded(),
+            }
+            answer.await.unwrap_or_else(|_| proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"))
+        }
+    }
+}
+
+/// Reads up to `limit` bytes of the body before the app runs. A client that sent
+/// `Expect: 100-continue` is never read ahead: the interim response goes out only when the app
+/// asks for the body.
+async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, limit: usize) -> Result<RequestBody, hyper::Error> {
+    if incoming.is_end_stream() {
+        return Ok(RequestBody::Empty);
+    }
+    let declared: Option<u64> = parts
+        .headers
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.trim().parse().ok());
+    let expects_continue = parts.headers.contains_key(EXPECT);
+    if expects_continue || declared.is_some_and(|n| n > limit as u64) {
+        return Ok(RequestBody::Streaming { head: Bytes::new(), rest: incoming });
+    }
+    let mut chunks: Vec<Bytes> = Vec::new();
+    let mut total = 0usize;
+    loop {
+        if total > limit {
+            return Ok(RequestBody::Streaming { head: concat(chunks, total), rest: incoming });
+        }
+        let frame = std::future::poll_fn(|cx| Pin::new(&mut incoming).poll_frame(cx)).await;
+        match frame {
+            None => break,
+            Some(Err(err)) => return Err(err),
+            Some(Ok(frame)) => {
+                if let Ok(data) = frame.into_data() {
+                    if !data.is_empty() {
+                        total += data.len();
+                        chunks.push(data);
+                    }
+                }
+            }
+        }
+    }
+    let body = concat(chunks, total);
+    Ok(if body.is_empty() { RequestBody::Empty } else { RequestBody::Complete(body) })
+}
+
+fn concat(mut chunks: Vec<Bytes>, total: usize) -> Bytes {
+    match chunks.len() {
+        0 => Bytes::new(),
+        1 => chunks.pop().unwrap(),
+        _ => {
+            let mut joined = BytesMut::with_capacity(total);
+            for chunk in &chunks {
+                joined.extend_from_slice(chunk);
+            }
+            joined.freeze()
+        }
+    }
+}

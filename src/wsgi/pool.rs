@@ -1,0 +1,123 @@
+//! The fixed pool of Python threads that run the app.
+//!
+//! Each thread stays attached to the interpreter for its whole life and only releases the GIL
+//! while it waits for work or for the network. A thread that finishes a request takes the next
+//! queued one without releasing the GIL in between, so a busy pool does not pay a GIL hand-off
+//! per request.
+
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crossbeam_channel::{Receiver, Sender, TryRecvError};
+use pyo3::prelude::*;
+use pyo3::types::PyString;
+use tokio::runtime::Handle;
+
+use super::environ::{Constants, EnvironBuilder};
+use super::response;
+use super::streams::{ErrorStream, FileWrapper};
+use super::{InputStream, RequestJob, WsgiHandler};
+use crate::config::ServerConfig;
+
+/// What every Python thread shares: the app and everything prepared for it at startup.
+pub(crate) struct WorkerContext {
+    pub app: Py<PyAny>,
+    pub environ: EnvironBuilder,
+    pub runtime: Handle,
+    pub response_buffer: usize,
+    pub empty_input: Py<InputStream>,
+    format_exception: Py<PyAny>,
+}
+
+impl WorkerContext {
+    pub fn format_traceback(&self, py: Python<'_>, err: &PyErr) -> String {
+        let formatted = self
+            .format_exception
+            .bind(py)
+            .call1((err.value(py),))
+            .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)));
+        match formatted {
+            Ok(text) => text.to_string().trim_end().to_owned(),
+            Err(_) => err.to_string(),
+        }
+    }
+}
+
+pub struct Pool {
+    threads: Vec<JoinHandle<()>>,
+}
+
+impl Pool {
+    /// Starts `config.threads` Python threads and returns the pool with the handler that feeds
+    /// it. At most `config.max_pending` requests wait for a thread; more get 503.
+    pub fn start(py: Python<'_>, app: Py<PyAny>, config: &ServerConfig, runtime: Handle) -> PyResult<(Pool, WsgiHandler)> {
+        let errors = Py::new(py, ErrorStream)?.into_any();
+        let file_wrapper = py.get_type::<FileWrapper>().into_any().unbind();
+        let environ = EnvironBuilder::new(
+            py,
+            Constants {
+                root_path: &config.root_path,
+                server_name: &config.host,
+                server_port: config.port,
+                multithread: config.threads > 1,
+                multiprocess: config.workers > 1,
+                errors,
+                file_wrapper,
+            },
+        )?;
+        let format_exception = py.import("traceback")?.getattr("format_exception")?.unbind();
+        let context = Arc::new(WorkerContext {
+            app,
+            environ,
+            runtime,
+            response_buffer: config.response_buffer,
+            empty_input: Py::new(py, InputStream::empty())?,
+            format_exception,
+        });
+
+        let (sender, receiver): (Sender<RequestJob>, Receiver<RequestJob>) = crossbeam_channel::bounded(config.max_pending);
+        let mut threads = Vec::with_capacity(config.threads);
+        for index in 0..config.threads {
+            let context = context.clone();
+            let receiver = receiver.clone();
+            let thread = std::thread::Builder::new()
+                .name(format!("coldbrew-py-{index}"))
+                .stack_size(8 << 20)
+                .spawn(move || run_thread(context, receiver))
+                .map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot start a Python thread: {err}")))?;
+            threads.push(thread);
+        }
+        Ok((Pool { threads }, WsgiHandler::new(sender, config.request_buffer)))
+    }
+
+    /// Waits for the threads to finish what they hold. The handler (the queue's only sender)
+    /// must be gone first. Returns false if some were still busy at the deadline.
+    pub fn join(self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        while self.threads.iter().any(|t| !t.is_finished()) {
+            if Instant::now() >= deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        for thread in self.threads {
+            let _ = thread.join();
+        }
+        true
+    }
+}
+
+fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>) {
+    Python::attach(|py| loop {
+        let job = match jobs.try_recv() {
+            Ok(job) => job,
+            Err(TryRecvError::Disconnected) => break,
+            Err(TryRecvError::Empty) => match py.detach(|| jobs.recv()) {
+                Ok(job) => job,
+                Err(_) => break,
+            },
+        };
+        response::handle(py, &context, job);
+    });
+}

@@ -1,0 +1,524 @@
+//! Calling the app for one request and handing its response to the I/O thread.
+//!
+//! A response is committed (its head sent to the I/O thread) at the first non-empty body chunk,
+//! or when the iterable ends, so `start_response` may be called lazily and `exc_info` may
+//! replace headers until then. Lists and tuples, the common case, are sent as one complete body;
+//! anything else streams through a byte-bounded channel, so the Python thread is freed once the
+//! last chunk is queued and only a slow client with more than `--response-buffer` outstanding
+//! makes it wait.
+
+use std::borrow::Cow;
+use std::sync::Mutex;
+
+use bytes::{Bytes, BytesMut};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Method, StatusCode};
+use hyper::ext::ReasonPhrase;
+use pyo3::exceptions::{PyAssertionError, PyOSError, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
+use tokio::sync::oneshot;
+
+use super::pool::WorkerContext;
+use super::streams::FileWrapper;
+use super::{InputStream, RequestBody, RequestJob};
+use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
+use crate::telemetry::log;
+
+pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
+    let RequestJob { parts, body, conn, reply } = job;
+    if reply.is_closed() {
+        // The client left while the request waited for a thread.
+        return;
+    }
+    let input = match body {
+        RequestBody::Empty => ctx.empty_input.bind(py).clone().into_any(),
+        body => match Bound::new(py, InputStream::new(body, &ctx.runtime)) {
+            Ok(input) => input.into_any(),
+            Err(err) => return internal_error(py, ctx, &parts, err, reply),
+        },
+    };
+    let environ = match ctx.environ.build(py, &parts, &conn, input) {
+        Ok(environ) => environ,
+        Err(err) => return internal_error(py, ctx, &parts, err, reply),
+    };
+    let exchange = match Bound::new(py, StartResponse::new(reply, ctx.response_buffer, parts.method == Method::HEAD)) {
+        Ok(exchange) => exchange,
+        Err(err) => {
+            log::error(format_args!("cannot prepare start_response: {err}"));
+            return;
+        }
+    };
+    let outcome = ctx
+        .app
+        .bind(py)
+        .call1((environ, &exchange))
+        .and_then(|iterable| respond(py, exchange.get(), &iterable));
+    if let Err(err) = outcome {
+        exchange.get().fail(py, ctx, &parts, err);
+    }
+}
+
+fn internal_error(py: Python<'_>, ctx: &WorkerContext, parts: &http::request::Parts, err: PyErr, reply: oneshot::Sender<proto::Response>) {
+    log::error(format_args!("error preparing {} {}:\n{}", parts.method, parts.uri.path(), ctx.format_traceback(py, &err)));
+    let _ = reply.send(server_error());
+}
+
+fn server_error() -> proto::Response {
+    proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
+}
+
+/// Sends what the app returned, then calls its `close()` exactly once, whatever happened.
+fn respond(py: Python<'_>, exchange: &StartResponse, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    if let Ok(list) = iterable.cast_exact::<PyList>() {
+        return exchange.send_all(py, list.iter());
+    }
+    if let Ok(tuple) = iterable.cast_exact::<PyTuple>() {
+        return exchange.send_all(py, tuple.iter());
+    }
+    if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
+        if let Some(file) = open_regular_file(py, wrapper.get())? {
+            let closed = close_iterable(iterable);
+            exchange.send_file(file)?;
+            return closed;
+        }
+    }
+    let streamed = stream_items(py, exchange, iterable);
+    let closed = close_iterable(iterable);
+    streamed?;
+    closed?;
+    exchange.finish()
+}
+
+fn stream_items(py: Python<'_>, exchange: &StartResponse, iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    for item in iterable.try_iter()? {
+        let chunk = chunk_bytes(&item?)?;
+        if chunk.is_empty() {
+            continue;
+        }
+        if exchange.send_chunk(py, chunk).is_err() {
+            // The client disconnected: stop iterating; close() still runs.
+            return Ok(());
+        }
+    }
+    Ok(())
+}
+
+fn close_iterable(iterable: &Bound<'_, PyAny>) -> PyResult<()> {
+    match iterable.getattr(pyo3::intern!(iterable.py(), "close")) {
+        Ok(close) => close.call0().map(drop),
+        Err(_) => Ok(()),
+    }
+}
+
+fn chunk_bytes(item: &Bound<'_, PyAny>) -> PyResult<Bytes> {
+    if let Ok(bytes) = item.cast_exact::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
+    }
+    if let Ok(bytes) = item.cast::<PyBytes>() {
+        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
+    }
+    if let Ok(array) = item.cast::<PyByteArray>() {
+        return Ok(Bytes::from(array.to_vec()));
+    }
+    Err(PyTypeError::new_err(format!(
+        "the response iterable must yield bytes, not {}",
+        item.get_type().name()?
+    )))
+}
+
+/// A real file behind a `wsgi.file_wrapper`: the server's own descriptor for it, and how much of
+/// it is left from the current position.
+struct OpenFile {
+    file: std::fs::File,
+    remaining: u64,
+}
+
+fn open_regular_file(py: Python<'_>, wrapper: &FileWrapper) -> PyResult<Option<OpenFile>> {
+    use std::io::Seek;
+    use std::os::fd::{BorrowedFd, RawFd};
+    let filelike = wrapper.filelike.bind(py);
+    let Ok(fileno) = filelike.call_method0(pyo3::intern!(py, "fileno")) else { return Ok(None) };
+    let Ok(fd) = fileno.extract::<RawFd>() else { return Ok(None) };
+    if fd < 0 {
+        return Ok(None);
+    }
+    // Python may have read ahead into its own buffer; ask it where the app's position is.
+    let position: u64 = match filelike.call_method0(pyo3::intern!(py, "tell")) {
+        Ok(pos) => pos.extract().unwrap_or(0),
+        Err(_) => return Ok(None),
+    };
+    let borrowed = unsafe { BorrowedFd::borrow_raw(fd) };
+    let Ok(owned) = borrowed.try_clone_to_owned() else { return Ok(None) };
+    let mut file = std::fs::File::from(owned);
+    let Ok(meta) = file.metadata() else { return Ok(None) };
+    if !meta.is_file() {
+        return Ok(None);
+    }
+    if file.seek(std::io::SeekFrom::Start(position)).is_err() {
+        return Ok(None);
+    }
+    Ok(Some(OpenFile { remaining: meta.len().saturating_sub(position), file }))
+}
+
+/// The state of one response, shared by `start_response`, `write()` and the iteration.
+#[pyclass(frozen, module = "coldbrew._coldbrew")]
+pub struct StartResponse {
+    state: Mutex<Exchange>,
+}
+
+struct Exchange {
+    /// Set by start_response and not yet sent.
+    head: Option<Head>,
+    /// Present until the head goes to the I/O thread.
+    reply: Option<oneshot::Sender<proto::Response>>,
+    stream: Option<ChunkSender>,
+    buffer: usize,
+    head_request: bool,
+    client_gone: bool,
+}
+
+struct Head {
+    status: StatusCode,
+    reason: Option<ReasonPhrase>,
+    headers: HeaderMap,
+    content_length: Option<u64>,
+}
+
+impl Head {
+    fn into_response(self, body: ResponseBody) -> proto::Response {
+        let mut response = proto::Response::new(body);
+        *response.status_mut() = self.status;
+        *response.headers_mut() = self.headers;
+        if let Some(reason) = self.reason {
+            response.extensions_mut().insert(reason);
+        }
+        response
+    }
+}
+
+impl StartResponse {
+    fn new(reply: oneshot::Sender<proto::Response>, buffer: usize, head_request: bool) -> Self {
+        StartResponse {
+            state: Mutex::new(Exchange {
+                head: None,
+                reply: Some(reply),
+                stream: None,
+                buffer,
+                head_request,
+                client_gone: false,
+            }),
+        }
+    }
+
+    fn committed(&self) -> bool {
+        self.state.lock().unwrap().reply.is_none()
+    }
+
+    /// Sends the pending head with `body`. Fails if start_response was never called.
+    fn commit(state: &mut Exchange, body: ResponseBody) -> PyResult<()> {
+        let head = state
+            .head
+            .take()
+            .ok_or_else(|| PyAssertionError::new_err("the app did not call start_response()"))?;
+        if let Some(reply) = state.reply.take() {
+            if reply.send(head.into_response(body)).is_err() {
+                state.client_gone = true;
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues one non-empty chunk, committing a streamed response first if needed.
+    fn send_chunk(&self, py: Python<'_>, chunk: Bytes) -> Result<(), SendError> {
+        let sender = {
+            let mut state = self.state.lock().unwrap();
+            if state.reply.is_some() {
+                let (sender, body) = ResponseBody::channel(state.buffer);
+                Self::commit(&mut state, body).map_err(SendError::App)?;
+                state.stream = Some(sender);
+            }
+            if state.client_gone {
+                return Err(SendError::Closed);
+            }
+            state.stream.take().ok_or(SendError::Busy)?
+        };
+        let sent = match sender.try_send(chunk) {
+            Ok(None) => Ok(()),
+            Ok(Some(chunk)) => py.detach(|| sender.send_blocking(chunk)),
+            Err(Closed) => Err(Closed),
+        };
+        let mut state = self.state.lock().unwrap();
+        state.stream = Some(sender);
+        if sent.is_err() {
+            state.client_gone = true;
+            return Err(SendError::Closed);
+        }
+        Ok(())
+    }
+
+    /// A list or tuple: everything is here already, so it goes out as one complete body.
+    fn send_all<'py>(&self, py: Python<'py>, items: impl ExactSizeIterator<Item = Bound<'py, PyAny>>) -> PyResult<()> {
+        if self.committed() {
+            for item in items {
+                let chunk = chunk_bytes(&item)?;
+                if !chunk.is_empty() && self.send_chunk(py, chunk).is_err() {
+                    return Ok(());
+                }
+            }
+            return self.finish();
+        }
+        let mut chunks: Vec<Bytes> = Vec::with_capacity(items.len());
+        let mut total = 0;
+        for item in items {
+            let chunk = chunk_bytes(&item)?;
+            total += chunk.len();
+            chunks.push(chunk);
+        }
+        let body = match chunks.len() {
+            0 => Bytes::new(),
+            1 => chunks.pop().unwrap(),
+            _ => {
+                let mut joined = BytesMut::with_capacity(total);
+                for chunk in &chunks {
+                    joined.extend_from_slice(chunk);
+                }
+                joined.freeze()
+            }
+        };
+        let mut state = self.state.lock().unwrap();
+        if let Some(declared) = state.head.as_ref().and_then(|h| h.content_length) {
+            if declared != body.len() as u64 && !state.head_request {
+                return Err(PyValueError::new_err(format!(
+                    "Content-Length is {declared} but the app returned {} bytes",
+                    body.len()
+                )));
+            }
+        }
+        Self::commit(&mut state, ResponseBody::full(body))
+    }
+
+    fn send_file(&self, file: OpenFile) -> PyResult<()> {
+        let mut state = self.state.lock().unwrap();
+        if state.reply.is_none() {
+            return Err(PyAssertionError::new_err("wsgi.file_wrapper returned after write() was used"));
+        }
+        let length = match state.head.as_ref().and_then(|h| h.content_length) {
+            Some(declared) => declared.min(file.remaining),
+            None => file.remaining,
+        };
+        Self::commit(&mut state, ResponseBody::file(file.file, length))
+    }
+
+    /// The iterable is exhausted: end the body, or send a bodiless response.
+    fn finish(&self) -> PyResult<()> {
+        let mut state = self.state.lock().unwrap();
+        if state.reply.is_some() {
+            return Self::commit(&mut state, ResponseBody::empty());
+        }
+        if let Some(stream) = state.stream.take() {
+            stream.finish();
+        }
+        Ok(())
+    }
+
+    /// The app raised: a 500 if nothing was sent yet, otherwise the connection is aborted.
+    fn fail(&self, py: Python<'_>, ctx: &WorkerContext, parts: &http::request::Parts, err: PyErr) {
+        let mut state = self.state.lock().unwrap();
+        if state.client_gone {
+            log::debug(format_args!("client went away during {} {}", parts.method, parts.uri.path()));
+            return;
+        }
+        let traceback = ctx.format_traceback(py, &err);
+        if let Some(reply) = state.reply.take() {
+            log::error(format_args!("error handling {} {}:\n{}", parts.method, parts.uri.path(), traceback));
+            let _ = reply.send(server_error());
+        } else {
+            log::error(format_args!(
+                "error after the response head was sent for {} {}; aborting the connection:\n{}",
+                parts.method,
+                parts.uri.path(),
+                traceback
+            ));
+            if let Some(stream) = state.stream.take() {
+                stream.abort("the application raised");
+            }
+        }
+    }
+
+    fn write(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        let chunk = chunk_bytes(data)?;
+        {
+            let state = self.state.lock().unwrap();
+            if state.head.is_none() && state.reply.is_some() {
+                return Err(PyAssertionError::new_err("write() called before start_response()"));
+            }
+        }
+        if chunk.is_empty() {
+            return Ok(());
+        }
+        match self.send_chunk(py, chunk) {
+            Ok(()) => Ok(()),
+            Err(SendError::App(err)) => Err(err),
+            Err(SendError::Closed) => Err(PyOSError::new_err("client disconnected")),
+            Err(SendError::Busy) => Err(PyAssertionError::new_err("write() called from two threads at once")),
+        }
+    }
+}
+
+enum SendError {
+    App(PyErr),
+    Closed,
+    Busy,
+}
+
+#[pymethods]
+impl StartResponse {
+    #[pyo3(signature = (status, headers, exc_info=None))]
+    fn __call__(
+        slf: &Bound<'_, Self>,
+        status: &Bound<'_, PyAny>,
+        headers: &Bound<'_, PyAny>,
+        exc_info: Option<&Bound<'_, PyAny>>,
+    ) -> PyResult<Writer> {
+        let py = slf.py();
+        let this = slf.get();
+        let exc_info = exc_info.filter(|e| !e.is_none() && !is_none_triple(e));
+        {
+            let state = this.state.lock().unwrap();
+            match exc_info {
+                Some(info) if state.reply.is_none() => {
+                    // Too late to change the status: re-raise so the app's error propagates.
+                    let value = info.get_item(1)?;
+                    return Err(PyErr::from_value(value));
+                }
+                Some(_) => {}
+                None if state.head.is_some() || state.reply.is_none() => {
+                    return Err(PyAssertionError::new_err("start_response() called twice without exc_info"));
+                }
+                None => {}
+            }
+        }
+        let head = parse_head(status, headers)?;
+        this.state.lock().unwrap().head = Some(head);
+        let _ = py;
+        Ok(Writer { exchange: slf.clone().unbind() })
+    }
+}
+
+fn is_none_triple(value: &Bound<'_, PyAny>) -> bool {
+    value
+        .cast::<PyTuple>()
+        .map(|t| t.iter().all(|item| item.is_none()))
+        .unwrap_or(false)
+}
+
+/// The `write()` callable that start_response returns.
+#[pyclass(frozen, module = "coldbrew._coldbrew")]
+pub struct Writer {
+    exchange: Py<StartResponse>,
+}
+
+#[pymethods]
+impl Writer {
+    fn __call__(&self, py: Python<'_>, data: &Bound<'_, PyAny>) -> PyResult<()> {
+        self.exchange.get().write(py, data)
+    }
+}
+
+/// Headers the server owns: hop-by-hop fields describe one connection, which the app can't
+/// know. `Connection: close` is honoured by keeping it.
+fn is_hop_by_hop(name: &HeaderName) -> bool {
+    name == header::TRANSFER_ENCODING
+        || name == header::UPGRADE
+        || name == header::TE
+        || name == header::TRAILER
+        || name == "keep-alive"
+        || name == "proxy-connection"
+}
+
+fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
+    let (status, reason) = parse_status(status)?;
+    let list = headers
+        .cast::<PyList>()
+        .map_err(|_| PyTypeError::new_err(format!("headers must be a list, not {}", type_name(headers))))?;
+    let mut map = HeaderMap::with_capacity(list.len() + 2);
+    let mut content_length = None;
+    for item in list.iter() {
+        let pair = item.cast::<PyTuple>().map_err(|_| {
+            PyTypeError::new_err(format!("each header must be a (name, value) tuple, not {}", type_name(&item)))
+        })?;
+        if pair.len() != 2 {
+            return Err(PyTypeError::new_err("each header must be a (name, value) tuple of two str"));
+        }
+        let (name, value) = (pair.get_item(0)?, pair.get_item(1)?);
+        let name_bytes = latin1_bytes(&name, "header name")?;
+        let name = HeaderName::from_bytes(&name_bytes)
+            .map_err(|_| PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(&name_bytes))))?;
+        let value_bytes = latin1_bytes(&value, "header value")?;
+        let value = HeaderValue::from_bytes(&value_bytes).map_err(|_| {
+            PyValueError::new_err(format!("invalid value for header {name}: {:?}", String::from_utf8_lossy(&value_bytes)))
+        })?;
+        if is_hop_by_hop(&name) || (name == header::CONNECTION && !value.as_bytes().eq_ignore_ascii_case(b"close")) {
+            continue;
+        }
+        if name == header::CONTENT_LENGTH {
+            let parsed = std::str::from_utf8(value.as_bytes())
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+                .ok_or_else(|| PyValueError::new_err(format!("invalid Content-Length {value:?}")))?;
+            if content_length.is_some_and(|n| n != parsed) {
+                return Err(PyValueError::new_err("conflicting Content-Length headers"));
+            }
+            if content_length.is_some() {
+                continue;
+            }
+            content_length = Some(parsed);
+        }
+        map.append(name, value);
+    }
+    Ok(Head { status, reason, headers: map, content_length })
+}
+
+fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(StatusCode, Option<ReasonPhrase>)> {
+    let text = latin1_bytes(status, "status")?;
+    let invalid = || PyValueError::new_err(format!("invalid status {:?}: expected e.g. '200 OK'", String::from_utf8_lossy(&text)));
+    if text.len() < 3 || !text[..3].iter().all(u8::is_ascii_digit) || (text.len() > 3 && text[3] != b' ') {
+        return Err(invalid());
+    }
+    let code = StatusCode::from_bytes(&text[..3]).map_err(|_| invalid())?;
+    if code.as_u16() < 200 || code.as_u16() > 599 {
+        return Err(PyValueError::new_err(format!("status {} cannot be sent by a WSGI app", code.as_u16())));
+    }
+    let reason = text.get(4..).unwrap_or_default();
+    if reason.iter().any(|&b| (b < 0x20 && b != b'\t') || b == 0x7f) {
+        return Err(invalid());
+    }
+    if reason.is_empty() || code.canonical_reason().is_some_and(|r| r.as_bytes() == reason) {
+        return Ok((code, None));
+    }
+    let reason = ReasonPhrase::try_from(reason.to_vec()).map_err(|_| invalid())?;
+    Ok((code, Some(reason)))
+}
+
+/// The bytes of a `str` whose characters are all latin-1, as PEP 3333 requires of headers.
+fn latin1_bytes<'a>(value: &'a Bound<'_, PyAny>, what: &str) -> PyResult<Cow<'a, [u8]>> {
+    let text = value
+        .cast::<PyString>()
+        .map_err(|_| PyTypeError::new_err(format!("{what} must be a str, not {}", type_name(value))))?;
+    let utf8 = text.to_str()?;
+    if utf8.is_ascii() {
+        // Safety: `to_str` on a compact ASCII string borrows the object's own buffer, which
+        // lives as long as `value`.
+        let bytes: &'a [u8] = unsafe { std::slice::from_raw_parts(utf8.as_ptr(), utf8.len()) };
+        return Ok(Cow::Borrowed(bytes));
+    }
+    utf8.chars()
+        .map(|c| u8::try_from(u32::from(c)).map_err(|_| PyValueError::new_err(format!("{what} {utf8:?} is not latin-1"))))
+        .collect::<PyResult<Vec<u8>>>()
+        .map(Cow::Owned)
+}
+
+fn type_name(value: &Bound<'_, PyAny>) -> String {
+    value.get_type().name().map(|n| n.to_string()).unwrap_or_else(|_| "?".into())
+}

@@ -1,0 +1,112 @@
+"""Shared fixtures: real coldbrew server processes on real sockets."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+EXAMPLES = ROOT / "examples"
+
+
+def free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for_port(port, proc, timeout=30.0):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc.poll() is not None:
+            out, err = proc.communicate()
+            raise RuntimeError(f"server exited with {proc.returncode} before listening:\n{err}")
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.02)
+    raise TimeoutError(f"port {port} did not open within {timeout}s")
+
+
+class Server:
+    """A coldbrew process started with `python -m coldbrew`, stopped with SIGTERM."""
+
+    def __init__(self, app, *args, cwd=APPS, env=None, port=None):
+        self.port = port or free_port()
+        self.host = "127.0.0.1"
+        self.url = f"http://127.0.0.1:{self.port}"
+        full_env = dict(os.environ)
+        full_env.pop("COLDBREW_CMD_ARGS", None)
+        full_env["PYTHONUNBUFFERED"] = "1"
+        if env:
+            full_env.update(env)
+        self.cmd = [sys.executable, "-m", "coldbrew", "--bind", f"127.0.0.1:{self.port}", *args, app]
+        self.proc = subprocess.Popen(
+            self.cmd,
+            cwd=str(cwd),
+            env=full_env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        self.stdout = ""
+        self.stderr = ""
+
+    def wait_ready(self, timeout=30.0):
+        wait_for_port(self.port, self.proc, timeout)
+        return self
+
+    def stop(self, sig=signal.SIGTERM, timeout=15.0):
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            out, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            out, err = self.proc.communicate()
+        self.stdout += out or ""
+        self.stderr += err or ""
+        return self.proc.returncode
+
+    def connect(self, timeout=10.0):
+        sock = socket.create_connection((self.host, self.port), timeout=timeout)
+        return sock
+
+
+@pytest.fixture
+def serve():
+    """serve(app_spec, *extra_args, cwd=..., env=...) -> a ready Server; stopped at teardown."""
+    started = []
+
+    def start(app, *args, cwd=APPS, env=None, ready=True):
+        server = Server(app, *args, cwd=cwd, env=env)
+        started.append(server)
+        if ready:
+            server.wait_ready()
+        return server
+
+    yield start
+    for server in started:
+        server.stop()
+
+
+def recv_until_closed(sock, timeout=10.0):
+    """Read everything the server sends until it closes the connection."""
+    sock.settimeout(timeout)
+    chunks = []
+    while True:
+        try:
+            data = sock.recv(65536)
+        except ConnectionResetError:
+            break
+        if not data:
+            break
+        chunks.append(data)
+    return b"".join(chunks)
