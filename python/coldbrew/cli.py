@@ -1,0 +1,144 @@
+"""The ``coldbrew`` command: parse the configuration, load the app, serve it.
+
+Exit status:
+
+* 0 -- clean shutdown, ``--help``, ``--version``, or Ctrl-C (KeyboardInterrupt)
+* 1 -- the server could not start or failed (e.g. cannot listen on the address)
+* 2 -- invalid configuration, from the command line or the environment
+* 3 -- the app could not be loaded (import error, missing attribute, ...)
+
+Every failure ends with one line on stderr starting with ``coldbrew: error: ``.
+"""
+
+import os
+import sys
+
+from coldbrew.config import USAGE, ConfigError, parse
+
+EXIT_OK = 0
+EXIT_SERVER_ERROR = 1
+EXIT_CONFIG_ERROR = 2
+EXIT_APP_ERROR = 3
+
+_LEVELS = {"debug": 10, "info": 20, "warning": 30, "error": 40, "critical": 50}
+
+
+def _error(message):
+    print(f"coldbrew: error: {message}", file=sys.stderr, flush=True)
+
+
+def _core():
+    """The compiled core module, imported on first use."""
+    import importlib
+
+    return importlib.import_module("coldbrew._coldbrew")
+
+
+def _log(config, level, message):
+    """Log through the Rust core when it offers ``log``, else to stderr."""
+    if _LEVELS[level] < _LEVELS.get(config.log_level, 20):
+        return
+    try:
+        core_log = _core().log
+    except (ImportError, AttributeError):
+        core_log = None
+    if core_log is not None:
+        core_log(level, message)
+    else:
+        print(f"coldbrew: {level}: {message}", file=sys.stderr, flush=True)
+
+
+def _set_core_log_level(config):
+    """Tell the core the log level before the first log line, if it lets us."""
+    try:
+        set_level = _core().set_log_level
+    except (ImportError, AttributeError):
+        return
+    set_level(config.log_level)
+
+
+def _display_address(host, port):
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+def _apply_environment(invocation):
+    """Apply --env, then --chdir, then put the working directory first on sys.path."""
+    for name, value in invocation.env:
+        os.environ[name] = value
+    if invocation.chdir is not None:
+        try:
+            os.chdir(invocation.chdir)
+        except OSError as err:
+            source = invocation.sources.get("chdir", "--chdir")
+            raise ConfigError(f"{source}: cannot change directory to {invocation.chdir!r}: {err.strerror or err}") from None
+    cwd = os.getcwd()
+    if sys.path[:1] != [cwd]:
+        sys.path.insert(0, cwd)
+
+
+def _load(config):
+    import time
+
+    from coldbrew.loader import AppLoadError, load_app, print_traceback
+
+    _log(config, "debug", f"loading {config.app_spec!r} from {os.getcwd()}")
+    started = time.perf_counter()
+    try:
+        app = load_app(config.app_spec)
+    except AppLoadError as err:
+        if err.show_traceback and err.__cause__ is not None:
+            print_traceback(err.__cause__)
+        _error(err.message)
+        return None
+    elapsed_ms = (time.perf_counter() - started) * 1000
+    _log(config, "info", f"loaded app {config.app_spec!r} in {elapsed_ms:.0f} ms")
+    return app
+
+
+def run(invocation):
+    """Apply the invocation, load the app and serve it; returns the exit status."""
+    config = invocation.config
+    try:
+        _apply_environment(invocation)
+    except ConfigError as err:
+        _error(err.message)
+        return EXIT_CONFIG_ERROR
+
+    _set_core_log_level(config)
+    _log(config, "debug", f"{config}")
+    app = _load(config)
+    if app is None:
+        return EXIT_APP_ERROR
+
+    try:
+        core = _core()
+        serve = core.serve
+    except (ImportError, AttributeError) as err:
+        _error(f"the coldbrew core (coldbrew._coldbrew) is not available: {err}")
+        return EXIT_SERVER_ERROR
+
+    try:
+        serve(app, config)
+    except OSError as err:
+        address = _display_address(config.host, config.port)
+        reason = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
+        _error(f"cannot listen on {address}: {reason}")
+        return EXIT_SERVER_ERROR
+    return EXIT_OK
+
+
+def main(argv=None):
+    """Entry point of the ``coldbrew`` command; returns the exit status."""
+    try:
+        try:
+            invocation = parse(argv, os.environ)
+        except ConfigError as err:
+            if err.usage:
+                print(f"usage: {USAGE}", file=sys.stderr)
+            _error(err.message)
+            return EXIT_CONFIG_ERROR
+        except SystemExit as exc:  # --help, --version
+            return exc.code if isinstance(exc.code, int) else EXIT_OK
+        return run(invocation)
+    except KeyboardInterrupt:
+        return EXIT_OK

@@ -1,0 +1,481 @@
+"""Command-line and environment configuration for coldbrew.
+
+Parsing is kept apart from loading: :func:`parse_args` turns an argv list and
+an environment mapping into a :class:`Config` without touching the process
+(no chdir, no imports of the app, no os.environ writes).
+
+Sources, lowest to highest precedence:
+
+1. built-in defaults (``PORT`` and ``SCRIPT_NAME`` feed the defaults of
+   ``--bind`` and ``--root-path``);
+2. ``COLDBREW_<OPTION>`` environment variables, dashes as underscores
+   (``COLDBREW_THREADS=4``; ``COLDBREW_APP`` for the positional APP);
+3. ``COLDBREW_CMD_ARGS``, extra flags split like a shell would;
+4. the real command line.
+
+A single-valued option takes its value from the highest source that sets it.
+``-e/--env`` is repeatable: its KEY=VALUE pairs from every source are kept,
+lowest source first, so for the same KEY the highest source wins when applied.
+
+Every value is validated whichever source it comes from; a bad one raises
+:class:`ConfigError`, whose message names the option and its source.
+"""
+
+import argparse
+import math
+import os
+import re
+import shlex
+import sys
+from dataclasses import dataclass, field
+
+PROG = "coldbrew"
+USAGE = "coldbrew [OPTIONS] MODULE:ATTR"
+
+DEFAULT_PORT = 8080
+DEFAULT_HOST = "0.0.0.0"
+DEFAULT_THREADS = 8
+DEFAULT_GRACEFUL_TIMEOUT = 8.0
+DEFAULT_RESPONSE_BUFFER = 1024 * 1024
+DEFAULT_REQUEST_BUFFER = 256 * 1024
+DEFAULT_BACKLOG = 2048
+DEFAULT_LOG_LEVEL = "info"
+LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+
+# Bound for integer options so every value fits the C int / u32 the core uses.
+_INT_MAX = 2**31 - 1
+# Bound for byte sizes so every value fits an i64 / u64.
+_SIZE_MAX = 2**63 - 1
+
+_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)", re.ASCII | re.IGNORECASE)
+_SIZE_UNITS = {
+    "": 1,
+    "b": 1,
+    "k": 1024,
+    "kb": 1024,
+    "kib": 1024,
+    "m": 1024**2,
+    "mb": 1024**2,
+    "mib": 1024**2,
+    "g": 1024**3,
+    "gb": 1024**3,
+    "gib": 1024**3,
+}
+
+ENV_PREFIX = "COLDBREW_"
+CMD_ARGS_ENV = "COLDBREW_CMD_ARGS"
+SOURCE_COMMAND_LINE = "command line"
+
+
+@dataclass(slots=True)
+class Config:
+    """Settings the Rust core reads (by attribute name) in ``serve(app, config)``."""
+
+    app_spec: str
+    host: str = DEFAULT_HOST
+    port: int = DEFAULT_PORT
+    threads: int = DEFAULT_THREADS
+    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
+    root_path: str = ""
+    response_buffer: int = DEFAULT_RESPONSE_BUFFER
+    request_buffer: int = DEFAULT_REQUEST_BUFFER
+    backlog: int = DEFAULT_BACKLOG
+    log_level: str = DEFAULT_LOG_LEVEL
+    workers: int = 1
+
+
+@dataclass(slots=True)
+class Invocation:
+    """Everything one ``coldbrew`` command asks for.
+
+    ``config`` goes to the Rust core; ``chdir`` and ``env`` are applied by the
+    CLI before the app is imported. ``sources`` maps an option name ("bind",
+    "chdir", ...) to the label used in error messages about its value.
+    """
+
+    config: Config
+    chdir: str | None = None
+    env: list = field(default_factory=list)
+    sources: dict = field(default_factory=dict)
+
+
+class ConfigError(Exception):
+    """An invalid setting. ``str(err)`` is the one-line message (no prefix).
+
+    ``usage`` is True when the error comes from the real command line, where
+    printing the usage line first helps.
+    """
+
+    def __init__(self, message, usage=False):
+        super().__init__(message)
+        self.message = message
+        self.usage = usage
+
+
+# --------------------------------------------------------------------------
+# Value converters. Each takes a string and returns the parsed value or
+# raises argparse.ArgumentTypeError with a message that does not name the
+# option (the caller adds the option and its source).
+# --------------------------------------------------------------------------
+
+
+def _bad(message):
+    return argparse.ArgumentTypeError(message)
+
+
+def _int_in_range(text, low, what="int"):
+    try:
+        value = int(text)
+    except ValueError:
+        raise _bad(f"invalid {what} value: {text!r}") from None
+    if value < low:
+        raise _bad(f"must be at least {low} (got {value})")
+    if value > _INT_MAX:
+        raise _bad(f"must be at most {_INT_MAX} (got {value})")
+    return value
+
+
+def parse_positive_int(text):
+    """An int >= 1 (threads, backlog)."""
+    return _int_in_range(text, 1)
+
+
+def parse_seconds(text):
+    """A finite float >= 0."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise _bad(f"invalid float value: {text!r}") from None
+    if not math.isfinite(value):
+        raise _bad(f"must be a finite number of seconds (got {text!r})")
+    if value < 0:
+        raise _bad(f"must be at least 0 (got {text!r})")
+    return value
+
+
+def parse_size(text):
+    """Bytes, with an optional binary suffix: 512, 64K, 64KB, 64KiB, 1M, 1.5M, 1G."""
+    match = _SIZE_RE.fullmatch(text.strip())
+    multiplier = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    if multiplier is None:
+        raise _bad(f"invalid size: {text!r} (use bytes or a K/M/G suffix, e.g. 64K or 1MiB)")
+    number = match.group(1)
+    value = int(float(number) * multiplier) if "." in number else int(number) * multiplier
+    if value > _SIZE_MAX:
+        raise _bad(f"size too large: {text!r}")
+    return value
+
+
+def parse_port(text):
+    if not text.isdigit():
+        raise _bad(f"invalid port: {text!r} (must be 1-65535)")
+    port = int(text)
+    if not 1 <= port <= 65535:
+        raise _bad(f"invalid port: {text!r} (must be 1-65535)")
+    return port
+
+
+def parse_bind(text):
+    """HOST:PORT, :PORT, [IPV6]:PORT, HOST, or [IPV6].
+
+    Returns (host, port); port is None when it is to come from $PORT.
+    """
+    value = text.strip()
+    if not value:
+        raise _bad("empty address (expected HOST:PORT)")
+    if value.startswith("unix:"):
+        raise _bad(f"unix sockets are not supported: {text!r}")
+    if value.startswith("["):
+        end = value.find("]")
+        host = value[1:end] if end > 0 else ""
+        rest = value[end + 1 :] if end > 0 else None
+        if not host or rest is None or (rest and not rest.startswith(":")):
+            raise _bad(f"invalid address: {text!r} (expected [IPV6]:PORT, e.g. [::1]:8000)")
+        port_text = rest[1:] if rest else None
+    elif value.count(":") > 1:
+        raise _bad(f"invalid address: {text!r} (put IPv6 addresses in brackets, e.g. [::1]:8000)")
+    elif ":" in value:
+        host, port_text = value.split(":", 1)
+        host = host or DEFAULT_HOST
+    else:
+        host, port_text = value, None
+    if any(c.isspace() for c in host):
+        raise _bad(f"invalid host in {text!r}")
+    if port_text is None:
+        return host, None
+    try:
+        return host, parse_port(port_text)
+    except argparse.ArgumentTypeError:
+        raise _bad(f"invalid port in {text!r} (must be 1-65535)") from None
+
+
+def parse_root_path(text):
+    """The SCRIPT_NAME mount prefix: '' or '/something' (trailing slash removed)."""
+    if text and not text.startswith("/"):
+        raise _bad(f"must start with '/' (got {text!r})")
+    return text.rstrip("/")
+
+
+def parse_env_pair(text):
+    name, sep, value = text.partition("=")
+    if not sep:
+        raise _bad(f"expected KEY=VALUE, got {text!r} (missing '=')")
+    if not name:
+        raise _bad(f"expected KEY=VALUE, got {text!r} (empty KEY)")
+    if "\0" in text:
+        raise _bad(f"NUL character in {text!r}")
+    return name, value
+
+
+def parse_log_level(text):
+    level = text.strip().lower()
+    if level == "warn":
+        level = "warning"
+    if level not in LOG_LEVELS:
+        raise _bad(f"invalid choice: {text!r} (choose from {', '.join(LOG_LEVELS)})")
+    return level
+
+
+def parse_dir(text):
+    if not text:
+        raise _bad("empty directory")
+    return text
+
+
+def parse_app(text):
+    spec = text.strip()
+    if not spec:
+        raise _bad("empty app (expected MODULE:ATTR)")
+    return spec
+
+
+def _format_size(n):
+    for unit, size in (("GiB", 1024**3), ("MiB", 1024**2), ("KiB", 1024)):
+        if n >= size and n % size == 0:
+            return f"{n // size} {unit}"
+    return f"{n} bytes"
+
+
+# --------------------------------------------------------------------------
+# The option table. (dest, flags, metavar, converter, repeatable, help)
+# dest is also the env var suffix: COLDBREW_<DEST upper-cased>.
+# --------------------------------------------------------------------------
+
+_OPTIONS = (
+    ("bind", ("-b", "--bind"), "HOST:PORT", parse_bind, False,
+     f"address to listen on: HOST:PORT, :PORT, [IPV6]:PORT or HOST "
+     f"(default: {DEFAULT_HOST}:$PORT, PORT defaults to {DEFAULT_PORT})"),
+    ("threads", ("--threads",), "N", parse_positive_int, False,
+     f"number of Python threads running the app (default: {DEFAULT_THREADS})"),
+    ("graceful_timeout", ("--graceful-timeout",), "SECONDS", parse_seconds, False,
+     f"on shutdown, seconds to let in-flight requests finish (default: {DEFAULT_GRACEFUL_TIMEOUT:g})"),
+    ("root_path", ("--root-path",), "PATH", parse_root_path, False,
+     "URL prefix the app is mounted at, passed as SCRIPT_NAME (default: $SCRIPT_NAME or none)"),
+    ("response_buffer", ("--response-buffer",), "SIZE", parse_size, False,
+     f"responses up to SIZE are buffered in Rust, freeing the app thread at once "
+     f"(default: {_format_size(DEFAULT_RESPONSE_BUFFER)})"),
+    ("request_buffer", ("--request-buffer",), "SIZE", parse_size, False,
+     f"request bodies up to SIZE are read in full before the app is called "
+     f"(default: {_format_size(DEFAULT_REQUEST_BUFFER)})"),
+    ("backlog", ("--backlog",), "N", parse_positive_int, False,
+     f"maximum number of pending connections (default: {DEFAULT_BACKLOG})"),
+    ("chdir", ("--chdir",), "DIR", parse_dir, False,
+     "change to DIR before importing the app"),
+    ("env", ("-e", "--env"), "KEY=VALUE", parse_env_pair, True,
+     "set an environment variable before importing the app (repeatable)"),
+    ("log_level", ("--log-level",), "LEVEL", parse_log_level, False,
+     f"{'|'.join(LOG_LEVELS)} (default: {DEFAULT_LOG_LEVEL})"),
+)
+
+_APP_HELP = (
+    "the WSGI app: MODULE:ATTR, where ATTR is a name, a dotted path or a factory "
+    "call such as create_app('prod') (default ATTR: application, then app)"
+)
+
+_EPILOG = (
+    "Every option can also be set in the environment as COLDBREW_<OPTION> "
+    "(e.g. COLDBREW_THREADS=4, COLDBREW_APP=main:app) or as flags in "
+    "COLDBREW_CMD_ARGS. The command line overrides COLDBREW_CMD_ARGS, which "
+    "overrides COLDBREW_<OPTION>."
+)
+
+
+def env_name(dest):
+    return ENV_PREFIX + dest.upper()
+
+
+def _version():
+    from coldbrew import get_version
+
+    return get_version()
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(f"{PROG} {_version()}")
+        parser.exit(0)
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):
+        raise ConfigError(message)
+
+
+def build_parser():
+    parser = _Parser(
+        prog=PROG,
+        usage=USAGE,
+        description="Serve a Python WSGI application.",
+        epilog=_EPILOG,
+        allow_abbrev=False,
+        argument_default=argparse.SUPPRESS,
+    )
+    parser.add_argument("app", nargs="?", metavar="APP", type=parse_app, help=_APP_HELP)
+    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
+    for dest, flags, metavar, converter, repeatable, help_text in _OPTIONS:
+        parser.add_argument(
+            *flags,
+            dest=dest,
+            metavar=metavar,
+            type=converter,
+            action="append" if repeatable else "store",
+            help=help_text,
+        )
+    return parser
+
+
+def _from_environment(environ):
+    """Values from COLDBREW_<OPTION> variables: {dest: value}."""
+    values = {}
+    options = [("app", parse_app, False)] + [(o[0], o[3], o[4]) for o in _OPTIONS]
+    for dest, converter, repeatable in options:
+        name = env_name(dest)
+        if name not in environ:
+            continue
+        raw = environ[name]
+        try:
+            if repeatable:
+                try:
+                    items = shlex.split(raw)
+                except ValueError as err:
+                    raise _bad(f"cannot split {raw!r}: {err}") from None
+                values[dest] = [converter(item) for item in items]
+            else:
+                values[dest] = converter(raw)
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"{name}: {err}") from None
+    return values
+
+
+def _parse_argv(parser, argv):
+    return dict(vars(parser.parse_args(argv)))
+
+
+def _flag_label(dest):
+    for option in _OPTIONS:
+        if option[0] == dest:
+            return "argument " + "/".join(option[1])
+    return "argument APP"
+
+
+def parse(argv=None, environ=None):
+    """Parse ``argv`` (default sys.argv[1:]) and ``environ`` (default os.environ).
+
+    Returns an :class:`Invocation`; raises :class:`ConfigError` on a bad value.
+    ``--help`` and ``--version`` print and raise SystemExit(0), as argparse does.
+    """
+    if argv is None:
+        argv = sys.argv[1:]
+    if environ is None:
+        environ = os.environ
+    parser = build_parser()
+
+    # The command line first, so --help and --version work whatever the
+    # environment holds; then the lower sources.
+    try:
+        command_line = _parse_argv(parser, list(argv))
+    except ConfigError as err:
+        raise ConfigError(err.message, usage=True) from None
+
+    cmd_args = {}
+    if CMD_ARGS_ENV in environ:
+        try:
+            extra = shlex.split(environ[CMD_ARGS_ENV])
+        except ValueError as err:
+            raise ConfigError(f"{CMD_ARGS_ENV}: cannot split {environ[CMD_ARGS_ENV]!r}: {err}") from None
+        try:
+            cmd_args = _parse_argv(parser, extra)
+        except ConfigError as err:
+            raise ConfigError(f"{CMD_ARGS_ENV}: {err.message}") from None
+
+    from_env = _from_environment(environ)
+
+    values = {}
+    sources = {}
+    env_pairs = []
+    for layer, label in (
+        (from_env, lambda d: env_name(d)),
+        (cmd_args, lambda d: f"{CMD_ARGS_ENV}: {_flag_label(d)}"),
+        (command_line, _flag_label),
+    ):
+        for dest, value in layer.items():
+            if dest == "env":
+                env_pairs.extend(value)
+            else:
+                values[dest] = value
+            sources[dest] = label(dest)
+
+    if "app" not in values:
+        raise ConfigError(
+            "missing APP: give MODULE:ATTR on the command line or in COLDBREW_APP",
+            usage=True,
+        )
+
+    host, port = values.get("bind", (DEFAULT_HOST, None))
+    if port is None:
+        port_text = environ.get("PORT")
+        if port_text is None:
+            port = DEFAULT_PORT
+        else:
+            try:
+                port = parse_port(port_text.strip())
+            except argparse.ArgumentTypeError as err:
+                raise ConfigError(f"PORT: {err}") from None
+            sources.setdefault("bind", "PORT")
+
+    if "root_path" in values:
+        root_path = values["root_path"]
+    else:
+        try:
+            root_path = parse_root_path(environ.get("SCRIPT_NAME", ""))
+        except argparse.ArgumentTypeError as err:
+            raise ConfigError(f"SCRIPT_NAME: {err}") from None
+        if root_path:
+            sources["root_path"] = "SCRIPT_NAME"
+
+    config = Config(
+        app_spec=values["app"],
+        host=host,
+        port=port,
+        threads=values.get("threads", DEFAULT_THREADS),
+        graceful_timeout=float(values.get("graceful_timeout", DEFAULT_GRACEFUL_TIMEOUT)),
+        root_path=root_path,
+        response_buffer=values.get("response_buffer", DEFAULT_RESPONSE_BUFFER),
+        request_buffer=values.get("request_buffer", DEFAULT_REQUEST_BUFFER),
+        backlog=values.get("backlog", DEFAULT_BACKLOG),
+        log_level=values.get("log_level", DEFAULT_LOG_LEVEL),
+        workers=1,
+    )
+    return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
+
+
+def parse_args(argv=None, environ=None):
+    """Parse ``argv`` and ``environ`` into a :class:`Config` (pure: no side effects).
+
+    ``--chdir`` and ``--env`` are validated but not part of Config; use
+    :func:`parse` to get them too.
+    """
+    return parse(argv, environ).config

@@ -1,0 +1,823 @@
+"""The coldbrew command line: option parsing, environment, app loading, exit codes.
+
+End-to-end tests run `python -m coldbrew` in a subprocess and only exercise
+paths that exit before `serve()`. The serve path itself is tested in-process
+with a fake `coldbrew._coldbrew` module, so none of this needs the Rust core.
+"""
+
+import dataclasses
+import errno
+import os
+import socket
+import subprocess
+import sys
+import time
+import types
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+APPS = Path(__file__).resolve().parent / "apps"
+
+try:
+    import coldbrew
+except ImportError:  # not installed: use the source tree
+    sys.path.insert(0, str(ROOT / "python"))
+    import coldbrew
+
+from conftest import free_port  # noqa: E402
+
+from coldbrew import cli, config, loader  # noqa: E402
+from coldbrew.config import Config, ConfigError, parse, parse_args  # noqa: E402
+from coldbrew.loader import AppLoadError, load_app  # noqa: E402
+
+# The directory holding the `coldbrew` package the tests import, for subprocesses.
+PACKAGE_PARENT = str(Path(coldbrew.__file__).resolve().parent.parent)
+
+# Set the _coldbrew entry to None so importing the extension fails, then run the CLI.
+NO_CORE = (
+    "import sys; sys.modules['coldbrew._coldbrew'] = None; "
+    "from coldbrew.cli import main; sys.exit(main())"
+)
+
+ALL_FLAGS = [
+    "-b", "--bind", "--threads", "--graceful-timeout", "--root-path",
+    "--response-buffer", "--request-buffer", "--backlog", "--chdir",
+    "-e", "--env", "--log-level", "--version", "--help",
+]
+
+CONFIG_FIELDS = [
+    "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
+    "response_buffer", "request_buffer", "backlog", "log_level", "workers",
+]
+
+
+def clean_env(extra=None):
+    """os.environ without anything that configures coldbrew, plus `extra`."""
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("COLDBREW_") and k not in ("PORT", "SCRIPT_NAME")
+    }
+    env["PYTHONPATH"] = os.pathsep.join(
+        p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p
+    )
+    env["PYTHONUNBUFFERED"] = "1"
+    env.update(extra or {})
+    return env
+
+
+def command(*args, no_core=False):
+    if no_core:
+        return [sys.executable, "-c", NO_CORE, *args]
+    return [sys.executable, "-m", "coldbrew", *args]
+
+
+def run_cli(*args, env=None, cwd=APPS, no_core=False):
+    return subprocess.run(
+        command(*args, no_core=no_core),
+        cwd=str(cwd),
+        env=clean_env(env),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def last_line(text):
+    lines = text.strip().splitlines()
+    return lines[-1] if lines else ""
+
+
+# ---------------------------------------------------------------------------
+# End to end: python -m coldbrew
+# ---------------------------------------------------------------------------
+
+
+def test_help_lists_every_option():
+    result = run_cli("--help", no_core=True)
+    assert result.returncode == 0, result.stderr
+    for flag in ALL_FLAGS:
+        assert flag in result.stdout, flag
+    assert "MODULE:ATTR" in result.stdout
+    assert "COLDBREW_CMD_ARGS" in result.stdout
+    assert "--workers" not in result.stdout
+    assert result.stderr == ""
+
+
+def test_help_with_python_dash_m():
+    result = run_cli("--help")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.startswith("usage: coldbrew ")
+
+
+def test_version_without_core():
+    result = run_cli("--version", no_core=True)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "coldbrew unknown\n"
+
+
+def test_version():
+    result = run_cli("--version")
+    assert result.returncode == 0, result.stderr
+    try:
+        from coldbrew import _coldbrew
+    except ImportError:
+        expected = "coldbrew unknown\n"
+    else:
+        expected = f"coldbrew {_coldbrew.__version__}\n"
+    assert result.stdout == expected
+
+
+def test_version_ignores_broken_environment():
+    result = run_cli("--version", env={"COLDBREW_THREADS": "x"}, no_core=True)
+    assert result.returncode == 0
+    assert result.stdout == "coldbrew unknown\n"
+
+
+def test_bad_int_from_env_is_one_line_and_status_2():
+    result = run_cli("cli_apps:app", env={"COLDBREW_THREADS": "x"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["coldbrew: error: COLDBREW_THREADS: invalid int value: 'x'"]
+    assert result.stdout == ""
+
+
+def test_bad_value_in_cmd_args_names_the_variable():
+    result = run_cli("cli_apps:app", env={"COLDBREW_CMD_ARGS": "--backlog 0"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "coldbrew: error: COLDBREW_CMD_ARGS: argument --backlog: must be at least 1 (got 0)"
+    ]
+
+
+def test_bad_int_on_command_line():
+    result = run_cli("--threads", "many", "cli_apps:app")
+    assert result.returncode == 2
+    assert last_line(result.stderr) == "coldbrew: error: argument --threads: invalid int value: 'many'"
+    assert len(result.stderr.splitlines()) <= 2
+
+
+@pytest.mark.parametrize("bind", ["127.0.0.1:0", "127.0.0.1:70000", "127.0.0.1:http", "::1:8000", "[::1:8000"])
+def test_bad_bind(bind):
+    result = run_cli("--bind", bind, "cli_apps:app")
+    assert result.returncode == 2
+    line = last_line(result.stderr)
+    assert line.startswith("coldbrew: error: argument -b/--bind: ")
+    assert repr(bind) in line
+
+
+def test_bad_port_env():
+    result = run_cli("cli_apps:app", env={"PORT": "eighty"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == ["coldbrew: error: PORT: invalid port: 'eighty' (must be 1-65535)"]
+
+
+def test_env_option_without_equals():
+    result = run_cli("-e", "DEBUG", "cli_apps:app")
+    assert result.returncode == 2
+    assert last_line(result.stderr) == (
+        "coldbrew: error: argument -e/--env: expected KEY=VALUE, got 'DEBUG' (missing '=')"
+    )
+
+
+def test_unknown_option_is_rejected():
+    result = run_cli("--workers", "4", "cli_apps:app")
+    assert result.returncode == 2
+    assert last_line(result.stderr).startswith("coldbrew: error: unrecognized arguments: --workers")
+
+
+def test_missing_app():
+    result = run_cli()
+    assert result.returncode == 2
+    assert "missing APP" in last_line(result.stderr)
+
+
+def test_import_error_prints_traceback_then_one_line_and_never_listens():
+    port = free_port()
+    proc = subprocess.Popen(
+        command("--bind", f"127.0.0.1:{port}", "cli_broken:app"),
+        cwd=str(APPS),
+        env=clean_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    connected = False
+    deadline = time.monotonic() + 60
+    while proc.poll() is None and time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.1):
+                connected = True
+        except OSError:
+            time.sleep(0.01)
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 3, err
+    assert not connected
+    lines = err.strip().splitlines()
+    assert lines[0] == "Traceback (most recent call last):"
+    assert any("cli_broken.py" in line for line in lines)
+    assert "ZeroDivisionError: division by zero" in lines[-2]
+    assert lines[-1] == (
+        "coldbrew: error: cannot import module 'cli_broken': ZeroDivisionError: division by zero"
+    )
+    # The traceback starts in the app, not in coldbrew's loader.
+    assert "loader.py" not in err
+
+
+def test_missing_module():
+    result = run_cli("no_such_module:app")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        f"coldbrew: error: module 'no_such_module' not found in {APPS} or on sys.path"
+    ]
+
+
+def test_missing_dependency_is_an_import_error_not_a_missing_module(tmp_path):
+    (tmp_path / "needs_dep.py").write_text("import no_such_dependency_xyz\napp = None\n")
+    result = run_cli("needs_dep:app", cwd=tmp_path)
+    assert result.returncode == 3
+    assert "Traceback" in result.stderr
+    assert last_line(result.stderr) == (
+        "coldbrew: error: cannot import module 'needs_dep': "
+        "ModuleNotFoundError: No module named 'no_such_dependency_xyz'"
+    )
+
+
+def test_missing_attribute():
+    result = run_cli("cli_apps:ap")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == ["coldbrew: error: module 'cli_apps' has no attribute 'ap'"]
+
+
+def test_not_callable():
+    result = run_cli("cli_apps:not_callable")
+    assert result.returncode == 3
+    assert result.stderr.splitlines() == [
+        "coldbrew: error: 'cli_apps:not_callable' is not callable (got int)"
+    ]
+
+
+def test_non_literal_factory_args():
+    result = run_cli("cli_apps:create_app(os.environ)")
+    assert result.returncode == 3
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("coldbrew: error: invalid app spec 'cli_apps:create_app(os.environ)': ")
+    assert "'os.environ' is not a literal" in lines[0]
+
+
+def test_factory_that_raises():
+    result = run_cli("cli_apps:broken_factory()")
+    assert result.returncode == 3
+    assert "Traceback" in result.stderr
+    assert "factory failed on purpose" in result.stderr
+    assert last_line(result.stderr) == (
+        "coldbrew: error: app factory 'cli_apps:broken_factory()' raised "
+        "ValueError: factory failed on purpose"
+    )
+
+
+def test_chdir_is_applied_before_import(tmp_path):
+    # Run from tmp_path, where cli_apps does not exist; --chdir finds it.
+    result = run_cli("--chdir", str(APPS), "cli_apps:ap", cwd=tmp_path)
+    assert result.returncode == 3
+    assert last_line(result.stderr) == "coldbrew: error: module 'cli_apps' has no attribute 'ap'"
+
+
+def test_bad_chdir_names_its_source(tmp_path):
+    missing = str(tmp_path / "missing")
+    result = run_cli("--chdir", missing, "cli_apps:app")
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        f"coldbrew: error: argument --chdir: cannot change directory to {missing!r}: No such file or directory"
+    ]
+
+
+def test_precedence_end_to_end(tmp_path):
+    """defaults < COLDBREW_<OPTION> < COLDBREW_CMD_ARGS < command line, seen through --chdir errors."""
+    a, b, c = (str(tmp_path / name) for name in "abc")
+    env = {"COLDBREW_CHDIR": a}
+    result = run_cli("cli_apps:app", env=env)
+    assert last_line(result.stderr).startswith(f"coldbrew: error: COLDBREW_CHDIR: cannot change directory to {a!r}")
+
+    env["COLDBREW_CMD_ARGS"] = f"--chdir {b}"
+    result = run_cli("cli_apps:app", env=env)
+    assert last_line(result.stderr).startswith(
+        f"coldbrew: error: COLDBREW_CMD_ARGS: argument --chdir: cannot change directory to {b!r}"
+    )
+
+    result = run_cli("--chdir", c, "cli_apps:app", env=env)
+    assert last_line(result.stderr).startswith(f"coldbrew: error: argument --chdir: cannot change directory to {c!r}")
+    assert result.returncode == 2
+
+
+def test_app_and_threads_from_environment():
+    env = {"COLDBREW_APP": "cli_apps:ap", "COLDBREW_THREADS": "4"}
+    result = run_cli(env=env)
+    assert result.returncode == 3
+    assert last_line(result.stderr) == "coldbrew: error: module 'cli_apps' has no attribute 'ap'"
+
+
+# ---------------------------------------------------------------------------
+# parse_args: a pure function of (argv, environ)
+# ---------------------------------------------------------------------------
+
+
+def test_config_is_a_slots_dataclass_with_the_core_fields():
+    assert [f.name for f in dataclasses.fields(Config)] == CONFIG_FIELDS
+    assert hasattr(Config, "__slots__")
+    cfg = parse_args(["m:app"], {})
+    with pytest.raises(AttributeError):
+        cfg.not_a_field = 1
+
+
+def test_defaults():
+    cfg = parse_args(["main:app"], {})
+    assert cfg == Config(
+        app_spec="main:app",
+        host="0.0.0.0",
+        port=8080,
+        threads=8,
+        graceful_timeout=8.0,
+        root_path="",
+        response_buffer=1024 * 1024,
+        request_buffer=256 * 1024,
+        backlog=2048,
+        log_level="info",
+        workers=1,
+    )
+    assert isinstance(cfg.graceful_timeout, float)
+    inv = parse(["main:app"], {})
+    assert inv.chdir is None
+    assert inv.env == []
+
+
+def test_port_and_script_name_feed_the_defaults():
+    cfg = parse_args(["main:app"], {"PORT": "9000", "SCRIPT_NAME": "/api/"})
+    assert (cfg.host, cfg.port, cfg.root_path) == ("0.0.0.0", 9000, "/api")
+
+
+def test_port_env_is_ignored_when_bind_has_a_port():
+    cfg = parse_args(["-b", "127.0.0.1:7000", "main:app"], {"PORT": "not-a-port"})
+    assert (cfg.host, cfg.port) == ("127.0.0.1", 7000)
+
+
+@pytest.mark.parametrize(
+    "bind, port_env, expected",
+    [
+        ("127.0.0.1:8000", None, ("127.0.0.1", 8000)),
+        (":8000", None, ("0.0.0.0", 8000)),
+        ("[::1]:8000", None, ("::1", 8000)),
+        ("[::]:1", None, ("::", 1)),
+        ("localhost", None, ("localhost", 8080)),
+        ("localhost", "9001", ("localhost", 9001)),
+        ("[::1]", "9002", ("::1", 9002)),
+        ("0.0.0.0:65535", None, ("0.0.0.0", 65535)),
+    ],
+)
+def test_bind_forms(bind, port_env, expected):
+    environ = {"PORT": port_env} if port_env else {}
+    cfg = parse_args(["--bind", bind, "main:app"], environ)
+    assert (cfg.host, cfg.port) == expected
+
+
+@pytest.mark.parametrize(
+    "bind",
+    ["", "host:0", "host:65536", "host:abc", "host:", "::1:80", "[]:80", "[::1]80", "[::1", "unix:/tmp/s", "a b:80"],
+)
+def test_bad_bind_values(bind):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--bind", bind, "main:app"], {})
+    assert exc.value.message.startswith("argument -b/--bind: ")
+    assert exc.value.usage
+
+
+def test_threads_from_env():
+    assert parse_args(["main:app"], {"COLDBREW_THREADS": "4"}).threads == 4
+
+
+def test_cmd_args():
+    environ = {"COLDBREW_CMD_ARGS": "--threads 3 --bind :9000 -e 'A=x y' --log-level warning"}
+    inv = parse(["main:app"], environ)
+    assert (inv.config.threads, inv.config.port, inv.config.log_level) == (3, 9000, "warning")
+    assert inv.env == [("A", "x y")]
+
+
+def test_cmd_args_may_hold_the_app():
+    assert parse_args([], {"COLDBREW_CMD_ARGS": "main:app"}).app_spec == "main:app"
+
+
+def test_precedence():
+    environ = {"COLDBREW_THREADS": "2", "COLDBREW_CMD_ARGS": "--threads 3"}
+    assert parse_args(["--threads", "4", "main:app"], environ).threads == 4
+    assert parse_args(["main:app"], environ).threads == 3
+    assert parse_args(["main:app"], {"COLDBREW_THREADS": "2"}).threads == 2
+    assert parse_args(["main:app"], {}).threads == 8
+
+
+def test_precedence_of_app():
+    environ = {"COLDBREW_APP": "env:app", "COLDBREW_CMD_ARGS": "cmd:app"}
+    assert parse_args(["argv:app"], environ).app_spec == "argv:app"
+    assert parse_args([], environ).app_spec == "cmd:app"
+    assert parse_args([], {"COLDBREW_APP": "env:app"}).app_spec == "env:app"
+
+
+def test_repeatable_env_from_every_source_in_precedence_order():
+    environ = {"COLDBREW_ENV": "A=1 'B=two words'", "COLDBREW_CMD_ARGS": "-e A=2"}
+    inv = parse(["-e", "A=3", "--env", "C=", "main:app"], environ)
+    assert inv.env == [("A", "1"), ("B", "two words"), ("A", "2"), ("A", "3"), ("C", "")]
+
+
+@pytest.mark.parametrize(
+    "name, value, field, expected",
+    [
+        ("COLDBREW_BIND", "127.0.0.1:9000", "port", 9000),
+        ("COLDBREW_THREADS", "4", "threads", 4),
+        ("COLDBREW_GRACEFUL_TIMEOUT", "5", "graceful_timeout", 5.0),
+        ("COLDBREW_ROOT_PATH", "/api/", "root_path", "/api"),
+        ("COLDBREW_RESPONSE_BUFFER", "2M", "response_buffer", 2 * 1024 * 1024),
+        ("COLDBREW_REQUEST_BUFFER", "64KiB", "request_buffer", 64 * 1024),
+        ("COLDBREW_BACKLOG", "128", "backlog", 128),
+        ("COLDBREW_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+        ("COLDBREW_APP", "other:app", "app_spec", "other:app"),
+    ],
+)
+def test_every_option_from_env(name, value, field, expected):
+    cfg = parse_args(["main:app"] if name != "COLDBREW_APP" else [], {name: value})
+    assert getattr(cfg, field) == expected
+
+
+def test_chdir_and_env_from_env():
+    inv = parse(["main:app"], {"COLDBREW_CHDIR": "/srv/app", "COLDBREW_ENV": "X=1"})
+    assert inv.chdir == "/srv/app"
+    assert inv.env == [("X", "1")]
+    assert inv.sources["chdir"] == "COLDBREW_CHDIR"
+
+
+@pytest.mark.parametrize(
+    "name, value, message",
+    [
+        ("COLDBREW_THREADS", "x", "COLDBREW_THREADS: invalid int value: 'x'"),
+        ("COLDBREW_THREADS", "0", "COLDBREW_THREADS: must be at least 1 (got 0)"),
+        ("COLDBREW_THREADS", "", "COLDBREW_THREADS: invalid int value: ''"),
+        ("COLDBREW_BACKLOG", "1.5", "COLDBREW_BACKLOG: invalid int value: '1.5'"),
+        ("COLDBREW_GRACEFUL_TIMEOUT", "soon", "COLDBREW_GRACEFUL_TIMEOUT: invalid float value: 'soon'"),
+        ("COLDBREW_GRACEFUL_TIMEOUT", "-1", "COLDBREW_GRACEFUL_TIMEOUT: must be at least 0 (got '-1')"),
+        ("COLDBREW_GRACEFUL_TIMEOUT", "nan", "COLDBREW_GRACEFUL_TIMEOUT: must be a finite number of seconds (got 'nan')"),
+        ("COLDBREW_ROOT_PATH", "api", "COLDBREW_ROOT_PATH: must start with '/' (got 'api')"),
+        ("COLDBREW_LOG_LEVEL", "loud", "COLDBREW_LOG_LEVEL: invalid choice: 'loud' (choose from debug, info, warning, error, critical)"),
+        ("COLDBREW_ENV", "NOEQUALS", "COLDBREW_ENV: expected KEY=VALUE, got 'NOEQUALS' (missing '=')"),
+        ("COLDBREW_ENV", "'A=1", "COLDBREW_ENV: cannot split \"'A=1\": No closing quotation"),
+        ("COLDBREW_BIND", "h:0", "COLDBREW_BIND: invalid port in 'h:0' (must be 1-65535)"),
+        ("COLDBREW_CMD_ARGS", "--threads", "COLDBREW_CMD_ARGS: argument --threads: expected one argument"),
+        ("COLDBREW_CMD_ARGS", "--nope", "COLDBREW_CMD_ARGS: unrecognized arguments: --nope"),
+        ("COLDBREW_CMD_ARGS", "'--threads", "COLDBREW_CMD_ARGS: cannot split \"'--threads\": No closing quotation"),
+        ("SCRIPT_NAME", "api", "SCRIPT_NAME: must start with '/' (got 'api')"),
+        ("PORT", "0", "PORT: invalid port: '0' (must be 1-65535)"),
+    ],
+)
+def test_bad_values_from_environment(name, value, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["main:app"], {name: value})
+    assert exc.value.message == message
+    assert not exc.value.usage
+
+
+def test_bad_env_value_is_an_error_even_when_overridden():
+    with pytest.raises(ConfigError, match="COLDBREW_THREADS"):
+        parse_args(["--threads", "4", "main:app"], {"COLDBREW_THREADS": "x"})
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [
+        ("0", 0),
+        ("1024", 1024),
+        ("1k", 1024),
+        ("1K", 1024),
+        ("1KB", 1024),
+        ("1kib", 1024),
+        ("64 KiB", 64 * 1024),
+        ("2m", 2 * 1024**2),
+        ("2MB", 2 * 1024**2),
+        ("2MiB", 2 * 1024**2),
+        ("1.5M", 1536 * 1024),
+        ("1G", 1024**3),
+        ("1gib", 1024**3),
+        ("100b", 100),
+    ],
+)
+def test_size_suffixes(text, expected):
+    cfg = parse_args(["--response-buffer", text, "--request-buffer", text, "main:app"], {})
+    assert cfg.response_buffer == expected
+    assert cfg.request_buffer == expected
+
+
+@pytest.mark.parametrize("text", ["", "K", "1X", "1T", "-1", "1.2.3", "1e6", "one"])
+def test_bad_sizes(text):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--request-buffer", text, "main:app"], {})
+    assert exc.value.message.startswith("argument --request-buffer: invalid size: ")
+
+
+@pytest.mark.parametrize("path, expected", [("/", ""), ("", ""), ("/api", "/api"), ("/api//", "/api"), ("/a/b/", "/a/b")])
+def test_root_path(path, expected):
+    assert parse_args(["--root-path", path, "main:app"], {"SCRIPT_NAME": "/ignored"}).root_path == expected
+
+
+def test_root_path_must_be_absolute():
+    with pytest.raises(ConfigError, match="argument --root-path: must start with '/'"):
+        parse_args(["--root-path", "api", "main:app"], {})
+
+
+@pytest.mark.parametrize(
+    "level, expected",
+    [("debug", "debug"), ("info", "info"), ("warning", "warning"), ("error", "error"),
+     ("critical", "critical"), ("WARNING", "warning"), ("warn", "warning")],
+)
+def test_log_levels(level, expected):
+    assert parse_args(["--log-level", level, "main:app"], {}).log_level == expected
+
+
+@pytest.mark.parametrize("pair, message", [("X", "missing '='"), ("=1", "empty KEY")])
+def test_bad_env_pairs(pair, message):
+    with pytest.raises(ConfigError) as exc:
+        parse(["-e", pair, "main:app"], {})
+    assert exc.value.message.startswith("argument -e/--env: expected KEY=VALUE")
+    assert message in exc.value.message
+
+
+def test_env_value_may_contain_equals():
+    assert parse(["-e", "URL=a=b", "main:app"], {}).env == [("URL", "a=b")]
+
+
+def test_missing_app_is_a_usage_error():
+    with pytest.raises(ConfigError) as exc:
+        parse_args([], {})
+    assert exc.value.usage
+    assert "missing APP" in exc.value.message
+
+
+def test_parse_args_does_not_touch_the_process(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    before_env = dict(os.environ)
+    before_path = list(sys.path)
+    parse(["--chdir", "/", "-e", "COLDBREW_TEST_SHOULD_NOT_BE_SET=1", "main:app"], {})
+    assert os.getcwd() == str(tmp_path)
+    assert dict(os.environ) == before_env
+    assert sys.path == before_path
+
+
+# ---------------------------------------------------------------------------
+# loader.load_app
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def apps_on_path(monkeypatch):
+    monkeypatch.syspath_prepend(str(APPS))
+
+
+def call(app):
+    status = []
+    body = app({}, lambda s, h: status.append(s))
+    return status[0], b"".join(body)
+
+
+def test_factory_call_with_literal_args(apps_on_path):
+    app = load_app("cli_apps:create_app('prod', debug=True)")
+    assert app.factory_args == ("prod", True)
+    assert call(app) == ("200 OK", b"prod debug=True")
+
+
+def test_factory_call_with_container_literals(apps_on_path):
+    app = load_app("cli_apps:create_app(name=('a', 1), debug={'x': [None, -2.5]})")
+    assert app.factory_args == (("a", 1), {"x": [None, -2.5]})
+
+
+@pytest.mark.parametrize(
+    "spec, fragment",
+    [
+        ("cli_apps:create_app(os.environ)", "'os.environ' is not a literal"),
+        ("cli_apps:create_app(name())", "'name()' is not a literal"),
+        ("cli_apps:create_app('a' * 3)", "is not a literal"),
+        ("cli_apps:create_app(*args)", "*args is not allowed"),
+        ("cli_apps:create_app(**kw)", "**kwargs is not allowed"),
+    ],
+)
+def test_non_literal_factory_args_are_rejected(apps_on_path, spec, fragment):
+    with pytest.raises(AppLoadError) as exc:
+        load_app(spec)
+    assert exc.value.message.startswith(f"invalid app spec {spec!r}: ")
+    assert fragment in exc.value.message
+    assert "\n" not in exc.value.message
+
+
+def test_default_attribute_prefers_application(apps_on_path):
+    assert call(load_app("cli_apps"))[1] == b"application"
+
+
+def test_default_attribute_falls_back_to_app(tmp_path, monkeypatch):
+    (tmp_path / "cli_only_app.py").write_text("def app(environ, start_response):\n    return [b'x']\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    assert load_app("cli_only_app").__name__ == "app"
+
+
+def test_default_attribute_missing(tmp_path, monkeypatch):
+    (tmp_path / "cli_no_app.py").write_text("x = 1\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    with pytest.raises(AppLoadError, match="module 'cli_no_app' has no attribute 'application' or 'app'"):
+        load_app("cli_no_app")
+
+
+def test_dotted_attribute(apps_on_path):
+    assert call(load_app("cli_apps:holder.wsgi"))[1] == b"dotted"
+
+
+def test_dotted_attribute_missing(apps_on_path):
+    with pytest.raises(AppLoadError) as exc:
+        load_app("cli_apps:holder.nope")
+    assert exc.value.message == "'cli_apps:holder' has no attribute 'nope'"
+
+
+def test_factory_returning_non_callable(apps_on_path):
+    with pytest.raises(AppLoadError) as exc:
+        load_app("cli_apps:returns_none()")
+    assert exc.value.message == "app factory 'cli_apps:returns_none()' did not return a callable (got NoneType)"
+
+
+def test_factory_exception_is_chained(apps_on_path):
+    with pytest.raises(AppLoadError) as exc:
+        load_app("cli_apps:broken_factory()")
+    assert exc.value.show_traceback
+    assert isinstance(exc.value.__cause__, ValueError)
+
+
+def test_asgi_app_is_rejected(apps_on_path):
+    with pytest.raises(AppLoadError, match="looks like an ASGI app"):
+        load_app("cli_apps:asgi_app")
+
+
+@pytest.mark.parametrize(
+    "spec",
+    [":app", "cli_apps:", "cli_apps:app[0]", "cli_apps:app()()", "cli_apps:1", "cli_apps:a b",
+     "src/main:app", "my-app:app", "cli_apps:lambda: 1"],
+)
+def test_malformed_specs(spec):
+    with pytest.raises(AppLoadError) as exc:
+        load_app(spec)
+    assert exc.value.message.startswith(f"invalid app spec {spec!r}: ")
+    assert not exc.value.show_traceback
+
+
+def test_missing_module_suggests_dropping_py(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(AppLoadError) as exc:
+        load_app("cli_nothing_here.py")
+    assert exc.value.message == (
+        f"module 'cli_nothing_here.py' not found in {tmp_path} or on sys.path (did you mean 'cli_nothing_here'?)"
+    )
+
+
+# ---------------------------------------------------------------------------
+# cli.main in-process, with a fake core standing in for coldbrew._coldbrew
+# ---------------------------------------------------------------------------
+
+
+@pytest.fixture
+def isolated(monkeypatch):
+    """Undo whatever cli.main does to the process: cwd, sys.path, os.environ."""
+    for name in list(os.environ):
+        if name.startswith("COLDBREW_") or name in ("PORT", "SCRIPT_NAME"):
+            monkeypatch.delenv(name)
+    monkeypatch.chdir(APPS)
+    monkeypatch.setattr(sys, "path", list(sys.path))
+    return monkeypatch
+
+
+@pytest.fixture
+def fake_core(isolated):
+    core = types.ModuleType("coldbrew._coldbrew")
+    core.__version__ = "9.9.9"
+    core.calls = []
+    core.logs = []
+    core.raises = None
+
+    def serve(app, cfg):
+        core.calls.append((app, cfg, os.getcwd(), list(sys.path)))
+        if core.raises is not None:
+            raise core.raises
+
+    core.serve = serve
+    core.log = lambda level, message: core.logs.append((level, message))
+    core.levels = []
+    core.set_log_level = core.levels.append
+    isolated.setitem(sys.modules, "coldbrew._coldbrew", core)
+    isolated.setattr(coldbrew, "_coldbrew", core, raising=False)
+    return core
+
+
+def test_main_serves_the_loaded_app_with_the_config(fake_core):
+    assert cli.main(["--threads", "3", "-b", "127.0.0.1:9999", "cli_apps:app"]) == 0
+    [(app, cfg, cwd, path)] = fake_core.calls
+    assert call(app)[1] == b"app"
+    assert isinstance(cfg, Config)
+    assert (cfg.threads, cfg.host, cfg.port, cfg.workers) == (3, "127.0.0.1", 9999, 1)
+    assert any(level == "info" and "loaded app" in msg for level, msg in fake_core.logs)
+
+
+def test_main_applies_env_and_chdir_before_import(fake_core, tmp_path):
+    name = "cli_env_probe_app"
+    (tmp_path / f"{name}.py").write_text(
+        "import os\nMARKER = os.environ.get('COLDBREW_TEST_MARKER')\nCWD = os.getcwd()\n"
+        "def app(environ, start_response):\n    return [MARKER.encode()]\n"
+    )
+    sys.modules.pop(name, None)
+    try:
+        os.environ.pop("COLDBREW_TEST_MARKER", None)
+        status = cli.main(["--chdir", str(tmp_path), "-e", "COLDBREW_TEST_MARKER=hello", f"{name}:app"])
+        assert status == 0
+        module = sys.modules[name]
+        assert module.MARKER == "hello"
+        assert module.CWD == str(tmp_path)
+        [(app, cfg, cwd, path)] = fake_core.calls
+        assert cwd == str(tmp_path)
+        assert path[0] == str(tmp_path)
+    finally:
+        os.environ.pop("COLDBREW_TEST_MARKER", None)
+        sys.modules.pop(name, None)
+
+
+def test_main_bind_failure_exits_1(fake_core, capsys):
+    fake_core.raises = OSError(errno.EADDRINUSE, "Address already in use (os error 98)")
+    assert cli.main(["-b", "[::1]:8123", "cli_apps:app"]) == 1
+    assert last_line(capsys.readouterr().err) == (
+        "coldbrew: error: cannot listen on [::1]:8123: Address already in use"
+    )
+
+
+def test_main_bind_failure_without_errno(fake_core, capsys):
+    fake_core.raises = OSError("failed to resolve 'nohost'")
+    assert cli.main(["-b", "nohost:8123", "cli_apps:app"]) == 1
+    assert last_line(capsys.readouterr().err) == (
+        "coldbrew: error: cannot listen on nohost:8123: failed to resolve 'nohost'"
+    )
+
+
+def test_main_keyboard_interrupt_exits_0_quietly(fake_core, capsys):
+    fake_core.raises = KeyboardInterrupt()
+    assert cli.main(["--log-level", "warning", "cli_apps:app"]) == 0
+    assert capsys.readouterr().err == ""
+
+
+def test_main_does_not_serve_when_loading_fails(fake_core, capsys):
+    assert cli.main(["cli_broken:app"]) == 3
+    assert fake_core.calls == []
+    assert last_line(capsys.readouterr().err).startswith("coldbrew: error: cannot import module 'cli_broken'")
+
+
+def test_main_log_level_filters_core_logs(fake_core):
+    assert cli.main(["--log-level", "error", "cli_apps:app"]) == 0
+    assert fake_core.logs == []
+    assert fake_core.levels == ["error"]
+
+
+def test_main_sets_core_log_level_before_logging(fake_core):
+    assert cli.main(["--log-level", "debug", "cli_apps:app"]) == 0
+    assert fake_core.levels == ["debug"]
+    assert fake_core.logs[0][0] == "debug"
+
+
+def test_main_without_core_exits_1(isolated, capsys):
+    isolated.setitem(sys.modules, "coldbrew._coldbrew", None)
+    isolated.delattr(coldbrew, "_coldbrew", raising=False)
+    assert cli.main(["--log-level", "error", "cli_apps:app"]) == 1
+    assert last_line(capsys.readouterr().err).startswith(
+        "coldbrew: error: the coldbrew core (coldbrew._coldbrew) is not available"
+    )
+
+
+def test_main_help_and_version_return_0(fake_core, capsys):
+    assert cli.main(["--help"]) == 0
+    assert "--graceful-timeout" in capsys.readouterr().out
+    assert cli.main(["--version"]) == 0
+    assert capsys.readouterr().out == "coldbrew 9.9.9\n"
+
+
+def test_cli_import_is_light():
+    code = (
+        "import sys; import coldbrew.cli; "
+        "heavy = {'logging', 'importlib.metadata', 'coldbrew._coldbrew', 'coldbrew.loader'} & set(sys.modules); "
+        "print(sorted(heavy))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-S", "-c", code], env=clean_env(), capture_output=True, text=True, timeout=60
+    )
+    assert result.stdout.strip() == "[]", result.stderr
+
+
+def test_module_exposes_version_lazily():
+    assert isinstance(coldbrew.get_version(), str)
+    assert config.Config is Config
+    assert loader.DEFAULT_ATTRS == ("application", "app")
