@@ -35,7 +35,7 @@ impl WorkerContext {
         let formatted = self
             .format_exception
             .bind(py)
-            .call1((err.value(py),))
+            .call1((err.get_type(py), err.value(py), err.traceback(py)))
             .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)));
         match formatted {
             Ok(text) => text.to_string().trim_end().to_owned(),
