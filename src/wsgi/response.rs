@@ -42,7 +42,7 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         Ok(environ) => environ,
         Err(err) => return internal_error(py, ctx, &parts, err, reply),
     };
-    let exchange = match Bound::new(py, StartResponse::new(reply, ctx.response_buffer, parts.method == Method::HEAD)) {
+    let exchange = match Bound::new(py, StartResponse::new(reply, ctx.response_buffer, parts.method, parts.uri)) {
         Ok(exchange) => exchange,
         Err(err) => {
             log::error(format_args!("cannot prepare start_response: {err}"));
@@ -55,7 +55,7 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         .call1((environ, &exchange))
         .and_then(|iterable| respond(py, exchange.get(), &iterable));
     if let Err(err) = outcome {
-        exchange.get().fail(py, ctx, &parts, err);
+        exchange.get().fail(py, ctx, err);
     }
 }
 
@@ -77,10 +77,13 @@ fn respond(py: Python<'_>, exchange: &StartResponse, iterable: &Bound<'_, PyAny>
         return exchange.send_all(py, tuple.iter());
     }
     if let Ok(wrapper) = iterable.cast::<FileWrapper>() {
-        if let Some(file) = open_regular_file(py, wrapper.get())? {
-            let closed = close_iterable(iterable);
-            exchange.send_file(file)?;
-            return closed;
+        // After write() the head is out; the file then goes through the plain iteration.
+        if !exchange.committed() {
+            if let Some(file) = open_regular_file(py, wrapper.get())? {
+                let closed = close_iterable(iterable);
+                exchange.send_file(file)?;
+                return closed;
+            }
         }
     }
     let streamed = stream_items(py, exchange, iterable);
@@ -96,9 +99,12 @@ fn stream_items(py: Python<'_>, exchange: &StartResponse, iterable: &Bound<'_, P
         if chunk.is_empty() {
             continue;
         }
-        if exchange.send_chunk(py, chunk).is_err() {
-            // The client disconnected: stop iterating; close() still runs.
-            return Ok(());
+        match exchange.send_chunk(py, chunk) {
+            Ok(()) => {}
+            // The client disconnected or the body is complete: stop iterating; close() still runs.
+            Err(SendError::Closed) => return Ok(()),
+            Err(SendError::App(err)) => return Err(err),
+            Err(SendError::Busy) => return Err(concurrent_write()),
         }
     }
     Ok(())
@@ -165,6 +171,20 @@ fn open_regular_file(py: Python<'_>, wrapper: &FileWrapper) -> PyResult<Option<O
 #[pyclass(frozen, module = "coldbrew._coldbrew")]
 pub struct StartResponse {
     state: Mutex<Exchange>,
+    /// Names the request in log lines.
+    request: RequestLine,
+}
+
+/// `GET /path`, kept for log lines about a request after its parts were handed on.
+struct RequestLine {
+    method: Method,
+    uri: http::Uri,
+}
+
+impl std::fmt::Display for RequestLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.uri.path())
+    }
 }
 
 struct Exchange {
@@ -176,6 +196,9 @@ struct Exchange {
     buffer: usize,
     head_request: bool,
     client_gone: bool,
+    /// The app's Content-Length once the head is sent, and the body bytes queued since.
+    declared: Option<u64>,
+    streamed: u64,
 }
 
 struct Head {
@@ -198,8 +221,10 @@ impl Head {
 }
 
 impl StartResponse {
-    fn new(reply: oneshot::Sender<proto::Response>, buffer: usize, head_request: bool) -> Self {
+    fn new(reply: oneshot::Sender<proto::Response>, buffer: usize, method: Method, uri: http::Uri) -> Self {
+        let head_request = method == Method::HEAD;
         StartResponse {
+            request: RequestLine { method, uri },
             state: Mutex::new(Exchange {
                 head: None,
                 reply: Some(reply),
@@ -207,6 +232,8 @@ impl StartResponse {
                 buffer,
                 head_request,
                 client_gone: false,
+                declared: None,
+                streamed: 0,
             }),
         }
     }
@@ -221,6 +248,7 @@ impl StartResponse {
             .head
             .take()
             .ok_or_else(|| PyAssertionError::new_err("the app did not call start_response()"))?;
+        state.declared = head.content_length;
         if let Some(reply) = state.reply.take() {
             if reply.send(head.into_response(body)).is_err() {
                 state.client_gone = true;
@@ -229,8 +257,11 @@ impl StartResponse {
         Ok(())
     }
 
-    /// Queues one non-empty chunk, committing a streamed response first if needed.
-    fn send_chunk(&self, py: Python<'_>, chunk: Bytes) -> Result<(), SendError> {
+    /// Queues one non-empty chunk, committing a streamed response first if needed. Bytes
+    /// beyond the app's own Content-Length are never sent: the body is cut there, logged, and
+    /// the iteration stops.
+    fn send_chunk(&self, py: Python<'_>, mut chunk: Bytes) -> Result<(), SendError> {
+        let mut overlong = false;
         let sender = {
             let mut state = self.state.lock().unwrap();
             if state.reply.is_some() {
@@ -241,6 +272,18 @@ impl StartResponse {
             if state.client_gone {
                 return Err(SendError::Closed);
             }
+            if let Some(declared) = state.declared {
+                let room = declared.saturating_sub(state.streamed);
+                if chunk.len() as u64 > room {
+                    log::warn(format_args!(
+                        "{}: the app sent more than its Content-Length of {declared} bytes; the rest is dropped",
+                        self.request
+                    ));
+                    chunk.truncate(room as usize);
+                    overlong = true;
+                }
+            }
+            state.streamed += chunk.len() as u64;
             state.stream.take().ok_or(SendError::Busy)?
         };
         let sent = match sender.try_send(chunk) {
@@ -254,6 +297,9 @@ impl StartResponse {
             state.client_gone = true;
             return Err(SendError::Closed);
         }
+        if overlong {
+            return Err(SendError::Closed);
+        }
         Ok(())
     }
 
@@ -262,8 +308,14 @@ impl StartResponse {
         if self.committed() {
             for item in items {
                 let chunk = chunk_bytes(&item)?;
-                if !chunk.is_empty() && self.send_chunk(py, chunk).is_err() {
-                    return Ok(());
+                if chunk.is_empty() {
+                    continue;
+                }
+                match self.send_chunk(py, chunk) {
+                    Ok(()) => {}
+                    Err(SendError::Closed) => return Ok(()),
+                    Err(SendError::App(err)) => return Err(err),
+                    Err(SendError::Busy) => return Err(concurrent_write()),
                 }
             }
             return self.finish();
@@ -317,28 +369,35 @@ impl StartResponse {
             return Self::commit(&mut state, ResponseBody::empty());
         }
         if let Some(stream) = state.stream.take() {
-            stream.finish();
+            match state.declared {
+                Some(declared) if declared > state.streamed && !state.head_request => {
+                    log::warn(format_args!(
+                        "{}: the app sent {} bytes but its Content-Length is {declared}; closing the connection",
+                        self.request, state.streamed
+                    ));
+                    stream.abort("body shorter than Content-Length");
+                }
+                _ => stream.finish(),
+            }
         }
         Ok(())
     }
 
     /// The app raised: a 500 if nothing was sent yet, otherwise the connection is aborted.
-    fn fail(&self, py: Python<'_>, ctx: &WorkerContext, parts: &http::request::Parts, err: PyErr) {
+    fn fail(&self, py: Python<'_>, ctx: &WorkerContext, err: PyErr) {
         let mut state = self.state.lock().unwrap();
+        let parts = &self.request;
         if state.client_gone {
-            log::debug(format_args!("client went away during {} {}", parts.method, parts.uri.path()));
+            log::debug(format_args!("client went away during {parts}"));
             return;
         }
         let traceback = ctx.format_traceback(py, &err);
         if let Some(reply) = state.reply.take() {
-            log::error(format_args!("error handling {} {}:\n{}", parts.method, parts.uri.path(), traceback));
+            log::error(format_args!("error handling {parts}:\n{traceback}"));
             let _ = reply.send(server_error());
         } else {
             log::error(format_args!(
-                "error after the response head was sent for {} {}; aborting the connection:\n{}",
-                parts.method,
-                parts.uri.path(),
-                traceback
+                "error after the response head was sent for {parts}; aborting the connection:\n{traceback}"
             ));
             if let Some(stream) = state.stream.take() {
                 stream.abort("the application raised");
@@ -361,9 +420,13 @@ impl StartResponse {
             Ok(()) => Ok(()),
             Err(SendError::App(err)) => Err(err),
             Err(SendError::Closed) => Err(PyOSError::new_err("client disconnected")),
-            Err(SendError::Busy) => Err(PyAssertionError::new_err("write() called from two threads at once")),
+            Err(SendError::Busy) => Err(concurrent_write()),
         }
     }
+}
+
+fn concurrent_write() -> PyErr {
+    PyAssertionError::new_err("the response was written from two threads at once")
 }
 
 enum SendError {
