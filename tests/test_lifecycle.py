@@ -25,12 +25,18 @@ def wait_for_file(path, proc, timeout=10.0):
 
 
 def try_connect(port, timeout=1.0):
-    """'refused', or 'open' (the socket is closed again right away)."""
+    """'refused', 'reset', or 'open' (the socket is closed again right away).
+
+    'reset' is a connection that reached the listen queue just as the listener closed: the
+    kernel resets it. It was not served, but the caller should try again to see 'refused'.
+    """
     try:
         with socket.create_connection(("127.0.0.1", port), timeout=timeout):
             return "open"
     except ConnectionRefusedError:
         return "refused"
+    except ConnectionResetError:
+        return "reset"
 
 
 def wait_exit(proc, timeout):
