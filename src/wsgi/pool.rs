@@ -27,15 +27,16 @@ pub(crate) struct WorkerContext {
     pub runtime: Handle,
     pub response_buffer: usize,
     pub empty_input: Py<InputStream>,
-    format_exception: Py<PyAny>,
 }
 
 impl WorkerContext {
+    /// The traceback as Python prints it. `traceback` is imported on the first error only: it
+    /// costs milliseconds of startup that a healthy app never needs.
     pub fn format_traceback(&self, py: Python<'_>, err: &PyErr) -> String {
-        let formatted = self
-            .format_exception
-            .bind(py)
-            .call1((err.get_type(py), err.value(py), err.traceback(py)))
+        let formatted = py
+            .import("traceback")
+            .and_then(|module| module.getattr("format_exception"))
+            .and_then(|format| format.call1((err.get_type(py), err.value(py), err.traceback(py))))
             .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)));
         match formatted {
             Ok(text) => text.to_string().trim_end().to_owned(),
@@ -66,14 +67,12 @@ impl Pool {
                 file_wrapper,
             },
         )?;
-        let format_exception = py.import("traceback")?.getattr("format_exception")?.unbind();
         let context = Arc::new(WorkerContext {
             app,
             environ,
             runtime,
             response_buffer: config.response_buffer,
             empty_input: Py::new(py, InputStream::empty())?,
-            format_exception,
         });
 
         let (sender, receiver): (Sender<RequestJob>, Receiver<RequestJob>) = crossbeam_channel::bounded(config.max_pending);
