@@ -21,6 +21,45 @@ pub type Response = hyper::Response<ResponseBody>;
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
+    /// The peer's address and port as text, formatted once per connection instead of once
+    /// per request.
+    pub peer_ip: AddrText,
+    pub peer_port: AddrText,
+}
+
+impl ConnInfo {
+    pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
+        ConnInfo { peer, local, peer_ip: AddrText::format(peer.ip()), peer_port: AddrText::format(peer.port()) }
+    }
+}
+
+/// A short piece of text (an IP address or a port) kept inline, without a heap allocation.
+#[derive(Clone, Copy)]
+pub struct AddrText {
+    buf: [u8; 46],
+    len: u8,
+}
+
+impl AddrText {
+    fn format(value: impl std::fmt::Display) -> Self {
+        use std::io::Write;
+        let mut buf = [0u8; 46];
+        let mut cursor = std::io::Cursor::new(&mut buf[..]);
+        // 46 bytes hold the longest IPv6 text form; anything longer is cut, never a panic.
+        let _ = write!(cursor, "{value}");
+        let len = cursor.position() as u8;
+        AddrText { buf, len }
+    }
+
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.buf[..self.len as usize]).unwrap_or("")
+    }
+}
+
+impl std::fmt::Debug for AddrText {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
 }
 
 /// An application interface, called once per request on the I/O thread.
@@ -46,4 +85,20 @@ pub fn overloaded() -> Response {
     let mut response = plain(http::StatusCode::SERVICE_UNAVAILABLE, "Service Unavailable\n");
     response.headers_mut().insert(http::header::RETRY_AFTER, http::HeaderValue::from_static("1"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn peer_text_is_formatted_once_per_connection() {
+        let v4: SocketAddr = "203.0.113.7:51234".parse().unwrap();
+        let conn = ConnInfo::new(v4, v4);
+        assert_eq!(conn.peer_ip.as_str(), "203.0.113.7");
+        assert_eq!(conn.peer_port.as_str(), "51234");
+        let v6: SocketAddr = "[ffff:ffff:ffff:ffff:ffff:ffff:255.255.255.255]:1".parse().unwrap();
+        let conn = ConnInfo::new(v6, v6);
+        assert_eq!(conn.peer_ip.as_str(), v6.ip().to_string());
+    }
 }

@@ -62,7 +62,7 @@ pub async fn serve<H: Handler>(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let conn_info = ConnInfo { peer, local };
+                let conn_info = ConnInfo::new(peer, local);
                 let handler = handler.clone();
                 let service = service_fn(move |req| {
                     let fut = handler.call(req, conn_info);

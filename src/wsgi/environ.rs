@@ -161,8 +161,8 @@ impl EnvironBuilder {
             _ => &self.http11,
         };
         env.set_item(k.server_protocol.bind(py), protocol.bind(py))?;
-        env.set_item(k.remote_addr.bind(py), conn.peer.ip().to_string())?;
-        env.set_item(k.remote_port.bind(py), conn.peer.port().to_string())?;
+        env.set_item(k.remote_addr.bind(py), PyString::new(py, conn.peer_ip.as_str()))?;
+        env.set_item(k.remote_port.bind(py), PyString::new(py, conn.peer_port.as_str()))?;
 
         let headers = &parts.headers;
         for name in headers.keys() {
