@@ -9,6 +9,7 @@ mod environ;
 mod input;
 mod pool;
 mod response;
+mod shared_bytes;
 mod streams;
 
 use std::future::Future;

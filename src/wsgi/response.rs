@@ -20,12 +20,14 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::oneshot;
 
 use super::pool::WorkerContext;
+use super::shared_bytes;
 use super::streams::FileWrapper;
 use super::{InputStream, RequestBody, RequestJob};
 use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
 use crate::telemetry::log;
 
 pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
+    shared_bytes::release_finished(py);
     let RequestJob { parts, body, conn, reply } = job;
     if reply.is_closed() {
         // The client left while the request waited for a thread.
@@ -118,11 +120,8 @@ fn close_iterable(iterable: &Bound<'_, PyAny>) -> PyResult<()> {
 }
 
 fn chunk_bytes(item: &Bound<'_, PyAny>) -> PyResult<Bytes> {
-    if let Ok(bytes) = item.cast_exact::<PyBytes>() {
-        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
-    }
     if let Ok(bytes) = item.cast::<PyBytes>() {
-        return Ok(Bytes::copy_from_slice(bytes.as_bytes()));
+        return Ok(shared_bytes::share(bytes));
     }
     if let Ok(array) = item.cast::<PyByteArray>() {
         return Ok(Bytes::from(array.to_vec()));
