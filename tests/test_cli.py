@@ -5,7 +5,6 @@ paths that exit before `serve()`. The serve path itself is tested in-process
 with a fake `coldbrew._coldbrew` module, so none of this needs the Rust core.
 """
 
-import dataclasses
 import errno
 import os
 import socket
@@ -324,12 +323,10 @@ def test_app_and_threads_from_environment():
 # ---------------------------------------------------------------------------
 
 
-def test_config_is_a_slots_dataclass_with_the_core_fields():
-    assert [f.name for f in dataclasses.fields(Config)] == CONFIG_FIELDS
-    assert hasattr(Config, "__slots__")
-    cfg = parse_args(["m:app"], {})
+def test_config_has_exactly_the_core_fields():
+    assert list(Config.__slots__) == CONFIG_FIELDS
     with pytest.raises(AttributeError):
-        cfg.not_a_field = 1
+        Config("m:app").not_a_field = 1
 
 
 def test_defaults():
@@ -821,3 +818,403 @@ def test_module_exposes_version_lazily():
     assert isinstance(coldbrew.get_version(), str)
     assert config.Config is Config
     assert loader.DEFAULT_ATTRS == ("application", "app")
+
+
+# ---------------------------------------------------------------------------
+# Start-up cost: the fast paths must not change behaviour
+# ---------------------------------------------------------------------------
+
+import copy  # noqa: E402
+import pickle  # noqa: E402
+import random  # noqa: E402
+import re  # noqa: E402
+
+# Modules a plain `coldbrew MODULE:APP` start must not import.
+HEAVY_MODULES = [
+    "argparse", "dataclasses", "inspect", "ast", "shlex", "re", "gettext", "locale", "shutil",
+    "coldbrew._config_extras",
+]
+
+# Prints the heavy modules the code imports, beyond what the interpreter had loaded.
+NEW_HEAVY = (
+    "import sys\n"
+    "before = set(sys.modules)\n"
+    "{code}\n"
+    "heavy = {heavy!r}\n"
+    "print(sorted((set(sys.modules) - before) & set(heavy)))\n"
+)
+
+
+def run_python(code, cwd=APPS, env=None):
+    result = subprocess.run(
+        [sys.executable, "-c", code], cwd=str(cwd), env=clean_env(env), capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stderr
+    return result.stdout
+
+
+def new_heavy_modules(code, heavy=HEAVY_MODULES, **kwargs):
+    return run_python(NEW_HEAVY.format(code=code, heavy=heavy), **kwargs).strip()
+
+
+def test_importing_the_cli_imports_no_heavy_module():
+    assert new_heavy_modules("import coldbrew.cli") == "[]"
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["cli_apps:app"],
+        ["--bind", "127.0.0.1:9000", "--threads", "3", "cli_apps:app"],
+        ["-b", "[::1]:9000", "--threads=3", "-e", "A=1", "--env=B=2", "--log-level", "WARN", "cli_apps:app"],
+        ["cli_apps:app", "--response-buffer", "1.5M", "--request-buffer=64KiB", "--backlog", "16",
+         "--graceful-timeout", "2.5", "--root-path", "/api/", "--chdir", "."],
+    ],
+)
+def test_parsing_a_simple_command_line_does_not_import_argparse(argv):
+    code = f"from coldbrew.config import parse\nparse({argv!r}, {{'PORT': '9999', 'COLDBREW_THREADS': '2'}})"
+    assert new_heavy_modules(code) == "[]"
+
+
+def test_cmd_args_and_env_import_shlex_but_not_argparse():
+    code = (
+        "from coldbrew.config import parse\n"
+        "parse(['cli_apps:app'], {'COLDBREW_CMD_ARGS': \"--threads 2 -e 'A=x y'\", 'COLDBREW_ENV': 'B=1'})"
+    )
+    heavy = [m for m in HEAVY_MODULES if m not in ("shlex", "re")]
+    assert new_heavy_modules(code, heavy=heavy) == "[]"
+
+
+def test_main_with_a_plain_app_imports_no_heavy_module():
+    """cli.main() from parsing to serve(), with a fake core, stays off every slow path."""
+    code = (
+        "import types\n"
+        "core = types.ModuleType('coldbrew._coldbrew')\n"
+        "core.served = []\n"
+        "core.serve = lambda app, cfg: core.served.append((app, cfg))\n"
+        "core.log = lambda level, message: None\n"
+        "core.set_log_level = lambda level: None\n"
+        "sys.modules['coldbrew._coldbrew'] = core\n"
+        "from coldbrew.cli import main\n"
+        "assert main(['--threads', '2', '-b', '127.0.0.1:9', 'cli_apps:app']) == 0, 'main failed'\n"
+        "[(app, cfg)] = core.served\n"
+        "assert app.__name__ == 'wsgi_app' and cfg.threads == 2 and cfg.port == 9, cfg\n"
+        "assert main(['cli_apps:holder.wsgi']) == 0, 'main failed'\n"
+    )
+    assert new_heavy_modules(code) == "[]"
+
+
+def test_help_still_works_through_argparse():
+    assert new_heavy_modules(
+        "from coldbrew.cli import main\nimport contextlib, io\n"
+        "with contextlib.redirect_stdout(io.StringIO()):\n    main(['--help'])",
+        heavy=["argparse"],
+    ) == "['argparse']"
+
+
+# --- the fast command-line parser against argparse ---------------------------
+
+FAST_ARGVS = [
+    [],
+    ["main:app"],
+    ["  main:app  "],
+    ["main:create_app('x', debug=True)"],
+    ["A=B"],
+    ["--bind", ":8000", "main:app"],
+    ["main:app", "--bind", ":8000"],
+    ["-b", "127.0.0.1:1", "-b", "[::1]:2", "main:app"],
+    ["--bind=localhost", "main:app"],
+    ["--bind", "[::]", "main:app"],
+    ["--threads", "4", "--threads=5", "main:app"],
+    ["--threads", " 7 ", "main:app"],
+    ["--graceful-timeout", "0", "main:app"],
+    ["--graceful-timeout=1e3", "main:app"],
+    ["--graceful-timeout", "inf"[:0] + "2.50", "main:app"],
+    ["--root-path", "/", "main:app"],
+    ["--root-path=/a/b//", "main:app"],
+    ["--response-buffer", "64 KiB", "--request-buffer", "1g", "main:app"],
+    ["--response-buffer=.5M", "main:app"],
+    ["--backlog", "1", "main:app"],
+    ["--chdir", "/srv/app", "main:app"],
+    ["--chdir", " ", "main:app"],
+    ["-e", "A=1", "--env", "A=2", "-e", "URL=a=b", "--env=C=", "main:app"],
+    ["--env=-X=1", "main:app"],
+    ["-e", "A=1", "main:app", "-e", "B=2"],
+    ["--log-level", "DEBUG", "main:app"],
+    ["--log-level=warn", "main:app"],
+    ["--log-level", " Error ", "main:app"],
+    ["--threads", "2"],
+    ["-e", "A=1"],
+]
+
+SLOW_ARGVS = [
+    ["--help"],
+    ["-h"],
+    ["--version"],
+    ["main:app", "--version"],
+    ["--", "main:app"],
+    ["main:app", "--"],
+    ["-"],
+    [""],
+    ["   "],
+    ["main:app", "other:app"],
+    ["--threads"],
+    ["main:app", "--threads"],
+    ["--threads", "-1", "main:app"],
+    ["--threads", "0", "main:app"],
+    ["--threads", "x", "main:app"],
+    ["--threads", "", "main:app"],
+    ["--threads=", "main:app"],
+    ["--root-path", "", "main:app"],
+    ["--root-path=", "main:app"],
+    ["--root-path", "-x", "main:app"],
+    ["--root-path=-x", "main:app"],
+    ["--threads", "--bind", "main:app"],
+    ["--thread", "2", "main:app"],
+    ["--thread=2", "main:app"],
+    ["--workers", "2", "main:app"],
+    ["-b=:8000", "main:app"],
+    ["-b:8000", "main:app"],
+    ["-e", "-X=1", "main:app"],
+    ["-eA=1", "main:app"],
+    ["--env", "NOEQUALS", "main:app"],
+    ["--env=", "main:app"],
+    ["--bind", "host:0", "main:app"],
+    ["--bind", "unix:/tmp/s", "main:app"],
+    ["--log-level", "loud", "main:app"],
+    ["--graceful-timeout", "nan", "main:app"],
+    ["--graceful-timeout", "-1", "main:app"],
+    ["--response-buffer", "1T", "main:app"],
+    ["--chdir", "", "main:app"],
+    ["-1", "main:app"],
+    ["-x y", "main:app"],
+    ["main:app", "-e"],
+    ["--bind"],
+]
+
+
+def argparse_dict(argv):
+    """What argparse makes of ``argv`` (a dict in namespace order), or the error it raises."""
+    try:
+        return config._parse_argv(config.build_parser(), list(argv))
+    except ConfigError as err:
+        return ("ConfigError", err.message)
+    except SystemExit as exc:
+        return ("SystemExit", exc.code)
+
+
+def assert_same_parse(fast, slow):
+    assert fast == slow
+    assert list(fast) == list(slow)  # same key order, as sources and repr depend on it
+    for key in fast:
+        assert type(fast[key]) is type(slow[key]), key
+
+
+@pytest.mark.parametrize("argv", FAST_ARGVS)
+def test_fast_parser_matches_argparse(argv, capsys):
+    fast = config._parse_simple(list(argv))
+    assert fast is not None, "expected the fast path to handle this command line"
+    assert_same_parse(fast, argparse_dict(argv))
+
+
+@pytest.mark.parametrize("argv", SLOW_ARGVS)
+def test_fast_parser_leaves_the_rest_to_argparse(argv, capsys):
+    assert config._parse_simple(list(argv)) is None
+
+
+def test_fast_parser_matches_argparse_on_random_command_lines(capsys):
+    pool = [
+        "main:app", "other:app", "", " ", "-", "--", "-1", "x y", "A=1", "=1", "-X=1",
+        "-b", "--bind", "--bind=:80", "--bind=", ":80", "[::1]:80", "host:0", "-b=:80",
+        "--threads", "--threads=2", "3", "0", "--thread", "--threads=",
+        "--graceful-timeout", "1.5", "nan", "--root-path", "/api/", "api", "--root-path=/",
+        "--response-buffer", "--request-buffer=2M", "64K", "1T", "--backlog", "--chdir", "/srv",
+        "-e", "--env", "--env=A=2", "--log-level", "WARN", "loud", "--log-level=debug",
+        "--help", "--version", "--workers",
+    ]
+    rng = random.Random(1234)
+    fast_count = 0
+    for _ in range(3000):
+        argv = [rng.choice(pool) for _ in range(rng.randint(0, 6))]
+        fast = config._parse_simple(list(argv))
+        if fast is not None:
+            fast_count += 1
+            assert_same_parse(fast, argparse_dict(argv))
+    assert fast_count > 100
+
+
+def full_parse(argv, environ):
+    try:
+        return parse(argv, environ)
+    except ConfigError as err:
+        return ("ConfigError", err.message, err.usage)
+    except SystemExit as exc:
+        return ("SystemExit", exc.code)
+
+
+PARSE_CASES = [
+    (["main:app"], {}),
+    ([], {"COLDBREW_APP": "env:app", "COLDBREW_THREADS": "4"}),
+    (["--threads", "3", "main:app"], {"COLDBREW_THREADS": "2", "COLDBREW_CMD_ARGS": "--threads 5 -e A=1"}),
+    (["main:app"], {"COLDBREW_CMD_ARGS": "--bind :9000 --env 'B=x y' --log-level=warning"}),
+    (["main:app"], {"COLDBREW_CMD_ARGS": "--help"}),
+    (["main:app"], {"COLDBREW_CMD_ARGS": "--nope"}),
+    (["main:app"], {"COLDBREW_CMD_ARGS": "--threads"}),
+    (["main:app"], {"COLDBREW_CMD_ARGS": "cmd:app other:app"}),
+    ([], {"COLDBREW_CMD_ARGS": "cmd:app"}),
+    (["-b", "host", "main:app"], {"PORT": "7000", "SCRIPT_NAME": "/x/"}),
+    (["-b", "host:1", "main:app"], {"PORT": "bad"}),
+    (["main:app"], {"PORT": "bad"}),
+    (["main:app"], {"SCRIPT_NAME": "nope"}),
+    (["--root-path", "/r", "main:app"], {"SCRIPT_NAME": "nope"}),
+    (["-e", "A=3", "--chdir", "/tmp", "main:app"], {"COLDBREW_ENV": "A=1 B=2", "COLDBREW_CHDIR": "/srv"}),
+    (["--threads", "0", "main:app"], {"COLDBREW_THREADS": "x"}),
+    (["main:app"], {"COLDBREW_THREADS": "x"}),
+    (["--threads", "4"], {}),
+    (["--version"], {"COLDBREW_THREADS": "x"}),
+]
+
+
+@pytest.mark.parametrize("argv, environ", PARSE_CASES)
+def test_parse_gives_the_same_result_with_and_without_the_fast_path(argv, environ, monkeypatch, capsys):
+    fast = full_parse(list(argv), dict(environ))
+    fast_out = capsys.readouterr()
+    monkeypatch.setattr(config, "_parse_simple", lambda args: None)
+    slow = full_parse(list(argv), dict(environ))
+    assert capsys.readouterr() == fast_out
+    assert fast == slow
+    assert repr(fast) == repr(slow)
+    if isinstance(fast, config.Invocation):
+        assert list(fast.sources) == list(slow.sources)
+
+
+# --- sizes without re --------------------------------------------------------
+
+
+def old_split_size(text):
+    match = re.fullmatch(config._SIZE_PATTERN, text, re.ASCII | re.IGNORECASE)
+    return (match.group(1), match.group(2)) if match else None
+
+
+def test_size_parser_matches_the_regular_expression():
+    alphabet = "0123456789.. \t\n\x0b\x0c\rkKmMgGbBiItTx\u00a0\u212a\u0131\u017f\u0661-+e_"
+    rng = random.Random(99)
+    samples = ["", ".", "1.", ".5", "1..", "1 .5", " 1", "1 ", "1\u00a0K", "1\u212a", "1 k b", "12kib"]
+    samples += ["".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7))) for _ in range(20000)]
+    for text in samples:
+        assert config._split_size(text) == old_split_size(text), repr(text)
+
+
+# --- Config and Invocation -----------------------------------------------------
+
+
+def test_config_records_compare_and_print_by_field():
+    ours = Config("m:app", "::1", 1, 4)
+    assert ours == Config("m:app", "::1", 1, 4)
+    assert ours != Config("m:app", "::1", 1, 5)
+    assert ours.__eq__(object()) is NotImplemented
+    assert repr(ours).startswith("Config(app_spec='m:app', host='::1', port=1, threads=4, ")
+    with pytest.raises(TypeError):
+        hash(ours)
+    assert copy.deepcopy(ours) == ours
+    assert pickle.loads(pickle.dumps(ours)) == ours
+
+
+def test_invocation_defaults_are_fresh_containers():
+    cfg = Config("m:app")
+    first, second = config.Invocation(cfg), config.Invocation(cfg)
+    assert (first.env, first.sources) == ([], {})
+    assert first.env is not second.env and first.sources is not second.sources
+    assert first == config.Invocation(cfg, None, [], {})
+
+
+# --- loader: ast and inspect only when needed ---------------------------------
+
+
+ATTR_SPECS = [
+    "m", "m:app", "m:a.b.c", "m:_", "m:match", "m:case", "m:type", "m:__debug__", "m:print",
+    "m: app ", "m:a . b", "m:a.\nb", "m:None", "m:True", "m:a.None", "m:lambda", "m:a.class", "m:async",
+    "m:await", "m:a..b", "m:a.", "m:.a", "m:1a", "m:a-b", "m:\ufb01le", "m:caf\u00e9", "m:a\x00",
+    "m:create_app()", "m:a.b(1, x='y')", "m:" + ".".join(["a"] * 31), "m:" + ".".join(["a"] * 32),
+    "m:" + ".".join(["a"] * 40), "m:" + ".".join(["a"] * 5000),
+]
+
+
+def spec_or_error(text):
+    try:
+        spec = loader.parse_app_spec(text)
+    except AppLoadError as err:
+        return ("AppLoadError", err.message, err.show_traceback)
+    except Exception as err:  # e.g. RecursionError from ast on a huge chain
+        return (type(err).__name__,)
+    return (spec.text, spec.module, spec.attrs, spec.args, spec.kwargs, spec.is_call)
+
+
+@pytest.mark.parametrize("text", ATTR_SPECS, ids=range(len(ATTR_SPECS)))
+def test_app_spec_without_ast_matches_ast(text, monkeypatch):
+    fast = spec_or_error(text)
+    monkeypatch.setattr(loader, "_plain_dotted_names", lambda attr: None)
+    assert fast == spec_or_error(text)
+
+
+def test_plain_dotted_names_are_parsed_without_ast():
+    assert new_heavy_modules(
+        "from coldbrew.loader import parse_app_spec\n"
+        "assert parse_app_spec('m:app').attrs == ('app',)\n"
+        "assert parse_app_spec('m:a.b_c.D1').attrs == ('a', 'b_c', 'D1')\n"
+        "assert parse_app_spec('m').attrs == ()",
+        heavy=["ast", "inspect", "re"],
+    ) == "[]"
+
+
+def test_async_check_without_inspect_matches_inspect():
+    """loader._looks_async, run before anything imports inspect, against the inspect-based check."""
+    code = '''
+import functools, sys
+from coldbrew import loader
+assert "inspect" not in sys.modules
+
+def plain(environ, start_response): pass
+async def coroutine(environ, start_response): pass
+def generator(environ, start_response): yield b""
+async def async_generator(environ, start_response): yield b""
+marked = lambda environ, start_response: None
+marked._is_coroutine_marker = object()
+class AsyncCallable:
+    async def __call__(self, environ, start_response): pass
+class Callable:
+    def __call__(self, environ, start_response): pass
+class Method:
+    async def app(self, environ, start_response): pass
+candidates = [plain, coroutine, generator, async_generator, lambda e, s: None, marked,
+              AsyncCallable(), Callable(), Method().app, functools.partial(coroutine), print, Callable]
+fast = [loader._looks_async(c) for c in candidates[:5]]
+assert "inspect" not in sys.modules, "the plain functions needed inspect"
+fast += [loader._looks_async(c) for c in candidates[5:]]
+
+import inspect
+def reference(obj):
+    if inspect.iscoroutinefunction(obj):
+        return True
+    call = getattr(type(obj), "__call__", None)
+    return not inspect.isfunction(obj) and inspect.iscoroutinefunction(call)
+assert inspect.CO_COROUTINE == loader._CO_COROUTINE
+print(fast == [reference(c) for c in candidates], fast)
+'''
+    out = run_python(code)
+    assert out.startswith("True "), out
+    assert out.strip() == "True [False, True, False, False, False, False, True, False, True, True, False, False]"
+
+
+def test_build_parser_gives_an_argparse_parser():
+    import argparse as argparse_module
+
+    assert isinstance(config.build_parser(), argparse_module.ArgumentParser)
+
+def test_converters_still_raise_argparse_errors():
+    import argparse as argparse_module
+
+    for converter, text in [(config.parse_size, "1T"), (config.parse_bind, "h:0"), (config.parse_seconds, "inf"),
+                            (config.parse_positive_int, "0"), (config.parse_env_pair, "X")]:
+        with pytest.raises(argparse_module.ArgumentTypeError):
+            converter(text)

@@ -21,13 +21,14 @@ Every value is validated whichever source it comes from; a bad one raises
 :class:`ConfigError`, whose message names the option and its source.
 """
 
-import argparse
-import math
 import os
-import re
-import shlex
 import sys
-from dataclasses import dataclass, field
+
+# Start-up cost matters here: ``coldbrew MODULE:APP`` should reach the Rust
+# core fast. So this module imports only modules every Python process already
+# has. argparse is imported (with coldbrew._config_extras, which holds the
+# parser) only for --help, --version, errors and command lines the fast parser
+# below leaves to it; shlex only when COLDBREW_CMD_ARGS or COLDBREW_ENV is set.
 
 PROG = "coldbrew"
 USAGE = "coldbrew [OPTIONS] MODULE:ATTR"
@@ -47,7 +48,13 @@ _INT_MAX = 2**31 - 1
 # Bound for byte sizes so every value fits an i64 / u64.
 _SIZE_MAX = 2**63 - 1
 
-_SIZE_RE = re.compile(r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)", re.ASCII | re.IGNORECASE)
+# parse_size() accepts what this regular expression fullmatches (ignoring case,
+# ASCII only), without importing re: see _split_size().
+_SIZE_PATTERN = r"(\d+(?:\.\d*)?|\.\d+)\s*([a-z]*)"
+_DIGITS = frozenset("0123456789")
+_ASCII_SPACE = frozenset(" \t\n\r\f\v")
+_ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
+_INF = float("inf")
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -67,25 +74,77 @@ CMD_ARGS_ENV = "COLDBREW_CMD_ARGS"
 SOURCE_COMMAND_LINE = "command line"
 
 
-@dataclass(slots=True)
-class Config:
+# Config and Invocation are plain slotted classes rather than dataclasses:
+# importing dataclasses (which pulls in inspect) costs milliseconds at every start.
+# --------------------------------------------------------------------------
+
+
+class _Record:
+    """Equality and repr from ``__slots__``."""
+
+    __slots__ = ()
+
+    def __eq__(self, other):
+        if other.__class__ is not self.__class__:
+            return NotImplemented
+        return all(getattr(self, name) == getattr(other, name) for name in self.__slots__)
+
+    __hash__ = None
+
+    def __repr__(self):
+        fields = ", ".join(f"{name}={getattr(self, name)!r}" for name in self.__slots__)
+        return f"{self.__class__.__qualname__}({fields})"
+
+
+class Config(_Record):
     """Settings the Rust core reads (by attribute name) in ``serve(app, config)``."""
 
     app_spec: str
-    host: str = DEFAULT_HOST
-    port: int = DEFAULT_PORT
-    threads: int = DEFAULT_THREADS
-    graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT
-    root_path: str = ""
-    response_buffer: int = DEFAULT_RESPONSE_BUFFER
-    request_buffer: int = DEFAULT_REQUEST_BUFFER
-    backlog: int = DEFAULT_BACKLOG
-    log_level: str = DEFAULT_LOG_LEVEL
-    workers: int = 1
+    host: str
+    port: int
+    threads: int
+    graceful_timeout: float
+    root_path: str
+    response_buffer: int
+    request_buffer: int
+    backlog: int
+    log_level: str
+    workers: int
+
+    __slots__ = (
+        "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
+        "response_buffer", "request_buffer", "backlog", "log_level", "workers",
+    )
+
+    def __init__(
+        self,
+        app_spec: str,
+        host: str = DEFAULT_HOST,
+        port: int = DEFAULT_PORT,
+        threads: int = DEFAULT_THREADS,
+        graceful_timeout: float = DEFAULT_GRACEFUL_TIMEOUT,
+        root_path: str = "",
+        response_buffer: int = DEFAULT_RESPONSE_BUFFER,
+        request_buffer: int = DEFAULT_REQUEST_BUFFER,
+        backlog: int = DEFAULT_BACKLOG,
+        log_level: str = DEFAULT_LOG_LEVEL,
+        workers: int = 1,
+    ) -> None:
+        self.app_spec = app_spec
+        self.host = host
+        self.port = port
+        self.threads = threads
+        self.graceful_timeout = graceful_timeout
+        self.root_path = root_path
+        self.response_buffer = response_buffer
+        self.request_buffer = request_buffer
+        self.backlog = backlog
+        self.log_level = log_level
+        self.workers = workers
 
 
-@dataclass(slots=True)
-class Invocation:
+
+class Invocation(_Record):
     """Everything one ``coldbrew`` command asks for.
 
     ``config`` goes to the Rust core; ``chdir`` and ``env`` are applied by the
@@ -94,9 +153,24 @@ class Invocation:
     """
 
     config: Config
-    chdir: str | None = None
-    env: list = field(default_factory=list)
-    sources: dict = field(default_factory=dict)
+    chdir: str | None
+    env: list
+    sources: dict
+
+    __slots__ = ("config", "chdir", "env", "sources")
+
+    def __init__(
+        self,
+        config: Config,
+        chdir: str | None = None,
+        env: list | None = None,
+        sources: dict | None = None,
+    ) -> None:
+        self.config = config
+        self.chdir = chdir
+        self.env = [] if env is None else env
+        self.sources = {} if sources is None else sources
+
 
 
 class ConfigError(Exception):
@@ -115,12 +189,20 @@ class ConfigError(Exception):
 # --------------------------------------------------------------------------
 # Value converters. Each takes a string and returns the parsed value or
 # raises argparse.ArgumentTypeError with a message that does not name the
-# option (the caller adds the option and its source).
+# option (the caller adds the option and its source). argparse is imported
+# only when a value is bad.
 # --------------------------------------------------------------------------
 
 
+def _type_error():
+    """argparse.ArgumentTypeError, importing argparse on first use (error paths only)."""
+    import argparse
+
+    return argparse.ArgumentTypeError
+
+
 def _bad(message):
-    return argparse.ArgumentTypeError(message)
+    return _type_error()(message)
 
 
 def _int_in_range(text, low, what="int"):
@@ -146,20 +228,46 @@ def parse_seconds(text):
         value = float(text)
     except ValueError:
         raise _bad(f"invalid float value: {text!r}") from None
-    if not math.isfinite(value):
+    if not -_INF < value < _INF:  # math.isfinite(value), without importing math
         raise _bad(f"must be a finite number of seconds (got {text!r})")
     if value < 0:
         raise _bad(f"must be at least 0 (got {text!r})")
     return value
 
 
+def _split_size(text):
+    """(number, unit) if ``text`` fullmatches _SIZE_PATTERN (ASCII, any case), else None."""
+    end = len(text)
+    i = 0
+    while i < end and text[i] in _DIGITS:
+        i += 1
+    whole_digits = i
+    if i < end and text[i] == ".":
+        i += 1
+        start = i
+        while i < end and text[i] in _DIGITS:
+            i += 1
+        if not whole_digits and i == start:
+            return None  # "." alone, or "." followed by no digit
+    elif not whole_digits:
+        return None
+    number = text[:i]
+    while i < end and text[i] in _ASCII_SPACE:
+        i += 1
+    unit = text[i:]
+    for char in unit:
+        if char not in _ASCII_LETTERS:
+            return None
+    return number, unit
+
+
 def parse_size(text):
     """Bytes, with an optional binary suffix: 512, 64K, 64KB, 64KiB, 1M, 1.5M, 1G."""
-    match = _SIZE_RE.fullmatch(text.strip())
-    multiplier = _SIZE_UNITS.get(match.group(2).lower()) if match else None
+    match = _split_size(text.strip())
+    multiplier = _SIZE_UNITS.get(match[1].lower()) if match else None
     if multiplier is None:
         raise _bad(f"invalid size: {text!r} (use bytes or a K/M/G suffix, e.g. 64K or 1MiB)")
-    number = match.group(1)
+    number = match[0]
     value = int(float(number) * multiplier) if "." in number else int(number) * multiplier
     if value > _SIZE_MAX:
         raise _bad(f"size too large: {text!r}")
@@ -205,7 +313,7 @@ def parse_bind(text):
         return host, None
     try:
         return host, parse_port(port_text)
-    except argparse.ArgumentTypeError:
+    except _type_error():
         raise _bad(f"invalid port in {text!r} (must be 1-65535)") from None
 
 
@@ -310,41 +418,11 @@ def _version():
     return get_version()
 
 
-class _VersionAction(argparse.Action):
-    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
-        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
-
-    def __call__(self, parser, namespace, values, option_string=None):
-        print(f"{PROG} {_version()}")
-        parser.exit(0)
-
-
-class _Parser(argparse.ArgumentParser):
-    def error(self, message):
-        raise ConfigError(message)
-
-
 def build_parser():
-    parser = _Parser(
-        prog=PROG,
-        usage=USAGE,
-        description="Serve a Python WSGI application.",
-        epilog=_EPILOG,
-        allow_abbrev=False,
-        argument_default=argparse.SUPPRESS,
-    )
-    parser.add_argument("app", nargs="?", metavar="APP", type=parse_app, help=_APP_HELP)
-    parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
-    for dest, flags, metavar, converter, repeatable, help_text in _OPTIONS:
-        parser.add_argument(
-            *flags,
-            dest=dest,
-            metavar=metavar,
-            type=converter,
-            action="append" if repeatable else "store",
-            help=help_text,
-        )
-    return parser
+    """The argparse parser for the command line and COLDBREW_CMD_ARGS."""
+    from coldbrew._config_extras import build_parser
+
+    return build_parser()
 
 
 def _from_environment(environ):
@@ -358,6 +436,8 @@ def _from_environment(environ):
         raw = environ[name]
         try:
             if repeatable:
+                import shlex
+
                 try:
                     items = shlex.split(raw)
                 except ValueError as err:
@@ -365,13 +445,81 @@ def _from_environment(environ):
                 values[dest] = [converter(item) for item in items]
             else:
                 values[dest] = converter(raw)
-        except argparse.ArgumentTypeError as err:
+        except _type_error() as err:
             raise ConfigError(f"{name}: {err}") from None
     return values
 
 
 def _parse_argv(parser, argv):
     return dict(vars(parser.parse_args(argv)))
+
+
+# --------------------------------------------------------------------------
+# The fast path. A command line such as ``main:app`` or
+# ``--bind :8000 --threads 4 main:app`` does not need argparse, whose import
+# and parser setup (gettext, locale, shutil, re...) cost more than the rest of
+# the start-up. _parse_simple() handles only arguments whose meaning to
+# argparse is beyond doubt and gives up (returns None) on anything else --
+# --help, --version, "--", unknown or abbreviated flags, values starting with
+# "-" or empty, a second positional, a value a converter rejects -- leaving
+# argparse to parse the arguments again and produce its usual result or error.
+# When it succeeds it returns exactly what _parse_argv() would have: the same
+# keys, in the same order, with the same converted values.
+# --------------------------------------------------------------------------
+
+# flag -> (dest, converter, repeatable), for the options that take one value.
+_SIMPLE_FLAGS = {
+    flag: (dest, converter, repeatable)
+    for dest, flags, _metavar, converter, repeatable, _help in _OPTIONS
+    for flag in flags
+}
+
+
+def _parse_simple(args):
+    """Parse ``args`` (a list) like _parse_argv(), or return None to leave it to argparse."""
+    values = {}
+    index = 0
+    count = len(args)
+    while index < count:
+        arg = args[index]
+        if type(arg) is not str or not arg:
+            return None
+        if arg[0] == "-":
+            option = _SIMPLE_FLAGS.get(arg)
+            if option is not None:
+                # FLAG VALUE
+                if index + 1 >= count:
+                    return None
+                value = args[index + 1]
+                if type(value) is not str or not value or value[0] == "-":
+                    return None
+                index += 2
+            else:
+                # --FLAG=VALUE
+                flag, equals, value = arg.partition("=")
+                option = _SIMPLE_FLAGS.get(flag) if equals and flag[:2] == "--" else None
+                if option is None or not value:
+                    return None
+                index += 1
+            dest, converter, repeatable = option
+            try:
+                converted = converter(value)
+            except Exception:
+                return None
+            if repeatable:
+                values.setdefault(dest, []).append(converted)
+            else:
+                values[dest] = converted
+        else:
+            # The positional APP; a second one is an error argparse reports.
+            if "app" in values:
+                return None
+            try:
+                values["app"] = parse_app(arg)
+            except Exception:
+                return None
+            index += 1
+    return values
 
 
 def _flag_label(dest):
@@ -391,25 +539,35 @@ def parse(argv=None, environ=None):
         argv = sys.argv[1:]
     if environ is None:
         environ = os.environ
-    parser = build_parser()
+    parser = None
 
     # The command line first, so --help and --version work whatever the
     # environment holds; then the lower sources.
-    try:
-        command_line = _parse_argv(parser, list(argv))
-    except ConfigError as err:
-        raise ConfigError(err.message, usage=True) from None
+    argv = list(argv)
+    command_line = _parse_simple(argv)
+    if command_line is None:
+        parser = build_parser()
+        try:
+            command_line = _parse_argv(parser, argv)
+        except ConfigError as err:
+            raise ConfigError(err.message, usage=True) from None
 
     cmd_args = {}
     if CMD_ARGS_ENV in environ:
+        import shlex
+
         try:
             extra = shlex.split(environ[CMD_ARGS_ENV])
         except ValueError as err:
             raise ConfigError(f"{CMD_ARGS_ENV}: cannot split {environ[CMD_ARGS_ENV]!r}: {err}") from None
-        try:
-            cmd_args = _parse_argv(parser, extra)
-        except ConfigError as err:
-            raise ConfigError(f"{CMD_ARGS_ENV}: {err.message}") from None
+        cmd_args = _parse_simple(extra)
+        if cmd_args is None:
+            if parser is None:
+                parser = build_parser()
+            try:
+                cmd_args = _parse_argv(parser, extra)
+            except ConfigError as err:
+                raise ConfigError(f"{CMD_ARGS_ENV}: {err.message}") from None
 
     from_env = _from_environment(environ)
 
@@ -442,7 +600,7 @@ def parse(argv=None, environ=None):
         else:
             try:
                 port = parse_port(port_text.strip())
-            except argparse.ArgumentTypeError as err:
+            except _type_error() as err:
                 raise ConfigError(f"PORT: {err}") from None
             sources.setdefault("bind", "PORT")
 
@@ -451,7 +609,7 @@ def parse(argv=None, environ=None):
     else:
         try:
             root_path = parse_root_path(environ.get("SCRIPT_NAME", ""))
-        except argparse.ArgumentTypeError as err:
+        except _type_error() as err:
             raise ConfigError(f"SCRIPT_NAME: {err}") from None
         if root_path:
             sources["root_path"] = "SCRIPT_NAME"

@@ -13,10 +13,13 @@ Factory arguments are evaluated with :func:`ast.literal_eval`, so nothing in a
 spec is executed as code.
 
 Every failure raises :class:`AppLoadError`; see its docstring.
+
+For a fast start, ``ast`` is imported only for an ATTR that is not a plain
+dotted name, and ``inspect`` only for an app that is not a plain function.
 """
 
-import ast
 import os
+import sys
 
 DEFAULT_ATTRS = ("application", "app")
 
@@ -63,6 +66,8 @@ def _malformed(text, detail=_SPEC_HELP):
 
 def _dotted_names(node):
     """('a', 'b', 'c') for the expression a.b.c, or None if it is anything else."""
+    import ast
+
     names = []
     while isinstance(node, ast.Attribute):
         names.append(node.attr)
@@ -74,6 +79,8 @@ def _dotted_names(node):
 
 
 def _literal(node, text, attr_source):
+    import ast
+
     try:
         return ast.literal_eval(node)
     except (ValueError, TypeError, SyntaxError, MemoryError, RecursionError):
@@ -83,6 +90,30 @@ def _literal(node, text, attr_source):
             f"factory argument {segment!r} is not a literal "
             "(use strings, numbers, tuples, lists, dicts, sets, True, False or None)",
         ) from None
+
+
+_MAX_PLAIN_NAMES = 32
+
+
+def _plain_dotted_names(attr):
+    """('a', 'b') for an ATTR such as ``a.b`` that ast would parse to exactly those names.
+
+    Only a few ASCII names that are not keywords qualify (ast NFKC-normalizes
+    other identifiers, and gives up on very long chains with RecursionError);
+    for anything else this returns None and the caller parses ``attr`` with ast.
+    """
+    if not attr.isascii() or attr.count(".") >= _MAX_PLAIN_NAMES:
+        return None
+    names = tuple(attr.split("."))
+    for name in names:
+        if not name.isidentifier():
+            return None
+    from keyword import iskeyword
+
+    for name in names:
+        if iskeyword(name):
+            return None
+    return names
 
 
 def parse_app_spec(text):
@@ -102,6 +133,12 @@ def parse_app_spec(text):
         return AppSpec(text, module, ())
     if not attr:
         raise _malformed(text, "missing ATTR after ':'")
+    names = _plain_dotted_names(attr)
+    if names is not None:
+        return AppSpec(text, module, names)
+
+    import ast
+
     try:
         node = ast.parse(attr, mode="eval").body
     except (SyntaxError, ValueError):
@@ -188,7 +225,22 @@ def _resolve(spec, module_obj):
     return obj, f"{spec.module}:{'.'.join(spec.attrs)}"
 
 
+# inspect.CO_COROUTINE: the code flag of an ``async def`` function (0x80 since 3.5).
+_CO_COROUTINE = 0x80
+_FunctionType = type(_exception_line)
+
+
 def _looks_async(obj):
+    if (
+        type(obj) is _FunctionType
+        and "inspect" not in sys.modules
+        and getattr(obj, "_is_coroutine_marker", None) is None
+    ):
+        # A plain function, the usual WSGI app: what inspect would answer,
+        # without importing it. (Python 3.12+ inspect also honours a marker
+        # set by inspect.markcoroutinefunction(), which needs inspect imported
+        # and leaves the attribute checked above.)
+        return bool(obj.__code__.co_flags & _CO_COROUTINE)
     import inspect
 
     if inspect.iscoroutinefunction(obj):
@@ -234,7 +286,6 @@ def load_app(spec):
 
 def print_traceback(exc, file=None):
     """Print ``exc``'s traceback, leaving out the frames of coldbrew's loader and importlib."""
-    import sys
     import traceback
 
     tb = exc.__traceback__
