@@ -8,7 +8,7 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-use crate::telemetry::log::Level;
+use crate::telemetry::log::{Format, Level};
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -26,6 +26,14 @@ pub struct ServerConfig {
     /// Requests that may wait for a free Python thread before new ones get 503.
     pub max_pending: usize,
     pub header_read_timeout: Duration,
+    pub log_format: Format,
+    /// Route the app's `logging` records through the JSON writer (JSON mode only).
+    pub app_log_handler: bool,
+    /// `None`: no access log; `Some("-")`: stdout; else a file path.
+    pub access_logfile: Option<String>,
+    pub access_logformat: String,
+    pub gcp_project: String,
+    pub metrics_bind: Option<(String, u16)>,
 }
 
 impl ServerConfig {
@@ -58,6 +66,31 @@ impl ServerConfig {
                 _ => 1024,
             },
             header_read_timeout: Duration::from_secs(30),
+            log_format: match optional::<String>(cfg, "log_format")?.as_deref() {
+                None | Some("text") => Format::Text,
+                Some("json") => Format::Json,
+                Some(other) => return Err(PyValueError::new_err(format!("invalid log format: {other:?}"))),
+            },
+            app_log_handler: optional(cfg, "app_log_handler")?.unwrap_or(true),
+            access_logfile: optional(cfg, "access_logfile")?,
+            access_logformat: optional(cfg, "access_logformat")?
+                .unwrap_or_else(|| crate::telemetry::access::DEFAULT_FORMAT.to_owned()),
+            gcp_project: optional(cfg, "gcp_project")?.unwrap_or_default(),
+            metrics_bind: match (optional::<String>(cfg, "metrics_host")?, optional::<u16>(cfg, "metrics_port")?) {
+                (Some(host), Some(port)) => Some((host, port)),
+                _ => None,
+            },
         })
+    }
+}
+
+/// An attribute that may be missing or None.
+fn optional<T>(cfg: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<T>>
+where
+    T: for<'a, 'py> FromPyObject<'a, 'py>,
+{
+    match cfg.getattr(name) {
+        Ok(value) if !value.is_none() => Ok(Some(value.extract().map_err(Into::into)?)),
+        _ => Ok(None),
     }
 }

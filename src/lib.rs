@@ -38,12 +38,45 @@ fn set_log_level(level: &str) -> PyResult<()> {
     Ok(())
 }
 
+/// Sets how log lines are written (`text` or `json`) and the project that qualifies trace ids.
+#[pyfunction]
+fn set_log_format(format: &str, project: &str) -> PyResult<()> {
+    let format = match format {
+        "text" => telemetry::log::Format::Text,
+        "json" => telemetry::log::Format::Json,
+        other => return Err(PyValueError::new_err(format!("invalid log format: {other:?}"))),
+    };
+    telemetry::log::set_format(format);
+    telemetry::log::set_project(project);
+    Ok(())
+}
+
+/// Writes one record from the app's `logging` through the log writer (JSON mode).
+#[pyfunction]
+#[pyo3(signature = (levelno, message, logger, pathname, lineno, function, trace=None))]
+fn emit_app_log(
+    levelno: i64,
+    message: String,
+    logger: String,
+    pathname: Option<String>,
+    lineno: u32,
+    function: String,
+    trace: Option<&Bound<'_, PyAny>>,
+) {
+    let trace = trace.and_then(|t| t.cast::<wsgi::RequestTrace>().ok()).map(|t| t.get().0);
+    let source = pathname.map(|file| telemetry::log::SourceLocation { file, line: lineno, function });
+    telemetry::log::emit_app(telemetry::log::Level::from_python(levelno), message, logger, source, trace);
+}
+
 #[pymodule(gil_used = true)]
 fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(log, m)?)?;
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
+    m.add_function(wrap_pyfunction!(emit_app_log, m)?)?;
+    m.add_function(wrap_pyfunction!(set_log_format, m)?)?;
+    m.add_class::<wsgi::RequestTrace>()?;
     m.add_class::<wsgi::FileWrapper>()?;
     m.add_class::<wsgi::InputStream>()?;
     m.add_class::<wsgi::ErrorStream>()?;

@@ -43,13 +43,21 @@ NO_CORE = (
 ALL_FLAGS = [
     "-b", "--bind", "--threads", "--graceful-timeout", "--root-path",
     "--response-buffer", "--request-buffer", "--backlog", "--chdir",
-    "-e", "--env", "--log-level", "--version", "--help",
+    "-e", "--env", "--log-level", "--log-format", "--app-log-handler", "--access-logfile",
+    "--access-logformat", "--gcp-project", "--metrics-bind", "--version", "--help",
 ]
 
 CONFIG_FIELDS = [
     "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
     "response_buffer", "request_buffer", "backlog", "log_level", "workers",
+    "log_format", "app_log_handler", "access_logfile", "access_logformat", "gcp_project",
+    "metrics_host", "metrics_port",
 ]
+
+GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+
+# Variables outside COLDBREW_* that feed coldbrew's defaults.
+PLATFORM_ENV = ("PORT", "SCRIPT_NAME", "K_SERVICE", "GOOGLE_CLOUD_PROJECT")
 
 
 def clean_env(extra=None):
@@ -57,7 +65,7 @@ def clean_env(extra=None):
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("COLDBREW_") and k not in ("PORT", "SCRIPT_NAME")
+        if not k.startswith("COLDBREW_") and k not in PLATFORM_ENV
     }
     env["PYTHONPATH"] = os.pathsep.join(
         p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH")) if p
@@ -102,6 +110,9 @@ def test_help_lists_every_option():
     assert "MODULE:ATTR" in result.stdout
     assert "COLDBREW_CMD_ARGS" in result.stdout
     assert "--workers" not in result.stdout
+    help_text = " ".join(result.stdout.split())
+    assert "in gunicorn's %(atom)s syntax (JSON mode writes Cloud Logging's httpRequest instead)" in help_text
+    assert "(default: json on Cloud Run, where K_SERVICE is set; text elsewhere)" in help_text
     assert result.stderr == ""
 
 
@@ -343,7 +354,15 @@ def test_defaults():
         backlog=2048,
         log_level="info",
         workers=1,
+        log_format="text",
+        app_log_handler=True,
+        access_logfile=None,
+        access_logformat=GUNICORN_ACCESS_FORMAT,
+        gcp_project="",
+        metrics_host=None,
+        metrics_port=None,
     )
+    assert cfg == Config("main:app")
     assert isinstance(cfg.graceful_timeout, float)
     inv = parse(["main:app"], {})
     assert inv.chdir is None
@@ -437,6 +456,12 @@ def test_repeatable_env_from_every_source_in_precedence_order():
         ("COLDBREW_REQUEST_BUFFER", "64KiB", "request_buffer", 64 * 1024),
         ("COLDBREW_BACKLOG", "128", "backlog", 128),
         ("COLDBREW_LOG_LEVEL", "DEBUG", "log_level", "debug"),
+        ("COLDBREW_LOG_FORMAT", "json", "log_format", "json"),
+        ("COLDBREW_APP_LOG_HANDLER", "off", "app_log_handler", False),
+        ("COLDBREW_ACCESS_LOGFILE", "-", "access_logfile", "-"),
+        ("COLDBREW_ACCESS_LOGFORMAT", "%(h)s %(r)s %(s)s", "access_logformat", "%(h)s %(r)s %(s)s"),
+        ("COLDBREW_GCP_PROJECT", "my-project", "gcp_project", "my-project"),
+        ("COLDBREW_METRICS_BIND", "127.0.0.1:9090", "metrics_port", 9090),
         ("COLDBREW_APP", "other:app", "app_spec", "other:app"),
     ],
 )
@@ -467,6 +492,19 @@ def test_chdir_and_env_from_env():
         ("COLDBREW_ENV", "NOEQUALS", "COLDBREW_ENV: expected KEY=VALUE, got 'NOEQUALS' (missing '=')"),
         ("COLDBREW_ENV", "'A=1", "COLDBREW_ENV: cannot split \"'A=1\": No closing quotation"),
         ("COLDBREW_BIND", "h:0", "COLDBREW_BIND: invalid port in 'h:0' (must be 1-65535)"),
+        ("COLDBREW_LOG_FORMAT", "yaml", "COLDBREW_LOG_FORMAT: invalid choice: 'yaml' (choose from text, json)"),
+        ("COLDBREW_APP_LOG_HANDLER", "maybe", "COLDBREW_APP_LOG_HANDLER: invalid choice: 'maybe' (choose from on, off)"),
+        ("COLDBREW_APP_LOG_HANDLER", "", "COLDBREW_APP_LOG_HANDLER: invalid choice: '' (choose from on, off)"),
+        ("COLDBREW_ACCESS_LOGFILE", "", "COLDBREW_ACCESS_LOGFILE: empty path (use - for stdout)"),
+        ("COLDBREW_ACCESS_LOGFORMAT", "%(h)s %(z)s",
+         "COLDBREW_ACCESS_LOGFORMAT: unknown atom '%(z)s' "
+         "(use h l u t r s m U q H b B f a T D M L p, {NAME}i, {NAME}o or {NAME}e)"),
+        ("COLDBREW_ACCESS_LOGFORMAT", "%(h)s %(r",
+         "COLDBREW_ACCESS_LOGFORMAT: unterminated atom '%(r' (every %( must close with )s)"),
+        ("COLDBREW_GCP_PROJECT", "my project", "COLDBREW_GCP_PROJECT: invalid project id: 'my project'"),
+        ("COLDBREW_METRICS_BIND", "localhost", "COLDBREW_METRICS_BIND: missing port in 'localhost' (expected HOST:PORT, e.g. :9090)"),
+        ("COLDBREW_METRICS_BIND", ":0", "COLDBREW_METRICS_BIND: invalid port in ':0' (must be 1-65535)"),
+        ("GOOGLE_CLOUD_PROJECT", "a/b", "GOOGLE_CLOUD_PROJECT: invalid project id: 'a/b'"),
         ("COLDBREW_CMD_ARGS", "--threads", "COLDBREW_CMD_ARGS: argument --threads: expected one argument"),
         ("COLDBREW_CMD_ARGS", "--nope", "COLDBREW_CMD_ARGS: unrecognized arguments: --nope"),
         ("COLDBREW_CMD_ARGS", "'--threads", "COLDBREW_CMD_ARGS: cannot split \"'--threads\": No closing quotation"),
@@ -564,6 +602,290 @@ def test_parse_args_does_not_touch_the_process(tmp_path, monkeypatch):
     assert os.getcwd() == str(tmp_path)
     assert dict(os.environ) == before_env
     assert sys.path == before_path
+
+
+# ---------------------------------------------------------------------------
+# Telemetry options: log format, app log handler, access log, project, metrics
+# ---------------------------------------------------------------------------
+
+
+def test_log_format_defaults_to_json_on_cloud_run():
+    inv = parse(["main:app"], {"K_SERVICE": "my-service"})
+    assert inv.config.log_format == "json"
+    assert inv.sources["log_format"] == "K_SERVICE"
+    inv = parse(["main:app"], {})
+    assert inv.config.log_format == "text"
+    assert "log_format" not in inv.sources
+
+
+def test_empty_k_service_does_not_switch_to_json():
+    assert parse_args(["main:app"], {"K_SERVICE": ""}).log_format == "text"
+
+
+@pytest.mark.parametrize(
+    "argv, environ, expected, source",
+    [
+        (["--log-format", "text", "main:app"], {"K_SERVICE": "svc"}, "text", "argument --log-format"),
+        (["--log-format=JSON", "main:app"], {}, "json", "argument --log-format"),
+        (["main:app"], {"COLDBREW_LOG_FORMAT": "text", "K_SERVICE": "svc"}, "text", "COLDBREW_LOG_FORMAT"),
+        (["main:app"], {"COLDBREW_CMD_ARGS": "--log-format json"}, "json",
+         "COLDBREW_CMD_ARGS: argument --log-format"),
+        (["main:app"], {"COLDBREW_CMD_ARGS": "--log-format text", "COLDBREW_LOG_FORMAT": "json"}, "text",
+         "COLDBREW_CMD_ARGS: argument --log-format"),
+    ],
+)
+def test_log_format_sources(argv, environ, expected, source):
+    inv = parse(argv, environ)
+    assert inv.config.log_format == expected
+    assert inv.sources["log_format"] == source
+
+
+@pytest.mark.parametrize("text", ["yaml", "", "json,text"])
+def test_bad_log_format(text):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--log-format", text, "main:app"], {})
+    assert exc.value.message == f"argument --log-format: invalid choice: {text!r} (choose from text, json)"
+    assert exc.value.usage
+
+
+@pytest.mark.parametrize(
+    "text, expected",
+    [("on", True), ("off", False), ("ON", True), ("Off", False), ("true", True), ("false", False),
+     ("yes", True), ("NO", False), ("1", True), ("0", False), (" on ", True)],
+)
+def test_app_log_handler_values(text, expected):
+    cfg = parse_args(["--app-log-handler", text, "main:app"], {})
+    assert cfg.app_log_handler is expected
+    assert parse_args(["main:app"], {"COLDBREW_APP_LOG_HANDLER": text}).app_log_handler is expected
+
+
+@pytest.mark.parametrize("text", ["maybe", "2", "enabled", "o n", ""])
+def test_bad_app_log_handler(text):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--app-log-handler", text, "main:app"], {})
+    assert exc.value.message == f"argument --app-log-handler: invalid choice: {text!r} (choose from on, off)"
+
+
+def test_app_log_handler_from_cmd_args_beats_env():
+    environ = {"COLDBREW_APP_LOG_HANDLER": "on", "COLDBREW_CMD_ARGS": "--app-log-handler=off"}
+    assert parse_args(["main:app"], environ).app_log_handler is False
+    assert parse_args(["--app-log-handler", "yes", "main:app"], environ).app_log_handler is True
+
+
+@pytest.mark.parametrize(
+    "argv, expected",
+    [
+        (["main:app"], None),
+        (["--access-logfile", "-", "main:app"], "-"),
+        (["--access-logfile=-", "main:app"], "-"),
+        (["--access-logfile", "/var/log/access.log", "main:app"], "/var/log/access.log"),
+        (["--access-logfile", "logs/a b.log", "main:app"], "logs/a b.log"),
+        (["--access-logfile", " spaced ", "main:app"], " spaced "),
+        (["--access-logfile=-x.log", "main:app"], "-x.log"),
+    ],
+)
+def test_access_logfile(argv, expected):
+    assert parse_args(argv, {}).access_logfile == expected
+
+
+def test_access_logfile_from_env_and_cmd_args():
+    assert parse_args(["main:app"], {"COLDBREW_ACCESS_LOGFILE": "-"}).access_logfile == "-"
+    environ = {"COLDBREW_ACCESS_LOGFILE": "-", "COLDBREW_CMD_ARGS": "--access-logfile '/tmp/a b.log'"}
+    inv = parse(["main:app"], environ)
+    assert inv.config.access_logfile == "/tmp/a b.log"
+    assert inv.sources["access_logfile"] == "COLDBREW_CMD_ARGS: argument --access-logfile"
+
+
+@pytest.mark.parametrize("argv", [["--access-logfile", "", "main:app"], ["--access-logfile=", "main:app"]])
+def test_empty_access_logfile(argv):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(argv, {})
+    assert exc.value.message == "argument --access-logfile: empty path (use - for stdout)"
+
+
+@pytest.mark.parametrize(
+    "fmt",
+    [
+        GUNICORN_ACCESS_FORMAT,
+        "%(h)s %(l)s %(u)s %(t)s %(r)s %(s)s %(m)s %(U)s %(q)s %(H)s %(b)s %(B)s %(f)s %(a)s "
+        "%(T)s %(D)s %(M)s %(L)s %(p)s",
+        "%({X-Request-Id}i)s %({content-type}o)s %({K_REVISION}e)s",
+        "plain text, no atoms",
+        "100% %s %d %%(h)s (h)s",
+        "%(h)s%(s)s",
+        '"%(r)s" -> %(s)s',
+        "-",
+        "-%(h)s %(r)s",
+    ],
+)
+def test_good_access_log_formats(fmt):
+    assert parse_args(["--access-logformat", fmt, "main:app"], {}).access_logformat == fmt
+    assert parse_args([f"--access-logformat={fmt}", "main:app"], {}).access_logformat == fmt
+    assert parse_args(["main:app"], {"COLDBREW_ACCESS_LOGFORMAT": fmt}).access_logformat == fmt
+
+
+def test_access_log_format_starting_with_a_dash_needs_equals():
+    # As for every option: argparse takes "-x" after a flag for another flag (unless it holds a space).
+    assert parse_args(["--access-logformat=-%(h)s", "main:app"], {}).access_logformat == "-%(h)s"
+    with pytest.raises(ConfigError, match="argument --access-logformat: expected one argument"):
+        parse_args(["--access-logformat", "-%(h)s", "main:app"], {})
+
+
+def test_access_log_format_in_cmd_args():
+    environ = {"COLDBREW_CMD_ARGS": "--access-logformat '%(h)s \"%(r)s\" %(s)s'"}
+    assert parse_args(["main:app"], environ).access_logformat == '%(h)s "%(r)s" %(s)s'
+
+
+@pytest.mark.parametrize(
+    "fmt, message",
+    [
+        ("%(x)s", "unknown atom '%(x)s'"),
+        ("%(h)s %(hh)s", "unknown atom '%(hh)s'"),
+        ("%()s", "unknown atom '%()s'"),
+        ("%(h)d", "unterminated atom '%(h)d' (every %( must close with )s)"),
+        ("%(h)s %(r", "unterminated atom '%(r' (every %( must close with )s)"),
+        ("%(", "unterminated atom '%(' (every %( must close with )s)"),
+        ("%({}i)s", "unknown atom '%({}i)s'"),
+        ("%({X-Id}x)s", "unknown atom '%({X-Id}x)s'"),
+        ("%({X-Id})s", "unknown atom '%({X-Id})s'"),
+        ("%({bad header}i)s", "unknown atom '%({bad header}i)s'"),
+        ("%({a=b}e)s", "unknown atom '%({a=b}e)s'"),
+        ("%(H)s %(S)s", "unknown atom '%(S)s'"),
+        ("", "empty format"),
+    ],
+)
+def test_bad_access_log_formats(fmt, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--access-logformat", fmt, "main:app"], {})
+    assert exc.value.message.startswith(f"argument --access-logformat: {message}")
+    assert "\n" not in exc.value.message
+
+
+def test_gcp_project_defaults_to_google_cloud_project():
+    inv = parse(["main:app"], {"GOOGLE_CLOUD_PROJECT": "proj-123"})
+    assert inv.config.gcp_project == "proj-123"
+    assert inv.sources["gcp_project"] == "GOOGLE_CLOUD_PROJECT"
+    inv = parse(["main:app"], {})
+    assert inv.config.gcp_project == ""
+    assert "gcp_project" not in inv.sources
+
+
+@pytest.mark.parametrize(
+    "argv, environ, expected",
+    [
+        (["--gcp-project", "other", "main:app"], {"GOOGLE_CLOUD_PROJECT": "proj"}, "other"),
+        (["--gcp-project", "", "main:app"], {"GOOGLE_CLOUD_PROJECT": "proj"}, ""),
+        (["--gcp-project=example.com:legacy-1", "main:app"], {}, "example.com:legacy-1"),
+        (["main:app"], {"COLDBREW_GCP_PROJECT": "env-proj", "GOOGLE_CLOUD_PROJECT": "proj"}, "env-proj"),
+        (["main:app"], {"COLDBREW_CMD_ARGS": "--gcp-project cmd", "COLDBREW_GCP_PROJECT": "env"}, "cmd"),
+        (["main:app"], {"GOOGLE_CLOUD_PROJECT": " padded "}, "padded"),
+        (["--gcp-project", "ok", "main:app"], {"GOOGLE_CLOUD_PROJECT": "bad/one"}, "ok"),
+    ],
+)
+def test_gcp_project_sources(argv, environ, expected):
+    assert parse_args(argv, environ).gcp_project == expected
+
+
+@pytest.mark.parametrize("text", ["a b", "projects/x", "a\tb"])
+def test_bad_gcp_project(text):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--gcp-project", text, "main:app"], {})
+    assert exc.value.message == f"argument --gcp-project: invalid project id: {text!r}"
+
+
+@pytest.mark.parametrize(
+    "bind, expected",
+    [
+        ("127.0.0.1:9090", ("127.0.0.1", 9090)),
+        (":9090", ("0.0.0.0", 9090)),
+        ("[::1]:9090", ("::1", 9090)),
+        ("localhost:1", ("localhost", 1)),
+        ("  0.0.0.0:65535 ", ("0.0.0.0", 65535)),
+    ],
+)
+def test_metrics_bind_forms(bind, expected):
+    cfg = parse_args(["--metrics-bind", bind, "main:app"], {"PORT": "7000"})
+    assert (cfg.metrics_host, cfg.metrics_port) == expected
+    assert (cfg.host, cfg.port) == ("0.0.0.0", 7000)
+
+
+def test_metrics_bind_is_off_by_default_and_ignores_port():
+    cfg = parse_args(["main:app"], {"PORT": "9999"})
+    assert (cfg.metrics_host, cfg.metrics_port) == (None, None)
+
+
+@pytest.mark.parametrize(
+    "bind, message",
+    [
+        ("localhost", "missing port in 'localhost' (expected HOST:PORT, e.g. :9090)"),
+        ("[::1]", "missing port in '[::1]' (expected HOST:PORT, e.g. :9090)"),
+        ("host:0", "invalid port in 'host:0' (must be 1-65535)"),
+        ("host:", "invalid port in 'host:' (must be 1-65535)"),
+        ("::1:80", "invalid address: '::1:80' (put IPv6 addresses in brackets, e.g. [::1]:8000)"),
+        ("unix:/tmp/m", "unix sockets are not supported: 'unix:/tmp/m'"),
+        ("", "empty address (expected HOST:PORT)"),
+    ],
+)
+def test_bad_metrics_bind(bind, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--metrics-bind", bind, "main:app"], {"PORT": "9090"})
+    assert exc.value.message == f"argument --metrics-bind: {message}"
+
+
+def test_metrics_bind_from_env_and_cmd_args():
+    environ = {"COLDBREW_METRICS_BIND": ":9090"}
+    cfg = parse_args(["main:app"], environ)
+    assert (cfg.metrics_host, cfg.metrics_port) == ("0.0.0.0", 9090)
+    environ["COLDBREW_CMD_ARGS"] = "--metrics-bind [::]:9100"
+    inv = parse(["main:app"], environ)
+    assert (inv.config.metrics_host, inv.config.metrics_port) == ("::", 9100)
+    assert inv.sources["metrics_bind"] == "COLDBREW_CMD_ARGS: argument --metrics-bind"
+    cfg = parse_args(["--metrics-bind", "127.0.0.1:9200", "main:app"], environ)
+    assert (cfg.metrics_host, cfg.metrics_port) == ("127.0.0.1", 9200)
+
+
+def test_every_telemetry_option_on_the_command_line():
+    cfg = parse_args(
+        ["--log-format", "json", "--app-log-handler", "off", "--access-logfile", "-",
+         "--access-logformat", "%(h)s %(r)s", "--gcp-project", "p", "--metrics-bind", ":9090", "main:app"],
+        {},
+    )
+    assert (cfg.log_format, cfg.app_log_handler, cfg.access_logfile, cfg.access_logformat) == (
+        "json", False, "-", "%(h)s %(r)s"
+    )
+    assert (cfg.gcp_project, cfg.metrics_host, cfg.metrics_port) == ("p", "0.0.0.0", 9090)
+
+
+def test_bad_access_log_format_end_to_end():
+    result = run_cli("--access-logformat", "%(h)s %(nope)s", "cli_apps:app")
+    assert result.returncode == 2
+    assert last_line(result.stderr) == (
+        "coldbrew: error: argument --access-logformat: unknown atom '%(nope)s' "
+        "(use h l u t r s m U q H b B f a T D M L p, {NAME}i, {NAME}o or {NAME}e)"
+    )
+    assert len(result.stderr.splitlines()) <= 2
+
+
+def test_bad_telemetry_env_end_to_end():
+    result = run_cli("cli_apps:app", env={"COLDBREW_METRICS_BIND": "localhost"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "coldbrew: error: COLDBREW_METRICS_BIND: missing port in 'localhost' (expected HOST:PORT, e.g. :9090)"
+    ]
+    result = run_cli("cli_apps:app", env={"COLDBREW_LOG_FORMAT": "xml"})
+    assert result.returncode == 2
+    assert result.stderr.splitlines() == [
+        "coldbrew: error: COLDBREW_LOG_FORMAT: invalid choice: 'xml' (choose from text, json)"
+    ]
+
+
+def test_main_passes_telemetry_settings_to_the_core(fake_core):
+    argv = ["--log-format", "text", "--access-logfile", "-", "--metrics-bind", "127.0.0.1:9464", "cli_apps:app"]
+    assert cli.main(argv) == 0
+    [(app, cfg, cwd, path)] = fake_core.calls
+    assert (cfg.log_format, cfg.access_logfile, cfg.metrics_host, cfg.metrics_port) == (
+        "text", "-", "127.0.0.1", 9464
+    )
 
 
 # ---------------------------------------------------------------------------
@@ -686,7 +1008,7 @@ def test_missing_module_suggests_dropping_py(tmp_path, monkeypatch):
 def isolated(monkeypatch):
     """Undo whatever cli.main does to the process: cwd, sys.path, os.environ."""
     for name in list(os.environ):
-        if name.startswith("COLDBREW_") or name in ("PORT", "SCRIPT_NAME"):
+        if name.startswith("COLDBREW_") or name in PLATFORM_ENV:
             monkeypatch.delenv(name)
     monkeypatch.chdir(APPS)
     monkeypatch.setattr(sys, "path", list(sys.path))
@@ -869,10 +1191,16 @@ def test_importing_the_cli_imports_no_heavy_module():
         ["-b", "[::1]:9000", "--threads=3", "-e", "A=1", "--env=B=2", "--log-level", "WARN", "cli_apps:app"],
         ["cli_apps:app", "--response-buffer", "1.5M", "--request-buffer=64KiB", "--backlog", "16",
          "--graceful-timeout", "2.5", "--root-path", "/api/", "--chdir", "."],
+        ["--log-format", "json", "--app-log-handler=off", "--access-logfile", "-", "--access-logformat",
+         '%(h)s "%(r)s" %(s)s %({x-request-id}i)s', "--gcp-project", "p-1", "--metrics-bind", ":9090",
+         "cli_apps:app"],
     ],
 )
 def test_parsing_a_simple_command_line_does_not_import_argparse(argv):
-    code = f"from coldbrew.config import parse\nparse({argv!r}, {{'PORT': '9999', 'COLDBREW_THREADS': '2'}})"
+    code = (
+        f"from coldbrew.config import parse\nparse({argv!r}, {{'PORT': '9999', 'COLDBREW_THREADS': '2', "
+        "'K_SERVICE': 'svc', 'GOOGLE_CLOUD_PROJECT': 'proj', 'COLDBREW_ACCESS_LOGFORMAT': '%(h)s %(r)s'})"
+    )
     assert new_heavy_modules(code) == "[]"
 
 
@@ -945,6 +1273,24 @@ FAST_ARGVS = [
     ["--log-level", " Error ", "main:app"],
     ["--threads", "2"],
     ["-e", "A=1"],
+    ["--log-format", "JSON", "main:app"],
+    ["--log-format= text ", "main:app"],
+    ["--app-log-handler", "off", "--app-log-handler=Yes", "main:app"],
+    ["--app-log-handler", "0", "main:app"],
+    ["--access-logfile", "-", "main:app"],
+    ["--access-logfile=-", "main:app"],
+    ["--access-logfile", "/var/log/a b.log", "main:app"],
+    ["--access-logfile=-x", "main:app"],
+    ["--access-logformat", "%(h)s %(r)s", "main:app"],
+    ["--access-logformat", '%(h)s "%(r)s" %({X-Id}i)s %({ID}e)s', "main:app"],
+    ["--access-logformat=%(s)s %(b)s", "main:app"],
+    ["--access-logformat", "no atoms at all", "main:app"],
+    ["--gcp-project", "my-proj", "main:app"],
+    ["--gcp-project=example.com:p", "main:app"],
+    ["--metrics-bind", ":9090", "main:app"],
+    ["--metrics-bind=[::1]:9090", "main:app"],
+    ["--chdir", "-", "main:app"],
+    ["--bind", "-", "main:app"],
 ]
 
 SLOW_ARGVS = [
@@ -990,6 +1336,22 @@ SLOW_ARGVS = [
     ["-x y", "main:app"],
     ["main:app", "-e"],
     ["--bind"],
+    ["--log-format", "xml", "main:app"],
+    ["--app-log-handler", "maybe", "main:app"],
+    ["--access-logfile", "", "main:app"],
+    ["--access-logfile", "-x", "main:app"],
+    ["--access-logfile", "--", "main:app"],
+    ["--access-logformat", "%(x)s", "main:app"],
+    ["--access-logformat", "%(h", "main:app"],
+    ["--access-logformat", "-%(h)s", "main:app"],
+    ["--access-logformat", "", "main:app"],
+    ["--gcp-project", "", "main:app"],
+    ["--gcp-project", "a b", "main:app"],
+    ["--metrics-bind", "localhost", "main:app"],
+    ["--metrics-bind", "-", "main:app"],
+    ["--metrics-bind=", "main:app"],
+    ["--access-log", "-", "main:app"],
+    ["-", "-"],
 ]
 
 
@@ -1031,6 +1393,9 @@ def test_fast_parser_matches_argparse_on_random_command_lines(capsys):
         "--response-buffer", "--request-buffer=2M", "64K", "1T", "--backlog", "--chdir", "/srv",
         "-e", "--env", "--env=A=2", "--log-level", "WARN", "loud", "--log-level=debug",
         "--help", "--version", "--workers",
+        "--log-format", "json", "TEXT", "--app-log-handler", "off", "--access-logfile", "--access-logfile=-",
+        "--access-logformat", "%(h)s %(r)s", "%(x)s", "%(h", "--gcp-project", "p", "--metrics-bind",
+        "--metrics-bind=:9090", "localhost",
     ]
     rng = random.Random(1234)
     fast_count = 0
@@ -1072,6 +1437,16 @@ PARSE_CASES = [
     (["main:app"], {"COLDBREW_THREADS": "x"}),
     (["--threads", "4"], {}),
     (["--version"], {"COLDBREW_THREADS": "x"}),
+    (["main:app"], {"K_SERVICE": "svc", "GOOGLE_CLOUD_PROJECT": "proj"}),
+    (["--log-format", "text", "--gcp-project", "", "main:app"], {"K_SERVICE": "svc", "GOOGLE_CLOUD_PROJECT": "proj"}),
+    (["--access-logfile", "-", "main:app"], {"COLDBREW_ACCESS_LOGFORMAT": '%(h)s "%(r)s"'}),
+    (["--access-logformat", "%(h)s %(r)s", "main:app"], {"COLDBREW_CMD_ARGS": "--access-logfile - --log-format json"}),
+    (["main:app"], {"COLDBREW_CMD_ARGS": "--access-logformat '-%(h)s' --metrics-bind :9090 --app-log-handler off"}),
+    (["main:app"], {"COLDBREW_CMD_ARGS": "--access-logformat '%(x)s'"}),
+    (["--metrics-bind", "localhost", "main:app"], {"PORT": "9090"}),
+    (["main:app"], {"COLDBREW_METRICS_BIND": "localhost"}),
+    (["main:app"], {"GOOGLE_CLOUD_PROJECT": "a b"}),
+    (["--access-logformat", "%(nope)s", "main:app"], {}),
 ]
 
 
@@ -1215,6 +1590,9 @@ def test_converters_still_raise_argparse_errors():
     import argparse as argparse_module
 
     for converter, text in [(config.parse_size, "1T"), (config.parse_bind, "h:0"), (config.parse_seconds, "inf"),
-                            (config.parse_positive_int, "0"), (config.parse_env_pair, "X")]:
+                            (config.parse_positive_int, "0"), (config.parse_env_pair, "X"),
+                            (config.parse_log_format, "xml"), (config.parse_on_off, "maybe"),
+                            (config.parse_logfile, ""), (config.parse_access_logformat, "%(x)s"),
+                            (config.parse_gcp_project, "a b"), (config.parse_metrics_bind, "host")]:
         with pytest.raises(argparse_module.ArgumentTypeError):
             converter(text)

@@ -55,6 +55,9 @@ def _set_core_log_level(config):
     except (ImportError, AttributeError):
         return
     set_level(config.log_level)
+    set_format = getattr(_core(), "set_log_format", None)
+    if set_format is not None:
+        set_format(getattr(config, "log_format", "text"), getattr(config, "gcp_project", ""))
 
 
 def _display_address(host, port):
@@ -106,6 +109,12 @@ def run(invocation):
 
     _set_core_log_level(config)
     _log(config, "debug", f"{config}")
+    if getattr(config, "log_format", "text") == "json" and getattr(config, "app_log_handler", True):
+        # Before the app's import, so that an app calling logging.basicConfig() finds the root
+        # logger configured and does not add a second, plain-text handler.
+        from coldbrew import cloud_logging
+
+        cloud_logging.install(config.log_level)
     app = _load(config)
     if app is None:
         return EXIT_APP_ERROR
@@ -119,6 +128,12 @@ def run(invocation):
 
     try:
         serve(app, config)
+    except ValueError as err:
+        _error(str(err))
+        return EXIT_CONFIG_ERROR
+    except RuntimeError as err:
+        _error(str(err))
+        return EXIT_SERVER_ERROR
     except OSError as err:
         address = _display_address(config.host, config.port)
         reason = os.strerror(err.errno) if err.errno else (err.strerror or str(err))

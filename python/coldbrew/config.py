@@ -6,8 +6,9 @@ an environment mapping into a :class:`Config` without touching the process
 
 Sources, lowest to highest precedence:
 
-1. built-in defaults (``PORT`` and ``SCRIPT_NAME`` feed the defaults of
-   ``--bind`` and ``--root-path``);
+1. built-in defaults (``PORT``, ``SCRIPT_NAME``, ``K_SERVICE`` and
+   ``GOOGLE_CLOUD_PROJECT`` feed the defaults of ``--bind``, ``--root-path``,
+   ``--log-format`` and ``--gcp-project``);
 2. ``COLDBREW_<OPTION>`` environment variables, dashes as underscores
    (``COLDBREW_THREADS=4``; ``COLDBREW_APP`` for the positional APP);
 3. ``COLDBREW_CMD_ARGS``, extra flags split like a shell would;
@@ -42,6 +43,16 @@ DEFAULT_REQUEST_BUFFER = 256 * 1024
 DEFAULT_BACKLOG = 2048
 DEFAULT_LOG_LEVEL = "info"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
+DEFAULT_LOG_FORMAT = "text"
+LOG_FORMATS = ("text", "json")
+# gunicorn's default access log format (the "combined" log format).
+DEFAULT_ACCESS_LOGFORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
+# The one-letter atoms of --access-logformat; also {NAME}i, {NAME}o and {NAME}e.
+ACCESS_LOG_ATOMS = ("h", "l", "u", "t", "r", "s", "m", "U", "q", "H", "b", "B", "f", "a", "T", "D", "M", "L", "p")
+_ON_OFF = {
+    "on": True, "true": True, "yes": True, "1": True,
+    "off": False, "false": False, "no": False, "0": False,
+}
 
 # Bound for integer options so every value fits the C int / u32 the core uses.
 _INT_MAX = 2**31 - 1
@@ -55,6 +66,8 @@ _DIGITS = frozenset("0123456789")
 _ASCII_SPACE = frozenset(" \t\n\r\f\v")
 _ASCII_LETTERS = frozenset("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ")
 _INF = float("inf")
+# The characters of an HTTP header name (RFC 9110 token).
+_TOKEN_CHARS = frozenset("!#$%&'*+-.^_`|~") | _DIGITS | _ASCII_LETTERS
 _SIZE_UNITS = {
     "": 1,
     "b": 1,
@@ -110,10 +123,19 @@ class Config(_Record):
     backlog: int
     log_level: str
     workers: int
+    log_format: str
+    app_log_handler: bool
+    access_logfile: str | None
+    access_logformat: str
+    gcp_project: str
+    metrics_host: str | None
+    metrics_port: int | None
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
         "response_buffer", "request_buffer", "backlog", "log_level", "workers",
+        "log_format", "app_log_handler", "access_logfile", "access_logformat",
+        "gcp_project", "metrics_host", "metrics_port",
     )
 
     def __init__(
@@ -129,6 +151,13 @@ class Config(_Record):
         backlog: int = DEFAULT_BACKLOG,
         log_level: str = DEFAULT_LOG_LEVEL,
         workers: int = 1,
+        log_format: str = DEFAULT_LOG_FORMAT,
+        app_log_handler: bool = True,
+        access_logfile: str | None = None,
+        access_logformat: str = DEFAULT_ACCESS_LOGFORMAT,
+        gcp_project: str = "",
+        metrics_host: str | None = None,
+        metrics_port: int | None = None,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -141,6 +170,13 @@ class Config(_Record):
         self.backlog = backlog
         self.log_level = log_level
         self.workers = workers
+        self.log_format = log_format
+        self.app_log_handler = app_log_handler
+        self.access_logfile = access_logfile
+        self.access_logformat = access_logformat
+        self.gcp_project = gcp_project
+        self.metrics_host = metrics_host
+        self.metrics_port = metrics_port
 
 
 
@@ -344,6 +380,83 @@ def parse_log_level(text):
     return level
 
 
+def parse_log_format(text):
+    log_format = text.strip().lower()
+    if log_format not in LOG_FORMATS:
+        raise _bad(f"invalid choice: {text!r} (choose from {', '.join(LOG_FORMATS)})")
+    return log_format
+
+
+def parse_on_off(text):
+    """on/off, true/false, yes/no or 1/0, in any case."""
+    value = _ON_OFF.get(text.strip().lower())
+    if value is None:
+        raise _bad(f"invalid choice: {text!r} (choose from on, off)")
+    return value
+
+
+def parse_logfile(text):
+    """'-' (stdout) or a file path, kept as given."""
+    if not text:
+        raise _bad("empty path (use - for stdout)")
+    if "\0" in text:
+        raise _bad(f"NUL character in {text!r}")
+    return text
+
+
+def _access_atom_ok(atom):
+    if atom in ACCESS_LOG_ATOMS:
+        return True
+    # {NAME}i (request header), {NAME}o (response header), {NAME}e (environment variable)
+    if len(atom) < 4 or atom[0] != "{" or atom[-2] != "}" or atom[-1] not in "ioe":
+        return False
+    name = atom[1:-2]
+    if atom[-1] == "e":
+        return "=" not in name and "\0" not in name
+    for char in name:
+        if char not in _TOKEN_CHARS:
+            return False
+    return True
+
+
+def parse_access_logformat(text):
+    """A gunicorn-style access log format: text with %(atom)s placeholders."""
+    if not text:
+        raise _bad("empty format")
+    rest = text
+    while True:
+        start = rest.find("%(")
+        if start < 0:
+            return text
+        close = rest.find(")s", start + 2)
+        if close < 0:
+            raise _bad(f"unterminated atom {rest[start:]!r} (every %( must close with )s)")
+        atom = rest[start + 2 : close]
+        if not _access_atom_ok(atom):
+            raise _bad(
+                f"unknown atom {'%(' + atom + ')s'!r} (use {' '.join(ACCESS_LOG_ATOMS)}, "
+                "{NAME}i, {NAME}o or {NAME}e)"
+            )
+        rest = rest[close + 2 :]
+
+
+def parse_gcp_project(text):
+    """A Google Cloud project id, or '' for none."""
+    project = text.strip()
+    for char in project:
+        if char == "/" or char.isspace() or char == "\0":
+            raise _bad(f"invalid project id: {text!r}")
+    return project
+
+
+def parse_metrics_bind(text):
+    """Like --bind, but the port is required: (host, port)."""
+    host, port = parse_bind(text)
+    if port is None:
+        raise _bad(f"missing port in {text!r} (expected HOST:PORT, e.g. :9090)")
+    return host, port
+
+
 def parse_dir(text):
     if not text:
         raise _bad("empty directory")
@@ -393,6 +506,24 @@ _OPTIONS = (
      "set an environment variable before importing the app (repeatable)"),
     ("log_level", ("--log-level",), "LEVEL", parse_log_level, False,
      f"{'|'.join(LOG_LEVELS)} (default: {DEFAULT_LOG_LEVEL})"),
+    ("log_format", ("--log-format",), "|".join(LOG_FORMATS), parse_log_format, False,
+     "log lines as text, or as one JSON object per line for Cloud Logging "
+     "(default: json on Cloud Run, where K_SERVICE is set; text elsewhere)"),
+    ("app_log_handler", ("--app-log-handler",), "on|off", parse_on_off, False,
+     "in JSON mode, route the app's `logging` records through coldbrew's JSON writer, "
+     "with the request's trace (default: on)"),
+    ("access_logfile", ("--access-logfile",), "-|PATH", parse_logfile, False,
+     "write an access log line per request to PATH, or - for stdout "
+     "(default: off; Cloud Run already logs every request)"),
+    # argparse %-formats help strings, hence the %%.
+    ("access_logformat", ("--access-logformat",), "FORMAT", parse_access_logformat, False,
+     "access log format for text mode, in gunicorn's %%(atom)s syntax "
+     "(JSON mode writes Cloud Logging's httpRequest instead)"),
+    ("gcp_project", ("--gcp-project",), "ID", parse_gcp_project, False,
+     "Google Cloud project id that qualifies trace ids in JSON logs "
+     "(default: $GOOGLE_CLOUD_PROJECT)"),
+    ("metrics_bind", ("--metrics-bind",), "HOST:PORT", parse_metrics_bind, False,
+     "serve Prometheus metrics at http://HOST:PORT/metrics (default: off)"),
 )
 
 _APP_HELP = (
@@ -461,8 +592,9 @@ def _parse_argv(parser, argv):
 # the start-up. _parse_simple() handles only arguments whose meaning to
 # argparse is beyond doubt and gives up (returns None) on anything else --
 # --help, --version, "--", unknown or abbreviated flags, values starting with
-# "-" or empty, a second positional, a value a converter rejects -- leaving
-# argparse to parse the arguments again and produce its usual result or error.
+# "-" (but not "-" alone, which argparse also takes as a value) or empty, a
+# second positional, a value a converter rejects -- leaving argparse to parse
+# the arguments again and produce its usual result or error.
 # When it succeeds it returns exactly what _parse_argv() would have: the same
 # keys, in the same order, with the same converted values.
 # --------------------------------------------------------------------------
@@ -491,7 +623,7 @@ def _parse_simple(args):
                 if index + 1 >= count:
                     return None
                 value = args[index + 1]
-                if type(value) is not str or not value or value[0] == "-":
+                if type(value) is not str or not value or (value[0] == "-" and value != "-"):
                     return None
                 index += 2
             else:
@@ -614,6 +746,27 @@ def parse(argv=None, environ=None):
         if root_path:
             sources["root_path"] = "SCRIPT_NAME"
 
+    # Cloud Run and Knative set K_SERVICE; their log collectors parse JSON lines.
+    if "log_format" in values:
+        log_format = values["log_format"]
+    elif environ.get("K_SERVICE"):
+        log_format = "json"
+        sources["log_format"] = "K_SERVICE"
+    else:
+        log_format = DEFAULT_LOG_FORMAT
+
+    if "gcp_project" in values:
+        gcp_project = values["gcp_project"]
+    else:
+        try:
+            gcp_project = parse_gcp_project(environ.get("GOOGLE_CLOUD_PROJECT", ""))
+        except _type_error() as err:
+            raise ConfigError(f"GOOGLE_CLOUD_PROJECT: {err}") from None
+        if gcp_project:
+            sources["gcp_project"] = "GOOGLE_CLOUD_PROJECT"
+
+    metrics_host, metrics_port = values.get("metrics_bind", (None, None))
+
     config = Config(
         app_spec=values["app"],
         host=host,
@@ -626,6 +779,13 @@ def parse(argv=None, environ=None):
         backlog=values.get("backlog", DEFAULT_BACKLOG),
         log_level=values.get("log_level", DEFAULT_LOG_LEVEL),
         workers=1,
+        log_format=log_format,
+        app_log_handler=values.get("app_log_handler", True),
+        access_logfile=values.get("access_logfile"),
+        access_logformat=values.get("access_logformat", DEFAULT_ACCESS_LOGFORMAT),
+        gcp_project=gcp_project,
+        metrics_host=metrics_host,
+        metrics_port=metrics_port,
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 

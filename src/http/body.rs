@@ -8,9 +8,13 @@ use std::task::{Context, Poll, Waker};
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::telemetry::access::Observation;
+
 /// The body of every response coldbrew sends.
 pub struct ResponseBody {
     kind: Kind,
+    /// The access-log entry this body completes, when the access log is on.
+    observer: Option<Box<Observation>>,
 }
 
 enum Kind {
@@ -24,14 +28,14 @@ const FILE_CHUNK: usize = 256 * 1024;
 
 impl ResponseBody {
     pub fn empty() -> Self {
-        ResponseBody { kind: Kind::Full(None) }
+        ResponseBody { kind: Kind::Full(None), observer: None }
     }
 
     pub fn full(data: Bytes) -> Self {
         if data.is_empty() {
             return Self::empty();
         }
-        ResponseBody { kind: Kind::Full(Some(data)) }
+        ResponseBody { kind: Kind::Full(Some(data)), observer: None }
     }
 
     /// `length` bytes of `file` from its current position, read on tokio's blocking pool so
@@ -40,7 +44,7 @@ impl ResponseBody {
         if length == 0 {
             return Self::empty();
         }
-        ResponseBody { kind: Kind::File(FileStream { file: tokio::fs::File::from_std(file), remaining: length }) }
+        ResponseBody { kind: Kind::File(FileStream { file: tokio::fs::File::from_std(file), remaining: length }), observer: None }
     }
 
     /// A body fed by a [`ChunkSender`] on another thread. At most `capacity` bytes wait in
@@ -58,7 +62,25 @@ impl ResponseBody {
             space: Condvar::new(),
         });
         let sender = ChunkSender { shared: shared.clone(), capacity: capacity.max(1), done: false };
-        (sender, ResponseBody { kind: Kind::Stream(ChunkReceiver { shared }) })
+        (sender, ResponseBody { kind: Kind::Stream(ChunkReceiver { shared }), observer: None })
+    }
+}
+
+impl ResponseBody {
+    /// Completes `observation` when this body has been sent or abandoned.
+    pub fn observe(&mut self, observation: Box<Observation>) {
+        self.observer = Some(observation);
+    }
+}
+
+impl Drop for ResponseBody {
+    fn drop(&mut self) {
+        if let Some(mut observer) = self.observer.take() {
+            if self.is_end_stream() {
+                observer.mark_complete();
+            }
+            observer.finish();
+        }
     }
 }
 
@@ -80,11 +102,20 @@ impl Body for ResponseBody {
     type Error = BodyAborted;
 
     fn poll_frame(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BodyAborted>>> {
-        match &mut self.get_mut().kind {
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
             Kind::Full(data) => Poll::Ready(data.take().map(|d| Ok(Frame::data(d)))),
             Kind::Stream(rx) => rx.poll_chunk(cx),
             Kind::File(file) => file.poll_chunk(cx),
+        };
+        if let Some(observer) = &mut this.observer {
+            match &polled {
+                Poll::Ready(Some(Ok(frame))) => observer.add_bytes(frame.data_ref().map_or(0, |d| d.len())),
+                Poll::Ready(None) => observer.mark_complete(),
+                _ => {}
+            }
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {

@@ -13,7 +13,9 @@ use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::TcpListener;
 
 use super::{ConnInfo, Handler};
+use crate::telemetry::access::Observation;
 use crate::telemetry::log;
+use crate::telemetry::TraceContext;
 
 const SERVER_HEADER: http::HeaderValue = http::HeaderValue::from_static("coldbrew");
 
@@ -64,11 +66,21 @@ pub async fn serve<H: Handler>(
                 let _ = stream.set_nodelay(true);
                 let conn_info = ConnInfo::new(peer, local);
                 let handler = handler.clone();
-                let service = service_fn(move |req| {
-                    let fut = handler.call(req, conn_info);
+                let service = service_fn(move |mut req: super::Request| {
+                    let trace = TraceContext::from_headers(req.headers());
+                    if let Some(trace) = trace {
+                        req.extensions_mut().insert(trace);
+                    }
+                    let (parts, body) = req.into_parts();
+                    let observation = Observation::begin(&parts, conn_info.peer_ip, trace);
+                    let fut = handler.call(hyper::Request::from_parts(parts, body), conn_info);
                     async move {
                         let mut response = fut.await;
                         response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
+                        if let Some(mut observation) = observation {
+                            observation.respond(response.status(), response.headers());
+                            response.body_mut().observe(observation);
+                        }
                         Ok::<_, Infallible>(response)
                     }
                 });

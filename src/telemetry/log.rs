@@ -1,12 +1,19 @@
-//! Server log lines on stderr.
+//! Log lines from the server and from the app's `logging`, as text or as Cloud Logging JSON.
 //!
-//! One line per event (a traceback keeps its newlines), written with a single `write` call
-//! under stderr's lock so lines from different threads never interleave.
+//! A line is a record handed to the sink's writer thread, which formats and writes it: the
+//! request path only pays for building the message.
 
+use std::cell::Cell;
 use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
+use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
+
+use serde_json::{json, Map, Value};
+
+use super::sink::{self, Entry, Render, Target};
+use super::trace::TraceContext;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -30,6 +37,17 @@ impl Level {
         })
     }
 
+    /// The level of a Python `logging` record.
+    pub fn from_python(levelno: i64) -> Level {
+        match levelno {
+            n if n >= 50 => Level::Critical,
+            n if n >= 40 => Level::Error,
+            n if n >= 30 => Level::Warning,
+            n if n >= 20 => Level::Info,
+            _ => Level::Debug,
+        }
+    }
+
     pub fn name(self) -> &'static str {
         match self {
             Level::Debug => "DEBUG",
@@ -41,7 +59,24 @@ impl Level {
     }
 }
 
+/// How log lines are written.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+#[repr(u8)]
+pub enum Format {
+    /// `[time] [pid] [LEVEL] message`, for people.
+    Text = 0,
+    /// One JSON object per line, as Cloud Logging reads it.
+    Json = 1,
+}
+
 static THRESHOLD: AtomicU8 = AtomicU8::new(Level::Info as u8);
+static FORMAT: AtomicU8 = AtomicU8::new(Format::Text as u8);
+static PROJECT: OnceLock<String> = OnceLock::new();
+
+thread_local! {
+    /// The trace of the request this thread is serving, for the server's own lines about it.
+    static CURRENT_TRACE: Cell<Option<TraceContext>> = const { Cell::new(None) };
+}
 
 pub fn set_level(level: Level) {
     THRESHOLD.store(level as u8, Ordering::Relaxed);
@@ -51,20 +86,44 @@ pub fn enabled(level: Level) -> bool {
     level as u8 >= THRESHOLD.load(Ordering::Relaxed)
 }
 
+pub fn set_format(format: Format) {
+    FORMAT.store(format as u8, Ordering::Relaxed);
+}
+
+pub fn format() -> Format {
+    if FORMAT.load(Ordering::Relaxed) == Format::Json as u8 {
+        Format::Json
+    } else {
+        Format::Text
+    }
+}
+
+/// The Google Cloud project that trace ids are qualified with; without one the trace field is
+/// left out of JSON lines.
+pub fn set_project(project: &str) {
+    if !project.is_empty() {
+        let _ = PROJECT.set(project.to_owned());
+    }
+}
+
+pub fn set_current_trace(trace: Option<TraceContext>) {
+    CURRENT_TRACE.with(|t| t.set(trace));
+}
+
+/// A server log line.
 pub fn emit(level: Level, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let mut line = String::with_capacity(128);
-    use fmt::Write as _;
-    let _ = write!(line, "[{}] [{}] [{}] ", utc_timestamp(SystemTime::now()), std::process::id(), level.name());
-    let _ = line.write_fmt(args);
-    if !line.ends_with('\n') {
-        line.push('\n');
-    }
-    let stderr = std::io::stderr();
-    let mut lock = stderr.lock();
-    let _ = lock.write_all(line.as_bytes());
+    let record = LogRecord {
+        time: SystemTime::now(),
+        level,
+        message: fmt::format(args),
+        trace: CURRENT_TRACE.with(Cell::get),
+        source: None,
+        logger: None,
+    };
+    sink::submit(Entry::Record(Box::new(record)));
 }
 
 pub fn debug(args: fmt::Arguments<'_>) {
@@ -78,6 +137,98 @@ pub fn warn(args: fmt::Arguments<'_>) {
 }
 pub fn error(args: fmt::Arguments<'_>) {
     emit(Level::Error, args)
+}
+
+/// A record from the app's `logging`, already filtered by the app's own configuration.
+pub fn emit_app(level: Level, message: String, logger: String, source: Option<SourceLocation>, trace: Option<TraceContext>) {
+    let record = LogRecord { time: SystemTime::now(), level, message, trace, source, logger: Some(logger) };
+    sink::submit(Entry::Record(Box::new(record)));
+}
+
+pub struct SourceLocation {
+    pub file: String,
+    pub line: u32,
+    pub function: String,
+}
+
+struct LogRecord {
+    time: SystemTime,
+    level: Level,
+    message: String,
+    trace: Option<TraceContext>,
+    source: Option<SourceLocation>,
+    logger: Option<String>,
+}
+
+impl Render for LogRecord {
+    fn target(&self) -> Target {
+        Target::Stderr
+    }
+
+    fn render(&self, out: &mut Vec<u8>) {
+        match format() {
+            Format::Text => {
+                let _ = write!(out, "[{}] [{}] [{}] ", utc_timestamp(self.time), std::process::id(), self.level.name());
+                if let Some(logger) = &self.logger {
+                    let _ = write!(out, "[{}] ", escape_controls(logger, true));
+                }
+                out.extend_from_slice(escape_controls(self.message.trim_end_matches('\n'), true).as_bytes());
+                out.push(b'\n');
+            }
+            Format::Json => {
+                let mut entry = Map::new();
+                entry.insert("severity".into(), self.level.name().into());
+                entry.insert("message".into(), self.message.trim_end_matches('\n').into());
+                entry.insert("time".into(), utc_timestamp(self.time).into());
+                if let Some(logger) = &self.logger {
+                    entry.insert("logger".into(), logger.as_str().into());
+                }
+                if let Some(source) = &self.source {
+                    entry.insert(
+                        "logging.googleapis.com/sourceLocation".into(),
+                        json!({"file": source.file, "line": source.line.to_string(), "function": source.function}),
+                    );
+                }
+                insert_trace(&mut entry, self.trace.as_ref());
+                let _ = serde_json::to_writer(&mut *out, &entry);
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// The trace fields Cloud Logging correlates on.
+pub fn insert_trace(entry: &mut Map<String, Value>, trace: Option<&TraceContext>) {
+    let Some(trace) = trace else { return };
+    if let Some(project) = PROJECT.get() {
+        entry.insert(
+            "logging.googleapis.com/trace".into(),
+            format!("projects/{project}/traces/{}", trace.trace_id()).into(),
+        );
+    }
+    if let Some(span) = trace.span_id() {
+        entry.insert("logging.googleapis.com/spanId".into(), span.into());
+    }
+    entry.insert("logging.googleapis.com/trace_sampled".into(), trace.sampled.into());
+}
+
+/// Control characters as `\xNN` (newlines and tabs kept when `multiline`), so a hostile path or
+/// header can neither forge a line nor send terminal escapes.
+pub fn escape_controls(text: &str, multiline: bool) -> std::borrow::Cow<'_, str> {
+    let keep = |c: char| multiline && (c == '\n' || c == '\t');
+    if !text.chars().any(|c| c.is_control() && !keep(c)) {
+        return std::borrow::Cow::Borrowed(text);
+    }
+    let mut escaped = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && !keep(c) {
+            use fmt::Write as _;
+            let _ = write!(escaped, "\\x{:02x}", c as u32);
+        } else {
+            escaped.push(c);
+        }
+    }
+    std::borrow::Cow::Owned(escaped)
 }
 
 /// `2026-11-25T20:30:00.123Z`, computed without a time-zone database.
@@ -121,6 +272,14 @@ mod tests {
         assert_eq!(utc_timestamp(t), "2026-11-25T20:30:00.250Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn controls_are_escaped() {
+        assert_eq!(escape_controls("GET /a\x1b[31mred", false), "GET /a\\x1b[31mred");
+        assert_eq!(escape_controls("line\nnext\r", true), "line\nnext\\x0d");
+        assert_eq!(escape_controls("line\nnext", false), "line\\x0anext");
+        assert!(matches!(escape_controls("plain", false), std::borrow::Cow::Borrowed(_)));
     }
 
     #[test]

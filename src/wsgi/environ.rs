@@ -11,6 +11,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyDict, PyString, PyTuple};
 
 use crate::http::ConnInfo;
+use crate::telemetry::TraceContext;
 
 macro_rules! keys {
     ($($field:ident = $name:literal),* $(,)?) => {
@@ -35,6 +36,7 @@ keys! {
     remote_addr = "REMOTE_ADDR",
     remote_port = "REMOTE_PORT",
     wsgi_input = "wsgi.input",
+    trace_id = "coldbrew.trace_id",
 }
 
 /// Headers common enough that their environ key is made once instead of per request.
@@ -201,6 +203,9 @@ impl EnvironBuilder {
                 }
             }
             env.set_item(key, value)?;
+        }
+        if let Some(trace) = parts.extensions.get::<TraceContext>() {
+            env.set_item(k.trace_id.bind(py), trace.trace_id())?;
         }
         env.set_item(k.wsgi_input.bind(py), input)?;
         Ok(env)

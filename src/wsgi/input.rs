@@ -14,6 +14,7 @@ use pyo3::types::{PyBytes, PyList};
 use tokio::runtime::Handle;
 
 use super::RequestBody;
+use crate::telemetry::metrics;
 
 #[pyclass(frozen, module = "coldbrew._coldbrew")]
 pub struct InputStream {
@@ -66,6 +67,7 @@ impl InputStream {
         let mut state = self.state.lock().unwrap();
         match next {
             Ok(Some(data)) => {
+                metrics::body_bytes_in(data.len() as u64);
                 state.buf = if state.buf.is_empty() {
                     data
                 } else {

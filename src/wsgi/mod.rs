@@ -24,9 +24,10 @@ use hyper::body::Incoming;
 use tokio::sync::oneshot;
 
 use crate::http::{self as proto, ConnInfo, Handler};
+use crate::telemetry::metrics;
 
 pub use input::InputStream;
-pub use pool::Pool;
+pub use pool::{Pool, RequestTrace};
 pub use streams::{ErrorStream, FileWrapper};
 
 /// One request waiting for a Python thread.
@@ -99,6 +100,7 @@ async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, limit: 
     let mut total = 0usize;
     loop {
         if total > limit {
+            metrics::body_bytes_in(total as u64);
             return Ok(RequestBody::Streaming { head: concat(chunks, total), rest: incoming });
         }
         let frame = std::future::poll_fn(|cx| Pin::new(&mut incoming).poll_frame(cx)).await;
@@ -115,6 +117,7 @@ async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, limit: 
             }
         }
     }
+    metrics::body_bytes_in(total as u64);
     let body = concat(chunks, total);
     Ok(if body.is_empty() { RequestBody::Empty } else { RequestBody::Complete(body) })
 }

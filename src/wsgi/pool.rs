@@ -19,6 +19,31 @@ use super::response;
 use super::streams::{ErrorStream, FileWrapper};
 use super::{InputStream, RequestJob, WsgiHandler};
 use crate::config::ServerConfig;
+use crate::telemetry::log::Format;
+use crate::telemetry::metrics;
+use crate::telemetry::TraceContext;
+
+/// The trace of the request a `logging` record was made in, as the app's log handler sees it.
+#[pyclass(frozen, module = "coldbrew._coldbrew")]
+pub struct RequestTrace(pub TraceContext);
+
+#[pymethods]
+impl RequestTrace {
+    #[getter]
+    fn trace_id(&self) -> &str {
+        self.0.trace_id()
+    }
+
+    #[getter]
+    fn span_id(&self) -> Option<&str> {
+        self.0.span_id()
+    }
+
+    #[getter]
+    fn sampled(&self) -> bool {
+        self.0.sampled
+    }
+}
 
 /// What every Python thread shares: the app and everything prepared for it at startup.
 pub(crate) struct WorkerContext {
@@ -27,9 +52,22 @@ pub(crate) struct WorkerContext {
     pub runtime: Handle,
     pub response_buffer: usize,
     pub empty_input: Py<InputStream>,
+    /// `coldbrew.cloud_logging.current_trace`, set per request when the app's log records go
+    /// through coldbrew's JSON writer.
+    trace_var: Option<Py<PyAny>>,
 }
 
 impl WorkerContext {
+    pub fn set_trace_var(&self, py: Python<'_>, trace: Option<TraceContext>) -> PyResult<()> {
+        let Some(var) = &self.trace_var else { return Ok(()) };
+        let value = match trace {
+            Some(trace) => Py::new(py, RequestTrace(trace))?.into_any(),
+            None => py.None(),
+        };
+        var.bind(py).call_method1(pyo3::intern!(py, "set"), (value,))?;
+        Ok(())
+    }
+
     /// The traceback as Python prints it. `traceback` is imported on the first error only: it
     /// costs milliseconds of startup that a healthy app never needs.
     pub fn format_traceback(&self, py: Python<'_>, err: &PyErr) -> String {
@@ -67,15 +105,26 @@ impl Pool {
                 file_wrapper,
             },
         )?;
+        let trace_var = if config.log_format == Format::Json && config.app_log_handler {
+            Some(py.import("coldbrew.cloud_logging")?.getattr("current_trace")?.unbind())
+        } else {
+            None
+        };
         let context = Arc::new(WorkerContext {
             app,
             environ,
             runtime,
             response_buffer: config.response_buffer,
             empty_input: Py::new(py, InputStream::empty())?,
+            trace_var,
         });
 
         let (sender, receiver): (Sender<RequestJob>, Receiver<RequestJob>) = crossbeam_channel::bounded(config.max_pending);
+        {
+            // A receiver, not a sender: a sender held here would keep the queue open at shutdown.
+            let probe = receiver.clone();
+            metrics::set_queue_probe(Box::new(move || probe.len()));
+        }
         let mut threads = Vec::with_capacity(config.threads);
         for index in 0..config.threads {
             let context = context.clone();

@@ -24,7 +24,7 @@ use super::shared_bytes;
 use super::streams::FileWrapper;
 use super::{InputStream, RequestBody, RequestJob};
 use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
-use crate::telemetry::log;
+use crate::telemetry::{log, metrics, TraceContext};
 
 pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
     shared_bytes::release_finished(py);
@@ -51,6 +51,12 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
             return;
         }
     };
+    let trace = parts.extensions.get::<TraceContext>().copied();
+    log::set_current_trace(trace);
+    if let Err(err) = ctx.set_trace_var(py, trace) {
+        log::warn(format_args!("cannot set the trace context variable: {err}"));
+    }
+    metrics::python_busy(1);
     let outcome = ctx
         .app
         .bind(py)
@@ -59,6 +65,8 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
     if let Err(err) = outcome {
         exchange.get().fail(py, ctx, err);
     }
+    metrics::python_busy(-1);
+    log::set_current_trace(None);
 }
 
 fn internal_error(py: Python<'_>, ctx: &WorkerContext, parts: &http::request::Parts, err: PyErr, reply: oneshot::Sender<proto::Response>) {

@@ -1,0 +1,370 @@
+//! The access log (and the per-request metrics): one entry per response, in gunicorn's format atoms (text) or with a Cloud
+//! Logging `httpRequest` object (JSON).
+//!
+//! What an entry needs is captured on the I/O thread as the request arrives and the response
+//! ends; the writer thread does the formatting.
+
+use std::fmt::Write as _;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant, SystemTime};
+
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
+use serde_json::{json, Map};
+
+use super::log::{self, escape_controls, utc_timestamp, Format};
+use super::metrics;
+use super::sink::{self, Entry, Render, Target};
+use super::trace::TraceContext;
+use crate::http::AddrText;
+
+/// gunicorn's default access-log format.
+pub const DEFAULT_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
+
+struct AccessLog {
+    parts: Vec<Part>,
+    request_headers: Vec<HeaderName>,
+    response_headers: Vec<HeaderName>,
+}
+
+static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
+
+#[derive(Debug, PartialEq)]
+enum Part {
+    Literal(String),
+    Remote,
+    Dash,
+    Time,
+    RequestLine,
+    Status,
+    Method,
+    Path,
+    Query,
+    Protocol,
+    SizeOrDash,
+    Size,
+    Referer,
+    UserAgent,
+    Seconds,
+    Micros,
+    Millis,
+    DecimalSeconds,
+    Pid,
+    RequestHeader(usize),
+    ResponseHeader(usize),
+    Environ(String),
+}
+
+/// Turns the access log on with `format` (gunicorn's `%(atom)s` syntax).
+pub fn enable(format: &str) -> Result<(), String> {
+    let log = parse_format(format)?;
+    let _ = ACCESS_LOG.set(log);
+    Ok(())
+}
+
+pub fn enabled() -> bool {
+    ACCESS_LOG.get().is_some()
+}
+
+fn parse_format(format: &str) -> Result<AccessLog, String> {
+    let mut log = AccessLog { parts: Vec::new(), request_headers: Vec::new(), response_headers: Vec::new() };
+    let mut rest = format;
+    while let Some(at) = rest.find("%(") {
+        if at > 0 {
+            log.parts.push(Part::Literal(rest[..at].to_owned()));
+        }
+        let after = &rest[at + 2..];
+        let close = after.find(")s").ok_or_else(|| format!("unterminated atom in access log format: {rest:?}"))?;
+        let atom = &after[..close];
+        log.parts.push(parse_atom(atom, &mut log.request_headers, &mut log.response_headers)?);
+        rest = &after[close + 2..];
+    }
+    if !rest.is_empty() {
+        log.parts.push(Part::Literal(rest.to_owned()));
+    }
+    Ok(log)
+}
+
+fn parse_atom(atom: &str, request: &mut Vec<HeaderName>, response: &mut Vec<HeaderName>) -> Result<Part, String> {
+    if let Some(inner) = atom.strip_prefix('{') {
+        let (name, kind) = inner.rsplit_once('}').ok_or_else(|| format!("bad access log atom %({atom})s"))?;
+        return match kind {
+            "i" | "o" => {
+                let header = HeaderName::from_bytes(name.as_bytes()).map_err(|_| format!("bad header name in %({atom})s"))?;
+                let list = if kind == "i" { request } else { response };
+                list.push(header);
+                let index = list.len() - 1;
+                Ok(if kind == "i" { Part::RequestHeader(index) } else { Part::ResponseHeader(index) })
+            }
+            "e" => Ok(Part::Environ(std::env::var(name).unwrap_or_else(|_| "-".into()))),
+            _ => Err(format!("unknown access log atom %({atom})s")),
+        };
+    }
+    Ok(match atom {
+        "h" => Part::Remote,
+        "l" | "u" => Part::Dash,
+        "t" => Part::Time,
+        "r" => Part::RequestLine,
+        "s" => Part::Status,
+        "m" => Part::Method,
+        "U" => Part::Path,
+        "q" => Part::Query,
+        "H" => Part::Protocol,
+        "b" => Part::SizeOrDash,
+        "B" => Part::Size,
+        "f" => Part::Referer,
+        "a" => Part::UserAgent,
+        "T" => Part::Seconds,
+        "D" => Part::Micros,
+        "M" => Part::Millis,
+        "L" => Part::DecimalSeconds,
+        "p" => Part::Pid,
+        _ => return Err(format!("unknown access log atom %({atom})s")),
+    })
+}
+
+/// What the I/O thread notes about a request as it arrives, completed when its response ends.
+pub struct Observation {
+    started: Instant,
+    time: SystemTime,
+    method: Method,
+    uri: Uri,
+    version: Version,
+    remote: AddrText,
+    user_agent: Option<HeaderValue>,
+    referer: Option<HeaderValue>,
+    request_headers: Vec<Option<HeaderValue>>,
+    response_headers: Vec<Option<HeaderValue>>,
+    trace: Option<TraceContext>,
+    status: u16,
+    bytes: u64,
+    complete: bool,
+    /// Set once the entry is counted; a request dropped before that is only taken out of the
+    /// in-flight gauge.
+    counted: bool,
+}
+
+impl Drop for Observation {
+    fn drop(&mut self) {
+        if !self.counted {
+            metrics::request_abandoned();
+        }
+    }
+}
+
+impl Observation {
+    /// Starts an entry if the access log is on.
+    /// Starts observing a request if the access log or the metrics are on.
+    pub fn begin(parts: &http::request::Parts, remote: AddrText, trace: Option<TraceContext>) -> Option<Box<Observation>> {
+        let log = ACCESS_LOG.get();
+        if log.is_none() && !metrics::enabled() {
+            return None;
+        }
+        metrics::request_started();
+        let headers = &parts.headers;
+        Some(Box::new(Observation {
+            started: Instant::now(),
+            time: SystemTime::now(),
+            method: parts.method.clone(),
+            uri: parts.uri.clone(),
+            version: parts.version,
+            remote,
+            user_agent: log.and_then(|_| headers.get(http::header::USER_AGENT).cloned()),
+            referer: log.and_then(|_| headers.get(http::header::REFERER).cloned()),
+            request_headers: log.map_or_else(Vec::new, |log| log.request_headers.iter().map(|name| joined(headers, name)).collect()),
+            response_headers: Vec::new(),
+            trace,
+            status: 0,
+            bytes: 0,
+            complete: false,
+            counted: false,
+        }))
+    }
+
+    /// The response head is known.
+    pub fn respond(&mut self, status: http::StatusCode, headers: &HeaderMap) {
+        self.status = status.as_u16();
+        if let Some(log) = ACCESS_LOG.get() {
+            self.response_headers = log.response_headers.iter().map(|name| joined(headers, name)).collect();
+        }
+    }
+
+    pub fn add_bytes(&mut self, n: usize) {
+        self.bytes += n as u64;
+    }
+
+    pub fn mark_complete(&mut self) {
+        self.complete = true;
+    }
+
+    /// The response is over (sent, or abandoned): queue the entry.
+    pub fn finish(mut self: Box<Self>) {
+        self.counted = true;
+        let latency = self.started.elapsed();
+        metrics::request_finished(&self.method, self.status, latency, self.bytes);
+        if enabled() {
+            sink::submit(Entry::Record(Box::new(AccessEntry { observation: self, latency })));
+        }
+    }
+}
+
+fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
+    let mut values = headers.get_all(name).iter();
+    let first = values.next()?;
+    let mut rest = values.peekable();
+    if rest.peek().is_none() {
+        return Some(first.clone());
+    }
+    let mut all = first.as_bytes().to_vec();
+    for value in rest {
+        all.extend_from_slice(b", ");
+        all.extend_from_slice(value.as_bytes());
+    }
+    HeaderValue::from_bytes(&all).ok()
+}
+
+struct AccessEntry {
+    observation: Box<Observation>,
+    latency: Duration,
+}
+
+fn text(value: &Option<HeaderValue>) -> String {
+    match value {
+        Some(v) => v.as_bytes().iter().map(|&b| b as char).collect(),
+        None => "-".into(),
+    }
+}
+
+fn protocol(version: Version) -> &'static str {
+    match version {
+        Version::HTTP_10 => "HTTP/1.0",
+        Version::HTTP_2 => "HTTP/2",
+        _ => "HTTP/1.1",
+    }
+}
+
+impl Render for AccessEntry {
+    fn target(&self) -> Target {
+        Target::AccessFile
+    }
+
+    fn render(&self, out: &mut Vec<u8>) {
+        let o = &self.observation;
+        let target = o.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        match log::format() {
+            Format::Json => {
+                let mut request = Map::new();
+                request.insert("requestMethod".into(), o.method.as_str().into());
+                request.insert("requestUrl".into(), target.into());
+                request.insert("status".into(), o.status.into());
+                request.insert("responseSize".into(), o.bytes.to_string().into());
+                if let Some(ua) = &o.user_agent {
+                    request.insert("userAgent".into(), text(&Some(ua.clone())).into());
+                }
+                request.insert("remoteIp".into(), o.remote.as_str().into());
+                request.insert("protocol".into(), protocol(o.version).into());
+                if let Some(referer) = &o.referer {
+                    request.insert("referer".into(), text(&Some(referer.clone())).into());
+                }
+                request.insert("latency".into(), duration_text(self.latency).into());
+                let severity = match o.status {
+                    500.. => "ERROR",
+                    400..=499 => "WARNING",
+                    _ => "INFO",
+                };
+                let mut entry = Map::new();
+                entry.insert("severity".into(), severity.into());
+                entry.insert("message".into(), format!("{} {} {}", o.method, target, o.status).into());
+                entry.insert("time".into(), utc_timestamp(o.time).into());
+                entry.insert("httpRequest".into(), json!(request));
+                log::insert_trace(&mut entry, o.trace.as_ref());
+                let _ = serde_json::to_writer(&mut *out, &entry);
+                out.push(b'\n');
+            }
+            Format::Text => {
+                let Some(log) = ACCESS_LOG.get() else { return };
+                let mut line = String::with_capacity(160);
+                for part in &log.parts {
+                    let micros = self.latency.as_micros();
+                    match part {
+                        Part::Literal(s) => line.push_str(s),
+                        Part::Remote => line.push_str(o.remote.as_str()),
+                        Part::Dash => line.push('-'),
+                        Part::Time => {
+                            let _ = write!(line, "[{}]", utc_timestamp(o.time));
+                        }
+                        Part::RequestLine => {
+                            let _ = write!(line, "{} {} {}", o.method, target, protocol(o.version));
+                        }
+                        Part::Status => {
+                            let _ = write!(line, "{}", o.status);
+                        }
+                        Part::Method => line.push_str(o.method.as_str()),
+                        Part::Path => line.push_str(o.uri.path()),
+                        Part::Query => line.push_str(o.uri.query().unwrap_or("")),
+                        Part::Protocol => line.push_str(protocol(o.version)),
+                        Part::SizeOrDash if o.bytes == 0 => line.push('-'),
+                        Part::SizeOrDash | Part::Size => {
+                            let _ = write!(line, "{}", o.bytes);
+                        }
+                        Part::Referer => line.push_str(&text(&o.referer)),
+                        Part::UserAgent => line.push_str(&text(&o.user_agent)),
+                        Part::Seconds => {
+                            let _ = write!(line, "{}", self.latency.as_secs());
+                        }
+                        Part::Micros => {
+                            let _ = write!(line, "{micros}");
+                        }
+                        Part::Millis => {
+                            let _ = write!(line, "{}", micros / 1000);
+                        }
+                        Part::DecimalSeconds => {
+                            let _ = write!(line, "{:.6}", self.latency.as_secs_f64());
+                        }
+                        Part::Pid => {
+                            let _ = write!(line, "{}", std::process::id());
+                        }
+                        Part::RequestHeader(i) => line.push_str(&text(o.request_headers.get(*i).unwrap_or(&None))),
+                        Part::ResponseHeader(i) => line.push_str(&text(o.response_headers.get(*i).unwrap_or(&None))),
+                        Part::Environ(value) => line.push_str(value),
+                    }
+                }
+                out.extend_from_slice(escape_controls(&line, false).as_bytes());
+                out.push(b'\n');
+            }
+        }
+    }
+}
+
+/// A protobuf-JSON duration, as Cloud Logging's `latency` wants it: `"0.012s"`.
+fn duration_text(d: Duration) -> String {
+    let mut text = format!("{}.{:09}", d.as_secs(), d.subsec_nanos());
+    while text.ends_with('0') && !text.ends_with(".0") {
+        text.pop();
+    }
+    text.push('s');
+    text
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gunicorn_default_format_parses() {
+        let log = parse_format(DEFAULT_FORMAT).unwrap();
+        assert_eq!(log.parts[0], Part::Remote);
+        assert!(log.parts.contains(&Part::RequestLine));
+        assert!(parse_format("%(nope)s").is_err());
+        assert!(parse_format("%(h)").is_err());
+        let headers = parse_format("%({x-request-id}i)s %({content-type}o)s").unwrap();
+        assert_eq!(headers.request_headers.len(), 1);
+        assert_eq!(headers.response_headers.len(), 1);
+    }
+
+    #[test]
+    fn durations_read_like_cloud_logging_wants() {
+        assert_eq!(duration_text(Duration::from_millis(12)), "0.012s");
+        assert_eq!(duration_text(Duration::from_secs(3)), "3.0s");
+        assert_eq!(duration_text(Duration::from_nanos(1_500_000_001)), "1.500000001s");
+    }
+}

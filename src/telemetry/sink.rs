@@ -1,0 +1,173 @@
+//! Where every log line goes: a bounded queue drained by one background thread that writes in
+//! batches, so a request never waits on stdout or stderr unless that queue is full.
+//!
+//! Policy when the queue is full: the producer waits for room. No line is ever dropped; the
+//! waits are counted and reported in a log line once the output drains, so a blocked log
+//! pipe shows up as slower serving, never as missing lines.
+
+use std::fs::File;
+use std::io::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{mpsc, OnceLock};
+use std::time::Duration;
+
+use crossbeam_channel::{Receiver, Sender, TrySendError};
+
+/// How many entries may wait for the writer.
+pub const QUEUE_CAPACITY: usize = 16 * 1024;
+/// How many entries the writer formats before it writes.
+const BATCH: usize = 512;
+
+/// A log line's destination.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Target {
+    Stderr,
+    Stdout,
+    /// The file named by `--access-logfile`.
+    AccessFile,
+}
+
+/// Something to write, formatted by the writer thread where possible.
+pub enum Entry {
+    Text { target: Target, text: String },
+    Record(Box<dyn Render + Send>),
+    /// Acknowledged once everything queued before it is written.
+    Flush(mpsc::SyncSender<()>),
+}
+
+/// A record that formats itself on the writer thread.
+pub trait Render {
+    fn target(&self) -> Target;
+    fn render(&self, out: &mut Vec<u8>);
+}
+
+struct Sink {
+    sender: Sender<Entry>,
+    waits: AtomicU64,
+}
+
+static SINK: OnceLock<Sink> = OnceLock::new();
+
+/// Starts the writer thread. Before this (and if it cannot start) lines are written directly.
+pub fn start(access_file: Option<File>) {
+    SINK.get_or_init(|| {
+        let (sender, receiver) = crossbeam_channel::bounded(QUEUE_CAPACITY);
+        // The writer lives as long as the process: it ends when the queue's sender does.
+        let _ = std::thread::Builder::new()
+            .name("coldbrew-log".into())
+            .spawn(move || write_loop(receiver, access_file));
+        Sink { sender, waits: AtomicU64::new(0) }
+    });
+}
+
+/// Queues an entry, waiting if the queue is full.
+pub fn submit(entry: Entry) {
+    let Some(sink) = SINK.get() else {
+        return write_now(entry);
+    };
+    match sink.sender.try_send(entry) {
+        Ok(()) => {}
+        Err(TrySendError::Full(entry)) => {
+            sink.waits.fetch_add(1, Ordering::Relaxed);
+            if let Err(err) = sink.sender.send(entry) {
+                write_now(err.into_inner());
+            }
+        }
+        Err(TrySendError::Disconnected(entry)) => write_now(entry),
+    }
+}
+
+/// Times a producer had to wait for room in the queue.
+pub fn waits() -> u64 {
+    SINK.get().map_or(0, |s| s.waits.load(Ordering::Relaxed))
+}
+
+/// Waits until everything queued so far is written, for at most `timeout`.
+pub fn flush(timeout: Duration) -> bool {
+    let Some(sink) = SINK.get() else { return true };
+    let (ack, done) = mpsc::sync_channel(1);
+    if sink.sender.send_timeout(Entry::Flush(ack), timeout).is_err() {
+        return false;
+    }
+    done.recv_timeout(timeout).is_ok()
+}
+
+fn write_now(entry: Entry) {
+    let mut out = Vec::new();
+    match entry {
+        Entry::Text { target, text } => {
+            out.extend_from_slice(text.as_bytes());
+            write_target(target, &out, None);
+        }
+        Entry::Record(record) => {
+            record.render(&mut out);
+            write_target(record.target(), &out, None);
+        }
+        Entry::Flush(ack) => {
+            let _ = ack.send(());
+        }
+    }
+}
+
+fn write_target(target: Target, bytes: &[u8], access_file: Option<&mut File>) {
+    if bytes.is_empty() {
+        return;
+    }
+    let _ = match target {
+        Target::Stderr => std::io::stderr().lock().write_all(bytes),
+        Target::Stdout => {
+            let mut out = std::io::stdout().lock();
+            out.write_all(bytes).and_then(|_| out.flush())
+        }
+        Target::AccessFile => match access_file {
+            Some(file) => file.write_all(bytes),
+            None => std::io::stdout().lock().write_all(bytes),
+        },
+    };
+}
+
+fn write_loop(receiver: Receiver<Entry>, mut access_file: Option<File>) {
+    let mut stderr = Vec::with_capacity(64 * 1024);
+    let mut stdout = Vec::with_capacity(64 * 1024);
+    let mut access = Vec::with_capacity(64 * 1024);
+    let mut acks = Vec::new();
+    let mut reported_waits = 0;
+    while let Ok(first) = receiver.recv() {
+        for entry in std::iter::once(first).chain(receiver.try_iter().take(BATCH - 1)) {
+            let target = match &entry {
+                Entry::Text { target, .. } => *target,
+                Entry::Record(record) => record.target(),
+                Entry::Flush(_) => Target::Stderr,
+            };
+            let buf = match target {
+                Target::Stderr => &mut stderr,
+                Target::Stdout => &mut stdout,
+                Target::AccessFile if access_file.is_some() => &mut access,
+                Target::AccessFile => &mut stdout,
+            };
+            match entry {
+                Entry::Text { text, .. } => buf.extend_from_slice(text.as_bytes()),
+                Entry::Record(record) => record.render(buf),
+                Entry::Flush(ack) => acks.push(ack),
+            }
+        }
+        write_target(Target::Stderr, &stderr, None);
+        write_target(Target::Stdout, &stdout, None);
+        write_target(Target::AccessFile, &access, access_file.as_mut());
+        stderr.clear();
+        stdout.clear();
+        access.clear();
+        for ack in acks.drain(..) {
+            let _ = ack.send(());
+        }
+        let waits = waits();
+        if waits > reported_waits && receiver.is_empty() {
+            let line = format!(
+                "coldbrew: the log output was blocked; producers waited {} time(s) for room in the log queue (no line was lost)\n",
+                waits - reported_waits
+            );
+            write_target(Target::Stderr, line.as_bytes(), None);
+            reported_waits = waits;
+        }
+    }
+}
