@@ -5,6 +5,7 @@
 //! ([`environ`]), calls the app and hands the response back ([`response`]). Tokio threads never
 //! take the GIL.
 
+mod doorbell;
 mod environ;
 mod input;
 mod pool;
@@ -16,7 +17,10 @@ use std::future::Future;
 use std::pin::Pin;
 
 use bytes::{Bytes, BytesMut};
+use std::sync::Arc;
+
 use crossbeam_channel::{Sender, TrySendError};
+use doorbell::Doorbell;
 use http::header::{CONTENT_LENGTH, EXPECT};
 use http::StatusCode;
 use http_body::Body;
@@ -50,18 +54,27 @@ pub(crate) enum RequestBody {
 /// Hands requests from the I/O thread to the Python thread pool.
 pub struct WsgiHandler {
     queue: Sender<RequestJob>,
+    doorbell: Arc<Doorbell>,
     read_ahead: usize,
 }
 
+impl Drop for WsgiHandler {
+    fn drop(&mut self) {
+        // No more requests: idle Python threads wake, finish the queue and stop.
+        self.doorbell.close();
+    }
+}
+
 impl WsgiHandler {
-    pub(crate) fn new(queue: Sender<RequestJob>, read_ahead: usize) -> Self {
-        WsgiHandler { queue, read_ahead }
+    pub(crate) fn new(queue: Sender<RequestJob>, doorbell: Arc<Doorbell>, read_ahead: usize) -> Self {
+        WsgiHandler { queue, doorbell, read_ahead }
     }
 }
 
 impl Handler for WsgiHandler {
     fn call(&self, request: proto::Request, conn: ConnInfo) -> impl Future<Output = proto::Response> + Send + use<> {
         let queue = self.queue.clone();
+        let doorbell = self.doorbell.clone();
         let read_ahead = self.read_ahead;
         async move {
             let (parts, incoming) = request.into_parts();
@@ -71,7 +84,7 @@ impl Handler for WsgiHandler {
             };
             let (reply, answer) = oneshot::channel();
             match queue.try_send(RequestJob { parts, body, conn, reply }) {
-                Ok(()) => {}
+                Ok(()) => doorbell.ring(),
                 Err(TrySendError::Full(_)) => return proto::overloaded(),
                 Err(TrySendError::Disconnected(_)) => return proto::overloaded(),
             }

@@ -10,6 +10,8 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
+
+use super::doorbell::Doorbell;
 use pyo3::prelude::*;
 use pyo3::types::PyString;
 use tokio::runtime::Handle;
@@ -125,18 +127,20 @@ impl Pool {
             let probe = receiver.clone();
             metrics::set_queue_probe(Box::new(move || probe.len()));
         }
+        let doorbell = Arc::new(Doorbell::new());
         let mut threads = Vec::with_capacity(config.threads);
         for index in 0..config.threads {
             let context = context.clone();
             let receiver = receiver.clone();
+            let doorbell = doorbell.clone();
             let thread = std::thread::Builder::new()
                 .name(format!("coldbrew-py-{index}"))
                 .stack_size(8 << 20)
-                .spawn(move || run_thread(context, receiver))
+                .spawn(move || run_thread(context, receiver, doorbell))
                 .map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot start a Python thread: {err}")))?;
             threads.push(thread);
         }
-        Ok((Pool { threads }, WsgiHandler::new(sender, config.request_buffer)))
+        Ok((Pool { threads }, WsgiHandler::new(sender, doorbell, config.request_buffer)))
     }
 
     /// Waits for the threads to finish what they hold. The handler (the queue's only sender)
@@ -156,16 +160,33 @@ impl Pool {
     }
 }
 
-fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>) {
-    Python::attach(|py| loop {
-        let job = match jobs.try_recv() {
-            Ok(job) => job,
-            Err(TryRecvError::Disconnected) => break,
-            Err(TryRecvError::Empty) => match py.detach(|| jobs.recv()) {
-                Ok(job) => job,
-                Err(_) => break,
-            },
-        };
-        response::handle(py, &context, job);
+fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell: Arc<Doorbell>) {
+    Python::attach(|py| {
+        doorbell.start_searching();
+        let mut searching = true;
+        loop {
+            // Holding the GIL: take requests until none is left.
+            match jobs.try_recv() {
+                Ok(job) => {
+                    if searching {
+                        doorbell.found();
+                        searching = false;
+                    }
+                    response::handle(py, &context, job);
+                    continue;
+                }
+                Err(TryRecvError::Disconnected) => return,
+                Err(TryRecvError::Empty) => {}
+            }
+            let was_searching = std::mem::replace(&mut searching, false);
+            if !py.detach(|| doorbell.wait(was_searching, || !jobs.is_empty())) {
+                // Closed: finish what is still queued (their clients are gone), then stop.
+                while let Ok(job) = jobs.try_recv() {
+                    response::handle(py, &context, job);
+                }
+                return;
+            }
+            searching = true;
+        }
     });
 }

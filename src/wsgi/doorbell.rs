@@ -1,0 +1,169 @@
+//! How idle Python threads learn that a request is waiting.
+//!
+//! A thread takes a request off the queue only while it holds the GIL. If it took one first and
+//! then waited for the GIL, that request would sit behind whatever the GIL holder runs next,
+//! up to the interpreter's 5 ms switch interval for each thread ahead of it: with a
+//! CPU-bound framework, a convoy. So idle threads sleep on this doorbell, not on the queue.
+//!
+//! A ring wakes a thread only when no thread is already *searching* (awake and about to take
+//! a request, typically waiting for the GIL). A CPU-bound app thus has one running thread and
+//! at most one waiting, instead of every thread queued on the GIL, while an app that blocks on
+//! I/O releases the GIL and the searcher takes the next request at once, which lets the next
+//! ring wake another. The thread woken is the one that slept last: its caches are warmest.
+
+use std::sync::atomic::{fence, AtomicBool, AtomicUsize, Ordering::SeqCst};
+use std::sync::{Arc, Mutex};
+use std::thread::Thread;
+
+/// How often a thread that ran out of work yields before it sleeps: on a shared core the I/O
+/// thread is often about to queue more.
+const YIELDS_BEFORE_SLEEP: usize = 3;
+
+pub(crate) struct Doorbell {
+    sleeping: AtomicUsize,
+    searching: AtomicUsize,
+    sleepers: Mutex<Sleepers>,
+}
+
+struct Sleepers {
+    parked: Vec<(Thread, Arc<AtomicBool>)>,
+    closed: bool,
+}
+
+impl Doorbell {
+    pub fn new() -> Self {
+        Doorbell { sleeping: AtomicUsize::new(0), searching: AtomicUsize::new(0), sleepers: Mutex::new(Sleepers { parked: Vec::new(), closed: false }) }
+    }
+
+    /// A request was queued: wake one sleeping thread unless one is already searching.
+    pub fn ring(&self) {
+        // The queue push happened before this; pairs with the fence in `wait`.
+        fence(SeqCst);
+        if self.searching.load(SeqCst) > 0 || self.sleeping.load(SeqCst) == 0 {
+            return;
+        }
+        let woken = self.sleepers.lock().unwrap().parked.pop();
+        if let Some((thread, flag)) = woken {
+            self.sleeping.fetch_sub(1, SeqCst);
+            self.searching.fetch_add(1, SeqCst);
+            flag.store(true, SeqCst);
+            thread.unpark();
+        }
+    }
+
+    /// A thread starts looking for a request (it started, or is about to take the GIL).
+    pub fn start_searching(&self) {
+        self.searching.fetch_add(1, SeqCst);
+    }
+
+    /// A searching thread took a request.
+    pub fn found(&self) {
+        self.searching.fetch_sub(1, SeqCst);
+    }
+
+    /// Sleeps until rung, unless `has_work` turns true first; called by a thread that found
+    /// nothing. On `true` the thread is counted as searching again. False once closed.
+    pub fn wait(&self, searching: bool, has_work: impl Fn() -> bool) -> bool {
+        if searching {
+            self.searching.fetch_sub(1, SeqCst);
+        }
+        for _ in 0..YIELDS_BEFORE_SLEEP {
+            if has_work() {
+                self.start_searching();
+                return true;
+            }
+            std::thread::yield_now();
+        }
+        let flag = Arc::new(AtomicBool::new(false));
+        {
+            let mut sleepers = self.sleepers.lock().unwrap();
+            if sleepers.closed {
+                return false;
+            }
+            sleepers.parked.push((std::thread::current(), flag.clone()));
+            self.sleeping.fetch_add(1, SeqCst);
+        }
+        // Pairs with `ring`, which reads `sleeping` after the queue push: either it sees this
+        // thread parked, or this check sees the request.
+        fence(SeqCst);
+        if has_work() {
+            let mut sleepers = self.sleepers.lock().unwrap();
+            match sleepers.parked.iter().position(|(_, f)| Arc::ptr_eq(f, &flag)) {
+                Some(pos) => {
+                    sleepers.parked.remove(pos);
+                    self.sleeping.fetch_sub(1, SeqCst);
+                    self.start_searching();
+                }
+                // A ring took this thread off the list meanwhile and counted it.
+                None => {}
+            }
+            return true;
+        }
+        while !flag.load(SeqCst) {
+            std::thread::park();
+        }
+        !self.sleepers.lock().unwrap().closed || has_work()
+    }
+
+    /// Wakes every thread for good.
+    pub fn close(&self) {
+        let mut sleepers = self.sleepers.lock().unwrap();
+        sleepers.closed = true;
+        for (thread, flag) in sleepers.parked.drain(..) {
+            flag.store(true, SeqCst);
+            thread.unpark();
+        }
+        self.sleeping.store(0, SeqCst);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::atomic::AtomicU32;
+    use std::time::Duration;
+
+    #[test]
+    fn ring_wakes_a_sleeper_and_close_releases_all() {
+        let bell = Arc::new(Doorbell::new());
+        let work = Arc::new(AtomicU32::new(0));
+        let woke = Arc::new(AtomicU32::new(0));
+        let threads: Vec<_> = (0..3)
+            .map(|_| {
+                let (bell, work, woke) = (bell.clone(), work.clone(), woke.clone());
+                std::thread::spawn(move || {
+                    bell.start_searching();
+                    let mut searching = true;
+                    loop {
+                        if work.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+                            if searching {
+                                bell.found();
+                                searching = false;
+                            }
+                            woke.fetch_add(1, SeqCst);
+                            continue;
+                        }
+                        if !bell.wait(searching, || work.load(SeqCst) > 0) {
+                            return;
+                        }
+                        searching = true;
+                    }
+                })
+            })
+            .collect();
+        std::thread::sleep(Duration::from_millis(50));
+        for _ in 0..10 {
+            work.fetch_add(1, SeqCst);
+            bell.ring();
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        while work.load(SeqCst) > 0 {
+            std::thread::sleep(Duration::from_millis(1));
+        }
+        bell.close();
+        for t in threads {
+            t.join().unwrap();
+        }
+        assert_eq!(woke.load(SeqCst), 10);
+    }
+}
