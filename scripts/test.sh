@@ -81,6 +81,12 @@ say "cargo test"
 cargo test || cargo_status=$?
 
 # --- 5. Python tests --------------------------------------------------------------------
+# The benchmark harness test drives wrk; install it when we can (it skips, saying why, when
+# wrk is absent).
+if ! command -v wrk >/dev/null 2>&1; then
+    if can_apt; then apt_install wrk || true; else say "wrk not found: tests/test_bench_harness.py will skip"; fi
+fi
+
 # tests/ is the only entry in testpaths (pyproject.toml); extra arguments go to pytest.
 pytest_status=0
 say "python -m pytest -q${*:+ $*}"
