@@ -139,6 +139,11 @@ pub fn error(args: fmt::Arguments<'_>) {
     emit(Level::Error, args)
 }
 
+/// Formats a server line in place, for the writer thread's own notices.
+pub fn render_line(level: Level, message: String, out: &mut Vec<u8>) {
+    LogRecord { time: SystemTime::now(), level, message, trace: None, source: None, logger: None }.render(out);
+}
+
 /// A record from the app's `logging`, already filtered by the app's own configuration.
 pub fn emit_app(level: Level, message: String, logger: String, source: Option<SourceLocation>, trace: Option<TraceContext>) {
     let record = LogRecord { time: SystemTime::now(), level, message, trace, source, logger: Some(logger) };

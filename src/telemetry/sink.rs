@@ -162,11 +162,13 @@ fn write_loop(receiver: Receiver<Entry>, mut access_file: Option<File>) {
         }
         let waits = waits();
         if waits > reported_waits && receiver.is_empty() {
-            let line = format!(
-                "coldbrew: the log output was blocked; producers waited {} time(s) for room in the log queue (no line was lost)\n",
+            let message = format!(
+                "the log output was blocked; producers waited {} time(s) for room in the log queue (no line was lost)",
                 waits - reported_waits
             );
-            write_target(Target::Stderr, line.as_bytes(), None);
+            let mut line = Vec::new();
+            super::log::render_line(super::log::Level::Warning, message, &mut line);
+            write_target(Target::Stderr, &line, None);
             reported_waits = waits;
         }
     }
