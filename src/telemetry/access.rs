@@ -4,14 +4,14 @@
 //! What an entry needs is captured on the I/O thread as the request arrives and the response
 //! ends; the writer thread does the formatting.
 
-use std::fmt::Write as _;
+use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 use serde_json::{json, Map};
 
-use super::log::{self, escape_controls, utc_timestamp, Format};
+use super::log::{self, escape_tail, utc_timestamp, write_timestamp, Format};
 use super::metrics;
 use super::sink::{self, Entry, Render, Target};
 use super::trace::TraceContext;
@@ -282,54 +282,66 @@ impl Render for AccessEntry {
             }
             Format::Text => {
                 let Some(log) = ACCESS_LOG.get() else { return };
-                let mut line = String::with_capacity(160);
+                let start = out.len();
+                let micros = self.latency.as_micros();
                 for part in &log.parts {
-                    let micros = self.latency.as_micros();
                     match part {
-                        Part::Literal(s) => line.push_str(s),
-                        Part::Remote => line.push_str(o.remote.as_str()),
-                        Part::Dash => line.push('-'),
+                        Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                        Part::Remote => out.extend_from_slice(o.remote.as_str().as_bytes()),
+                        Part::Dash => out.push(b'-'),
                         Part::Time => {
-                            let _ = write!(line, "[{}]", utc_timestamp(o.time));
+                            out.push(b'[');
+                            write_timestamp(o.time, out);
+                            out.push(b']');
                         }
                         Part::RequestLine => {
-                            let _ = write!(line, "{} {} {}", o.method, target, protocol(o.version));
+                            out.extend_from_slice(o.method.as_str().as_bytes());
+                            out.push(b' ');
+                            out.extend_from_slice(target.as_bytes());
+                            out.push(b' ');
+                            out.extend_from_slice(protocol(o.version).as_bytes());
                         }
-                        Part::Status => {
-                            let _ = write!(line, "{}", o.status);
-                        }
-                        Part::Method => line.push_str(o.method.as_str()),
-                        Part::Path => line.push_str(o.uri.path()),
-                        Part::Query => line.push_str(o.uri.query().unwrap_or("")),
-                        Part::Protocol => line.push_str(protocol(o.version)),
-                        Part::SizeOrDash if o.bytes == 0 => line.push('-'),
-                        Part::SizeOrDash | Part::Size => {
-                            let _ = write!(line, "{}", o.bytes);
-                        }
-                        Part::Referer => line.push_str(&text(&o.referer)),
-                        Part::UserAgent => line.push_str(&text(&o.user_agent)),
-                        Part::Seconds => {
-                            let _ = write!(line, "{}", self.latency.as_secs());
-                        }
-                        Part::Micros => {
-                            let _ = write!(line, "{micros}");
-                        }
-                        Part::Millis => {
-                            let _ = write!(line, "{}", micros / 1000);
-                        }
+                        Part::Status => push_number(out, o.status as u64),
+                        Part::Method => out.extend_from_slice(o.method.as_str().as_bytes()),
+                        Part::Path => out.extend_from_slice(o.uri.path().as_bytes()),
+                        Part::Query => out.extend_from_slice(o.uri.query().unwrap_or("").as_bytes()),
+                        Part::Protocol => out.extend_from_slice(protocol(o.version).as_bytes()),
+                        Part::SizeOrDash if o.bytes == 0 => out.push(b'-'),
+                        Part::SizeOrDash | Part::Size => push_number(out, o.bytes),
+                        Part::Referer => push_header(out, o.referer.as_ref()),
+                        Part::UserAgent => push_header(out, o.user_agent.as_ref()),
+                        Part::Seconds => push_number(out, self.latency.as_secs()),
+                        Part::Micros => push_number(out, micros as u64),
+                        Part::Millis => push_number(out, (micros / 1000) as u64),
                         Part::DecimalSeconds => {
-                            let _ = write!(line, "{:.6}", self.latency.as_secs_f64());
+                            let _ = write!(out, "{:.6}", self.latency.as_secs_f64());
                         }
-                        Part::Pid => {
-                            let _ = write!(line, "{}", std::process::id());
-                        }
-                        Part::RequestHeader(i) => line.push_str(&text(o.request_headers.get(*i).unwrap_or(&None))),
-                        Part::ResponseHeader(i) => line.push_str(&text(o.response_headers.get(*i).unwrap_or(&None))),
-                        Part::Environ(value) => line.push_str(value),
+                        Part::Pid => push_number(out, std::process::id() as u64),
+                        Part::RequestHeader(i) => push_header(out, o.request_headers.get(*i).and_then(Option::as_ref)),
+                        Part::ResponseHeader(i) => push_header(out, o.response_headers.get(*i).and_then(Option::as_ref)),
+                        Part::Environ(value) => out.extend_from_slice(value.as_bytes()),
                     }
                 }
-                out.extend_from_slice(escape_controls(&line, false).as_bytes());
+                escape_tail(out, start);
                 out.push(b'\n');
+            }
+        }
+    }
+}
+
+fn push_number(out: &mut Vec<u8>, n: u64) {
+    let _ = write!(out, "{n}");
+}
+
+/// A header value as latin-1 text (bytes 0x80 and above become the same code points), or `-`.
+fn push_header(out: &mut Vec<u8>, value: Option<&HeaderValue>) {
+    match value {
+        None => out.push(b'-'),
+        Some(v) if v.as_bytes().is_ascii() => out.extend_from_slice(v.as_bytes()),
+        Some(v) => {
+            for &b in v.as_bytes() {
+                let mut utf8 = [0u8; 4];
+                out.extend_from_slice((b as char).encode_utf8(&mut utf8).as_bytes());
             }
         }
     }

@@ -173,7 +173,9 @@ impl Render for LogRecord {
     fn render(&self, out: &mut Vec<u8>) {
         match format() {
             Format::Text => {
-                let _ = write!(out, "[{}] [{}] [{}] ", utc_timestamp(self.time), std::process::id(), self.level.name());
+                out.push(b'[');
+                write_timestamp(self.time, out);
+                let _ = write!(out, "] [{}] [{}] ", std::process::id(), self.level.name());
                 if let Some(logger) = &self.logger {
                     let _ = write!(out, "[{}] ", escape_controls(logger, true));
                 }
@@ -238,17 +240,47 @@ pub fn escape_controls(text: &str, multiline: bool) -> std::borrow::Cow<'_, str>
 
 /// `2026-11-25T20:30:00.123Z`, computed without a time-zone database.
 pub fn utc_timestamp(time: SystemTime) -> String {
+    let mut out = Vec::with_capacity(24);
+    write_timestamp(time, &mut out);
+    String::from_utf8(out).unwrap_or_default()
+}
+
+/// Appends the timestamp of `time` to `out`. The date and time of day are formatted once per
+/// second per thread; the writer thread calls this for every line.
+pub fn write_timestamp(time: SystemTime, out: &mut Vec<u8>) {
+    thread_local! {
+        static LAST: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
+    }
     let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
-    let (days, rem) = (secs / 86_400, secs % 86_400);
-    let (year, month, day) = civil_from_days(days as i64);
-    format!(
-        "{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.{:03}Z",
-        rem / 3600,
-        (rem % 3600) / 60,
-        rem % 60,
-        since.subsec_millis()
-    )
+    let prefix = LAST.with(|last| {
+        let (cached_secs, cached) = last.get();
+        if cached_secs == secs {
+            return cached;
+        }
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days as i64);
+        let mut text = [0u8; 20];
+        let formatted = format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}.", rem / 3600, (rem % 3600) / 60, rem % 60);
+        text.copy_from_slice(&formatted.as_bytes()[..20]);
+        last.set((secs, text));
+        text
+    });
+    out.extend_from_slice(&prefix);
+    let millis = since.subsec_millis();
+    out.extend_from_slice(&[b'0' + (millis / 100) as u8, b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8, b'Z']);
+}
+
+/// Escapes control characters in `out[start..]` in place (see [`escape_controls`]); the
+/// common case, printable ASCII, costs one scan of the bytes. Anything else (C0 and DEL, and
+/// any non-ASCII text, which may hold C1 controls) takes the careful path.
+pub fn escape_tail(out: &mut Vec<u8>, start: usize) {
+    if out[start..].iter().all(|&b| (0x20..0x7f).contains(&b)) {
+        return;
+    }
+    let tail = String::from_utf8_lossy(&out[start..]).into_owned();
+    out.truncate(start);
+    out.extend_from_slice(escape_controls(&tail, false).as_bytes());
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
