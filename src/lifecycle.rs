@@ -47,7 +47,12 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig) -> PyResult<()>
         startup.map(|d| format!("; port open {} ms after exec", d.as_millis())).unwrap_or_default()
     ));
 
-    let options = ServerOptions { graceful_timeout: config.graceful_timeout, header_read_timeout: config.header_read_timeout };
+    let options = ServerOptions {
+        graceful_timeout: config.graceful_timeout,
+        header_read_timeout: config.header_read_timeout,
+        observe: true,
+        label: "",
+    };
     let finished = py.detach(move || {
         let served = runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;

@@ -26,6 +26,11 @@ pub struct ServerOptions {
     pub graceful_timeout: Duration,
     /// Wait for a full request head at most this long (slowloris guard).
     pub header_read_timeout: Duration,
+    /// Trace context, access log and request metrics: off for the server's own side ports
+    /// (metrics), whose requests are not the app's traffic.
+    pub observe: bool,
+    /// Names the listener in log lines ("" for the main one).
+    pub label: &'static str,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves, then stops accepting, lets
@@ -58,7 +63,7 @@ pub async fn serve<H: Handler>(
                     Err(err) => {
                         // Out of descriptors or a connection reset before accept: back off briefly
                         // instead of spinning on the same error.
-                        log::warn(format_args!("accept failed: {err}"));
+                        log::warn(format_args!("{}accept failed: {err}", options.label));
                         tokio::time::sleep(Duration::from_millis(10)).await;
                         continue;
                     }
@@ -66,14 +71,19 @@ pub async fn serve<H: Handler>(
                 let _ = stream.set_nodelay(true);
                 let conn_info = ConnInfo::new(peer, local);
                 let handler = handler.clone();
+                let observe = options.observe;
                 let service = service_fn(move |mut req: super::Request| {
-                    let trace = TraceContext::from_headers(req.headers());
-                    if let Some(trace) = trace {
-                        req.extensions_mut().insert(trace);
+                    let mut observation = None;
+                    if observe {
+                        let trace = TraceContext::from_headers(req.headers());
+                        if let Some(trace) = trace {
+                            req.extensions_mut().insert(trace);
+                        }
+                        let (parts, body) = req.into_parts();
+                        observation = Observation::begin(&parts, conn_info.peer_ip, trace);
+                        req = hyper::Request::from_parts(parts, body);
                     }
-                    let (parts, body) = req.into_parts();
-                    let observation = Observation::begin(&parts, conn_info.peer_ip, trace);
-                    let fut = handler.call(hyper::Request::from_parts(parts, body), conn_info);
+                    let fut = handler.call(req, conn_info);
                     async move {
                         let mut response = fut.await;
                         response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
@@ -86,9 +96,10 @@ pub async fn serve<H: Handler>(
                 });
                 let conn = builder.serve_connection(TokioIo::new(stream), service);
                 let conn = graceful.watch(conn);
+                let label = options.label;
                 tokio::spawn(async move {
                     if let Err(err) = conn.await {
-                        log::debug(format_args!("connection from {peer} ended: {err}"));
+                        log::debug(format_args!("{label}connection from {peer} ended: {err}"));
                     }
                 });
             }
@@ -98,13 +109,14 @@ pub async fn serve<H: Handler>(
 
     let open = graceful.count();
     if open > 0 {
-        log::info(format_args!("draining {open} open connection(s)"));
+        log::info(format_args!("{}draining {open} open connection(s)", options.label));
     }
     tokio::select! {
         _ = graceful.shutdown() => 0,
         _ = tokio::time::sleep(options.graceful_timeout) => {
             log::warn(format_args!(
-                "graceful timeout of {:.1}s reached with connections still open",
+                "{}graceful timeout of {:.1}s reached with connections still open",
+                options.label,
                 options.graceful_timeout.as_secs_f64()
             ));
             1

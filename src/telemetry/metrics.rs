@@ -9,7 +9,6 @@
 //! [`render`] writes the text exposition format 0.0.4; [`serve`] answers `GET /metrics` with it
 //! on its own listener, on the same tokio runtime as the main server.
 
-use std::convert::Infallible;
 use std::fmt::Write as _;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
@@ -17,12 +16,7 @@ use std::sync::RwLock;
 use std::time::Duration;
 
 use http::Method;
-use hyper::server::conn::http1;
-use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 
-use super::log;
 use crate::http::ResponseBody;
 
 /// The `Content-Type` of the text exposition format.
@@ -300,44 +294,30 @@ const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
 /// How long open scrape connections get to finish once `shutdown` resolves.
 const SHUTDOWN_GRACE: Duration = Duration::from_secs(1);
 
-/// Serves `GET /metrics` on `listener` until `shutdown` resolves; other paths get 404. Runs on
-/// the caller's tokio runtime (the I/O thread): a scrape only reads atomics and the queue probe.
-pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) {
-    let mut builder = http1::Builder::new();
-    builder.timer(TokioTimer::new()).keep_alive(true).header_read_timeout(HEADER_READ_TIMEOUT);
+/// The metrics listener's only route.
+struct Scrape;
 
-    let graceful = GracefulShutdown::new();
-    tokio::pin!(shutdown);
-    loop {
-        tokio::select! {
-            biased;
-            _ = &mut shutdown => break,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(err) => {
-                        log::warn(format_args!("metrics: accept failed: {err}"));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let service = service_fn(|req: crate::http::Request| {
-                    let response = respond(req.method(), req.uri().path());
-                    async move { Ok::<_, Infallible>(response) }
-                });
-                let conn = graceful.watch(builder.serve_connection(TokioIo::new(stream), service));
-                tokio::spawn(async move {
-                    if let Err(err) = conn.await {
-                        log::debug(format_args!("metrics connection from {peer} ended: {err}"));
-                    }
-                });
-            }
-        }
+impl crate::http::Handler for Scrape {
+    fn call(
+        &self,
+        request: crate::http::Request,
+        _conn: crate::http::ConnInfo,
+    ) -> impl Future<Output = crate::http::Response> + Send + use<> {
+        std::future::ready(respond(request.method(), request.uri().path()))
     }
-    drop(listener);
-    // Idle keep-alive connections close at once; a scrape being written gets a moment.
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+}
+
+/// Serves `GET /metrics` on `listener` until `shutdown` resolves; other paths get 404. Runs on
+/// the caller's tokio runtime (the I/O thread), through the same accept loop as the app's
+/// port but unobserved: a scrape only reads atomics and the queue probe.
+pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) {
+    let options = crate::http::ServerOptions {
+        graceful_timeout: SHUTDOWN_GRACE,
+        header_read_timeout: HEADER_READ_TIMEOUT,
+        observe: false,
+        label: "metrics: ",
+    };
+    crate::http::serve(listener, std::sync::Arc::new(Scrape), options, shutdown).await;
 }
 
 #[cfg(test)]
