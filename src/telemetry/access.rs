@@ -227,11 +227,9 @@ struct AccessEntry {
     latency: Duration,
 }
 
-fn text(value: &Option<HeaderValue>) -> String {
-    match value {
-        Some(v) => v.as_bytes().iter().map(|&b| b as char).collect(),
-        None => "-".into(),
-    }
+/// A header value as text, one code point per byte (latin-1), so bytes 0x80 and above survive.
+fn latin1_text(value: &HeaderValue) -> String {
+    value.as_bytes().iter().map(|&b| b as char).collect()
 }
 
 fn protocol(version: Version) -> &'static str {
@@ -258,12 +256,12 @@ impl Render for AccessEntry {
                 request.insert("status".into(), o.status.into());
                 request.insert("responseSize".into(), o.bytes.to_string().into());
                 if let Some(ua) = &o.user_agent {
-                    request.insert("userAgent".into(), text(&Some(ua.clone())).into());
+                    request.insert("userAgent".into(), latin1_text(ua).into());
                 }
                 request.insert("remoteIp".into(), o.remote.as_str().into());
                 request.insert("protocol".into(), protocol(o.version).into());
                 if let Some(referer) = &o.referer {
-                    request.insert("referer".into(), text(&Some(referer.clone())).into());
+                    request.insert("referer".into(), latin1_text(referer).into());
                 }
                 request.insert("latency".into(), duration_text(self.latency).into());
                 let severity = match o.status {
@@ -333,17 +331,12 @@ fn push_number(out: &mut Vec<u8>, n: u64) {
     let _ = write!(out, "{n}");
 }
 
-/// A header value as latin-1 text (bytes 0x80 and above become the same code points), or `-`.
+/// A header value as latin-1 text, or `-`.
 fn push_header(out: &mut Vec<u8>, value: Option<&HeaderValue>) {
     match value {
         None => out.push(b'-'),
         Some(v) if v.as_bytes().is_ascii() => out.extend_from_slice(v.as_bytes()),
-        Some(v) => {
-            for &b in v.as_bytes() {
-                let mut utf8 = [0u8; 4];
-                out.extend_from_slice((b as char).encode_utf8(&mut utf8).as_bytes());
-            }
-        }
+        Some(v) => out.extend_from_slice(latin1_text(v).as_bytes()),
     }
 }
 

@@ -10,7 +10,7 @@
 use std::borrow::Cow;
 use std::sync::Mutex;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, StatusCode};
 use hyper::ext::ReasonPhrase;
@@ -334,17 +334,7 @@ impl StartResponse {
             total += chunk.len();
             chunks.push(chunk);
         }
-        let body = match chunks.len() {
-            0 => Bytes::new(),
-            1 => chunks.pop().unwrap(),
-            _ => {
-                let mut joined = BytesMut::with_capacity(total);
-                for chunk in &chunks {
-                    joined.extend_from_slice(chunk);
-                }
-                joined.freeze()
-            }
-        };
+        let body = super::concat(chunks, total);
         let mut state = self.state.lock().unwrap();
         if let Some(declared) = state.head.as_ref().and_then(|h| h.content_length) {
             if declared != body.len() as u64 && !state.head_request {
