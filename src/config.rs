@@ -34,6 +34,15 @@ pub struct ServerConfig {
     pub access_logformat: String,
     pub gcp_project: String,
     pub metrics_bind: Option<(String, u16)>,
+    /// Per-request deadline (`--timeout`); `None` when 0.
+    pub timeout: Option<Duration>,
+    /// Answered in Rust without entering the app (`--health-path`).
+    pub health_path: Option<String>,
+    /// Requests after which a worker asks to be replaced; 0 = never.
+    pub max_requests: u64,
+    pub max_requests_jitter: u64,
+    /// The app was imported in the supervisor before the fork.
+    pub preload: bool,
 }
 
 impl ServerConfig {
@@ -45,6 +54,10 @@ impl ServerConfig {
         if !(graceful.is_finite() && graceful >= 0.0) {
             return Err(PyValueError::new_err("graceful_timeout must be a non-negative number"));
         }
+        let timeout: f64 = optional(cfg, "timeout")?.unwrap_or(0.0);
+        if !(timeout.is_finite() && timeout >= 0.0) {
+            return Err(PyValueError::new_err("timeout must be a non-negative number"));
+        }
         let threads: usize = cfg.getattr("threads")?.extract()?;
         if threads == 0 {
             return Err(PyValueError::new_err("threads must be at least 1"));
@@ -54,7 +67,7 @@ impl ServerConfig {
             host: cfg.getattr("host")?.extract()?,
             port: cfg.getattr("port")?.extract()?,
             threads,
-            workers: cfg.getattr("workers")?.extract()?,
+            workers: optional(cfg, "workers")?.unwrap_or(1),
             graceful_timeout: Duration::from_secs_f64(graceful),
             root_path: cfg.getattr("root_path")?.extract()?,
             response_buffer: cfg.getattr("response_buffer")?.extract()?,
@@ -80,6 +93,11 @@ impl ServerConfig {
                 (Some(host), Some(port)) => Some((host, port)),
                 _ => None,
             },
+            timeout: (timeout > 0.0).then(|| Duration::from_secs_f64(timeout)),
+            health_path: optional(cfg, "health_path")?,
+            max_requests: optional(cfg, "max_requests")?.unwrap_or(0),
+            max_requests_jitter: optional(cfg, "max_requests_jitter")?.unwrap_or(0),
+            preload: optional(cfg, "preload")?.unwrap_or(false),
         })
     }
 }

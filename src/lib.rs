@@ -15,10 +15,22 @@ pub mod wsgi;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
-/// Serves `app` until SIGTERM or SIGINT, then drains and returns.
+/// Serves `app` until SIGTERM or SIGINT, then drains and returns. `timings` is how long the
+/// app's import and warm-up took, in seconds, for the startup report.
 #[pyfunction]
-fn serve(py: Python<'_>, app: Py<PyAny>, config: &Bound<'_, PyAny>) -> PyResult<()> {
+#[pyo3(signature = (app, config, *, worker=None, timings=(0.0, 0.0)))]
+fn serve(
+    py: Python<'_>,
+    app: Py<PyAny>,
+    config: &Bound<'_, PyAny>,
+    worker: Option<&Bound<'_, PyAny>>,
+    timings: (f64, f64),
+) -> PyResult<()> {
     let config = config::ServerConfig::from_py(config)?;
+    if worker.is_some() {
+        return Err(pyo3::exceptions::PyRuntimeError::new_err("worker processes are not supported yet"));
+    }
+    let _ = timings;
     lifecycle::run(py, app, config)
 }
 

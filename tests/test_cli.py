@@ -45,13 +45,16 @@ ALL_FLAGS = [
     "--response-buffer", "--request-buffer", "--backlog", "--chdir",
     "-e", "--env", "--log-level", "--log-format", "--app-log-handler", "--access-logfile",
     "--access-logformat", "--gcp-project", "--metrics-bind", "--version", "--help",
+    "-w", "--workers", "-t", "--timeout", "--preload", "--post-fork", "--warmup",
+    "--max-requests", "--max-requests-jitter", "--health-path", "--cgroup-root",
 ]
 
 CONFIG_FIELDS = [
     "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
     "response_buffer", "request_buffer", "backlog", "log_level", "workers",
     "log_format", "app_log_handler", "access_logfile", "access_logformat", "gcp_project",
-    "metrics_host", "metrics_port",
+    "metrics_host", "metrics_port", "workers_reason", "preload", "post_fork", "max_requests",
+    "max_requests_jitter", "timeout", "warmup", "health_path", "cgroup_root",
 ]
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -109,7 +112,6 @@ def test_help_lists_every_option():
         assert flag in result.stdout, flag
     assert "MODULE:ATTR" in result.stdout
     assert "COLDBREW_CMD_ARGS" in result.stdout
-    assert "--workers" not in result.stdout
     help_text = " ".join(result.stdout.split())
     assert "in gunicorn's %(atom)s syntax (JSON mode writes Cloud Logging's httpRequest instead)" in help_text
     assert "(default: json on Cloud Run, where K_SERVICE is set; text elsewhere)" in help_text
@@ -192,9 +194,9 @@ def test_env_option_without_equals():
 
 
 def test_unknown_option_is_rejected():
-    result = run_cli("--workers", "4", "cli_apps:app")
+    result = run_cli("--worker-class", "gevent", "cli_apps:app")
     assert result.returncode == 2
-    assert last_line(result.stderr).startswith("coldbrew: error: unrecognized arguments: --workers")
+    assert last_line(result.stderr).startswith("coldbrew: error: unrecognized arguments: --worker-class")
 
 
 def test_missing_app():
@@ -353,7 +355,7 @@ def test_defaults():
         request_buffer=256 * 1024,
         backlog=2048,
         log_level="info",
-        workers=1,
+        workers=None,
         log_format="text",
         app_log_handler=True,
         access_logfile=None,
@@ -361,6 +363,15 @@ def test_defaults():
         gcp_project="",
         metrics_host=None,
         metrics_port=None,
+        workers_reason="",
+        preload=False,
+        post_fork=None,
+        max_requests=0,
+        max_requests_jitter=0,
+        timeout=0.0,
+        warmup=(),
+        health_path=None,
+        cgroup_root=None,
     )
     assert cfg == Config("main:app")
     assert isinstance(cfg.graceful_timeout, float)
@@ -462,6 +473,16 @@ def test_repeatable_env_from_every_source_in_precedence_order():
         ("COLDBREW_ACCESS_LOGFORMAT", "%(h)s %(r)s %(s)s", "access_logformat", "%(h)s %(r)s %(s)s"),
         ("COLDBREW_GCP_PROJECT", "my-project", "gcp_project", "my-project"),
         ("COLDBREW_METRICS_BIND", "127.0.0.1:9090", "metrics_port", 9090),
+        ("COLDBREW_WORKERS", "3", "workers", 3),
+        ("COLDBREW_TIMEOUT", "2.5", "timeout", 2.5),
+        ("COLDBREW_PRELOAD", "on", "preload", True),
+        ("COLDBREW_PRELOAD", "false", "preload", False),
+        ("COLDBREW_POST_FORK", "hooks:reopen", "post_fork", "hooks:reopen"),
+        ("COLDBREW_WARMUP", "a:warm b.c:d", "warmup", ("a:warm", "b.c:d")),
+        ("COLDBREW_MAX_REQUESTS", "1000", "max_requests", 1000),
+        ("COLDBREW_MAX_REQUESTS_JITTER", "50", "max_requests_jitter", 50),
+        ("COLDBREW_HEALTH_PATH", "/healthz", "health_path", "/healthz"),
+        ("COLDBREW_CGROUP_ROOT", "/tmp/cg", "cgroup_root", "/tmp/cg"),
         ("COLDBREW_APP", "other:app", "app_spec", "other:app"),
     ],
 )
@@ -1023,7 +1044,7 @@ def fake_core(isolated):
     core.logs = []
     core.raises = None
 
-    def serve(app, cfg):
+    def serve(app, cfg, **_timings):
         core.calls.append((app, cfg, os.getcwd(), list(sys.path)))
         if core.raises is not None:
             raise core.raises
@@ -1219,7 +1240,7 @@ def test_main_with_a_plain_app_imports_no_heavy_module():
         "import types\n"
         "core = types.ModuleType('coldbrew._coldbrew')\n"
         "core.served = []\n"
-        "core.serve = lambda app, cfg: core.served.append((app, cfg))\n"
+        "core.serve = lambda app, cfg, **timings: core.served.append((app, cfg))\n"
         "core.log = lambda level, message: None\n"
         "core.set_log_level = lambda level: None\n"
         "sys.modules['coldbrew._coldbrew'] = core\n"
@@ -1291,6 +1312,11 @@ FAST_ARGVS = [
     ["--metrics-bind=[::1]:9090", "main:app"],
     ["--chdir", "-", "main:app"],
     ["--bind", "-", "main:app"],
+    ["--preload", "main:app"],
+    ["main:app", "--preload", "-w", "4", "--timeout", "30"],
+    ["--workers=2", "--post-fork", "hooks:reopen", "main:app"],
+    ["--warmup", "a:b", "--warmup=c.d:e", "--max-requests", "100", "main:app"],
+    ["--max-requests-jitter", "0", "--health-path", "/healthz", "--cgroup-root", "/cg", "main:app"],
 ]
 
 SLOW_ARGVS = [
@@ -1318,7 +1344,13 @@ SLOW_ARGVS = [
     ["--threads", "--bind", "main:app"],
     ["--thread", "2", "main:app"],
     ["--thread=2", "main:app"],
-    ["--workers", "2", "main:app"],
+    ["--worker", "2", "main:app"],
+    ["--preload=yes", "main:app"],
+    ["--workers", "0", "main:app"],
+    ["--post-fork", "nocolon", "main:app"],
+    ["--warmup", "a:", "main:app"],
+    ["--health-path", "healthz", "main:app"],
+    ["--max-requests", "-1", "main:app"],
     ["-b=:8000", "main:app"],
     ["-b:8000", "main:app"],
     ["-e", "-X=1", "main:app"],
@@ -1392,7 +1424,8 @@ def test_fast_parser_matches_argparse_on_random_command_lines(capsys):
         "--graceful-timeout", "1.5", "nan", "--root-path", "/api/", "api", "--root-path=/",
         "--response-buffer", "--request-buffer=2M", "64K", "1T", "--backlog", "--chdir", "/srv",
         "-e", "--env", "--env=A=2", "--log-level", "WARN", "loud", "--log-level=debug",
-        "--help", "--version", "--workers",
+        "--help", "--version", "--workers", "--preload", "--preload=1", "-w", "--timeout",
+        "--warmup", "a:b", "--max-requests", "--health-path", "/h",
         "--log-format", "json", "TEXT", "--app-log-handler", "off", "--access-logfile", "--access-logfile=-",
         "--access-logformat", "%(h)s %(r)s", "%(x)s", "%(h", "--gcp-project", "p", "--metrics-bind",
         "--metrics-bind=:9090", "localhost",

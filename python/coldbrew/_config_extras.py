@@ -37,6 +37,9 @@ def build_parser():
     parser.add_argument("app", nargs="?", metavar="APP", type=parse_app, help=_APP_HELP)
     parser.add_argument("--version", action=_VersionAction, help="print the version and exit")
     for dest, flags, metavar, converter, repeatable, help_text in _OPTIONS:
+        if metavar is None:
+            parser.add_argument(*flags, dest=dest, action="store_const", const=True, help=help_text)
+            continue
         parser.add_argument(
             *flags,
             dest=dest,

@@ -79,55 +79,90 @@ def _apply_environment(invocation):
         sys.path.insert(0, cwd)
 
 
+def _report_load_error(err):
+    from coldbrew.loader import print_traceback
+
+    if err.show_traceback and err.__cause__ is not None:
+        print_traceback(err.__cause__)
+    _error(err.message)
+
+
 def _load(config):
+    """Import the app; returns (app, seconds), or (None, 0) after reporting why not."""
     import time
 
-    from coldbrew.loader import AppLoadError, load_app, print_traceback
+    from coldbrew.loader import AppLoadError, load_app
 
     _log(config, "debug", f"loading {config.app_spec!r} from {os.getcwd()}")
     started = time.perf_counter()
     try:
         app = load_app(config.app_spec)
     except AppLoadError as err:
-        if err.show_traceback and err.__cause__ is not None:
-            print_traceback(err.__cause__)
-        _error(err.message)
+        _report_load_error(err)
+        return None, 0.0
+    elapsed = time.perf_counter() - started
+    _log(config, "info", f"loaded app {config.app_spec!r} in {elapsed * 1000:.0f} ms")
+    return app, elapsed
+
+
+def _warm_up(config):
+    """Run the --warmup functions in parallel threads; returns seconds, or None on failure."""
+    if not config.warmup:
+        return 0.0
+    import threading
+    import time
+
+    from coldbrew.loader import AppLoadError, call_hook, load_hook
+
+    started = time.perf_counter()
+    try:
+        # Imported one after the other here: the import lock would serialise them anyway.
+        functions = [(load_hook(text, "--warmup"), text) for text in config.warmup]
+    except AppLoadError as err:
+        _report_load_error(err)
         return None
-    elapsed_ms = (time.perf_counter() - started) * 1000
-    _log(config, "info", f"loaded app {config.app_spec!r} in {elapsed_ms:.0f} ms")
-    return app
+    failures = []
+
+    def warm(function, text):
+        try:
+            call_hook(function, text, "--warmup")
+        except AppLoadError as err:
+            failures.append(err)
+
+    threads = [
+        threading.Thread(target=warm, args=item, name=f"coldbrew-warmup-{i}", daemon=True)
+        for i, item in enumerate(functions)
+    ]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    if failures:
+        _report_load_error(failures[0])
+        return None
+    elapsed = time.perf_counter() - started
+    _log(config, "info", f"warm-up ({len(functions)} function(s)) took {elapsed * 1000:.0f} ms")
+    return elapsed
 
 
-def run(invocation):
-    """Apply the invocation, load the app and serve it; returns the exit status."""
-    config = invocation.config
-    try:
-        _apply_environment(invocation)
-    except ConfigError as err:
-        _error(err.message)
-        return EXIT_CONFIG_ERROR
-
-    _set_core_log_level(config)
-    _log(config, "debug", f"{config}")
-    if getattr(config, "log_format", "text") == "json" and getattr(config, "app_log_handler", True):
-        # Before the app's import, so that an app calling logging.basicConfig() finds the root
-        # logger configured and does not add a second, plain-text handler.
-        from coldbrew import cloud_logging
-
-        cloud_logging.install(config.log_level)
-    app = _load(config)
-    if app is None:
-        return EXIT_APP_ERROR
-
-    try:
-        core = _core()
-        serve = core.serve
-    except (ImportError, AttributeError) as err:
-        _error(f"the coldbrew core (coldbrew._coldbrew) is not available: {err}")
-        return EXIT_SERVER_ERROR
+def _post_fork(config):
+    """Call --post-fork in a new worker; returns False after reporting a failure."""
+    if not config.post_fork:
+        return True
+    from coldbrew.loader import AppLoadError, call_hook, load_hook
 
     try:
-        serve(app, config)
+        call_hook(load_hook(config.post_fork, "--post-fork"), config.post_fork, "--post-fork")
+    except AppLoadError as err:
+        _report_load_error(err)
+        return False
+    return True
+
+
+def _serving_errors(config, action):
+    """Run ``action()`` and turn the core's exceptions into an exit status."""
+    try:
+        result = action()
     except ValueError as err:
         _error(str(err))
         return EXIT_CONFIG_ERROR
@@ -139,7 +174,94 @@ def run(invocation):
         reason = os.strerror(err.errno) if err.errno else (err.strerror or str(err))
         _error(f"cannot listen on {address}: {reason}")
         return EXIT_SERVER_ERROR
-    return EXIT_OK
+    return EXIT_OK if result is None else result
+
+
+def _size_workers(config):
+    """Fill in ``config.workers`` when it was not given, and say why in ``workers_reason``."""
+    if config.workers is not None:
+        config.workers_reason = f"set by {config.workers_reason or '--workers'}"
+        return None
+    probe = getattr(_core(), "container_resources", None)
+    if probe is None:
+        config.workers, config.workers_reason = 1, "default"
+        return None
+    resources = probe(config.cgroup_root, os.environ.get("WEB_CONCURRENCY"))
+    config.workers = resources["workers"]
+    config.workers_reason = resources["workers_reason"]
+    return resources
+
+
+def _supervised(config):
+    """Whether a supervisor process runs the workers.
+
+    One worker is one process, unless recycling needs someone to start the replacement, or
+    coldbrew is PID 1 and so must reap orphans it did not start: reaping them in the process
+    that runs the app would steal exit statuses from the app's own subprocesses.
+    """
+    return config.workers > 1 or config.max_requests > 0 or os.getpid() == 1
+
+
+def run(invocation):
+    """Apply the invocation, load the app and serve it; returns the exit status."""
+    config = invocation.config
+    try:
+        _apply_environment(invocation)
+    except ConfigError as err:
+        _error(err.message)
+        return EXIT_CONFIG_ERROR
+
+    try:
+        core = _core()
+        serve = core.serve
+    except (ImportError, AttributeError) as err:
+        _error(f"the coldbrew core (coldbrew._coldbrew) is not available: {err}")
+        return EXIT_SERVER_ERROR
+
+    _set_core_log_level(config)
+    try:
+        _size_workers(config)
+    except ValueError as err:
+        _error(str(err))
+        return EXIT_CONFIG_ERROR
+    _log(config, "debug", f"{config}")
+    if getattr(config, "log_format", "text") == "json" and getattr(config, "app_log_handler", True):
+        # Before the app's import, so that an app calling logging.basicConfig() finds the root
+        # logger configured and does not add a second, plain-text handler.
+        from coldbrew import cloud_logging
+
+        cloud_logging.install(config.log_level)
+
+    app = None
+    import_seconds = 0.0
+    worker = None
+    if _supervised(config):
+        if config.preload:
+            app, import_seconds = _load(config)
+            if app is None:
+                return EXIT_APP_ERROR
+            import gc
+
+            # Objects that exist now move to a generation the collector never visits, so it
+            # does not write to (and un-share) the pages the workers inherit.
+            gc.freeze()
+        worker = _serving_errors(config, lambda: core.supervise(config))
+        if isinstance(worker, int):
+            return worker  # the supervisor is done (or could not start)
+        # From here on this is a worker process.
+        if not _post_fork(config):
+            return EXIT_APP_ERROR
+    if app is None:
+        app, import_seconds = _load(config)
+        if app is None:
+            return EXIT_APP_ERROR
+    warmup_seconds = _warm_up(config)
+    if warmup_seconds is None:
+        return EXIT_APP_ERROR
+    timings = (import_seconds, warmup_seconds)
+    if worker is None:
+        return _serving_errors(config, lambda: serve(app, config, timings=timings))
+    return _serving_errors(config, lambda: serve(app, config, worker=worker, timings=timings))
 
 
 def main(argv=None):

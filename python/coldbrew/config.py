@@ -130,12 +130,23 @@ class Config(_Record):
     gcp_project: str
     metrics_host: str | None
     metrics_port: int | None
+    workers_reason: str
+    preload: bool
+    post_fork: str | None
+    max_requests: int
+    max_requests_jitter: int
+    timeout: float
+    warmup: tuple
+    health_path: str | None
+    cgroup_root: str | None
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
         "response_buffer", "request_buffer", "backlog", "log_level", "workers",
         "log_format", "app_log_handler", "access_logfile", "access_logformat",
-        "gcp_project", "metrics_host", "metrics_port",
+        "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
+        "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
+        "health_path", "cgroup_root",
     )
 
     def __init__(
@@ -150,7 +161,7 @@ class Config(_Record):
         request_buffer: int = DEFAULT_REQUEST_BUFFER,
         backlog: int = DEFAULT_BACKLOG,
         log_level: str = DEFAULT_LOG_LEVEL,
-        workers: int = 1,
+        workers: int | None = None,
         log_format: str = DEFAULT_LOG_FORMAT,
         app_log_handler: bool = True,
         access_logfile: str | None = None,
@@ -158,6 +169,15 @@ class Config(_Record):
         gcp_project: str = "",
         metrics_host: str | None = None,
         metrics_port: int | None = None,
+        workers_reason: str = "",
+        preload: bool = False,
+        post_fork: str | None = None,
+        max_requests: int = 0,
+        max_requests_jitter: int = 0,
+        timeout: float = 0.0,
+        warmup: tuple = (),
+        health_path: str | None = None,
+        cgroup_root: str | None = None,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -177,7 +197,15 @@ class Config(_Record):
         self.gcp_project = gcp_project
         self.metrics_host = metrics_host
         self.metrics_port = metrics_port
-
+        self.workers_reason = workers_reason
+        self.preload = preload
+        self.post_fork = post_fork
+        self.max_requests = max_requests
+        self.max_requests_jitter = max_requests_jitter
+        self.timeout = timeout
+        self.warmup = tuple(warmup)
+        self.health_path = health_path
+        self.cgroup_root = cgroup_root
 
 
 class Invocation(_Record):
@@ -457,6 +485,34 @@ def parse_metrics_bind(text):
     return host, port
 
 
+def parse_count(text):
+    """An int >= 0 (0 turns the feature off)."""
+    return _int_in_range(text, 0)
+
+
+def parse_hook(text):
+    """MODULE:FUNCTION, a function imported and called by the server."""
+    spec = text.strip()
+    module, sep, function = spec.partition(":")
+    if not sep or not module or not function:
+        raise _bad(f"expected MODULE:FUNCTION, got {text!r}")
+    for part in module.split(".") + function.split("."):
+        if not part.isidentifier():
+            raise _bad(f"expected MODULE:FUNCTION, got {text!r}")
+    return spec
+
+
+def parse_health_path(text):
+    """An absolute URL path, matched exactly (the query string is ignored)."""
+    path = text.strip()
+    if not path.startswith("/"):
+        raise _bad(f"must start with '/' (got {text!r})")
+    for char in path:
+        if char <= " " or char in "?#\x7f":
+            raise _bad(f"invalid character {char!r} in {text!r}")
+    return path
+
+
 def parse_dir(text):
     if not text:
         raise _bad("empty directory")
@@ -486,6 +542,9 @@ _OPTIONS = (
     ("bind", ("-b", "--bind"), "HOST:PORT", parse_bind, False,
      f"address to listen on: HOST:PORT, :PORT, [IPV6]:PORT or HOST "
      f"(default: {DEFAULT_HOST}:$PORT, PORT defaults to {DEFAULT_PORT})"),
+    ("workers", ("-w", "--workers"), "N", parse_positive_int, False,
+     "worker processes (default: $WEB_CONCURRENCY, else the cgroup CPU quota rounded up, "
+     "else the CPUs this process may run on); 1 runs a single process with no supervisor"),
     ("threads", ("--threads",), "N", parse_positive_int, False,
      f"number of Python threads running the app (default: {DEFAULT_THREADS})"),
     ("graceful_timeout", ("--graceful-timeout",), "SECONDS", parse_seconds, False,
@@ -500,6 +559,28 @@ _OPTIONS = (
      f"(default: {_format_size(DEFAULT_REQUEST_BUFFER)})"),
     ("backlog", ("--backlog",), "N", parse_positive_int, False,
      f"maximum number of pending connections (default: {DEFAULT_BACKLOG})"),
+    ("timeout", ("-t", "--timeout"), "SECONDS", parse_seconds, False,
+     "per-request deadline: past it the client gets 504 and the log shows where the app is "
+     "stuck (default: 0, none; an idle or CPU-throttled worker is never killed)"),
+    ("preload", ("--preload",), None, parse_on_off, False,
+     "import the app once in the supervisor, gc.freeze() it, then fork the workers, "
+     "which share its memory copy-on-write"),
+    ("post_fork", ("--post-fork",), "MODULE:FUNCTION", parse_hook, False,
+     "call FUNCTION() in each worker right after the fork, e.g. to reopen clients that "
+     "a preloaded app created at import time"),
+    ("warmup", ("--warmup",), "MODULE:FUNCTION", parse_hook, True,
+     "call FUNCTION() after the import and before the port opens; several run in parallel "
+     "threads (repeatable)"),
+    ("max_requests", ("--max-requests",), "N", parse_count, False,
+     "replace a worker once it has served N requests (default: 0, never)"),
+    ("max_requests_jitter", ("--max-requests-jitter",), "N", parse_count, False,
+     "add a random 0..N to each worker's --max-requests, so they are not replaced together"),
+    ("health_path", ("--health-path",), "PATH", parse_health_path, False,
+     "answer GET PATH in Rust, without the app: 200 while serving, 503 while draining "
+     "(default: off)"),
+    ("cgroup_root", ("--cgroup-root",), "DIR", parse_dir, False,
+     "where to read the container's CPU and memory limits (default: found through "
+     "/proc/self/mountinfo)"),
     ("chdir", ("--chdir",), "DIR", parse_dir, False,
      "change to DIR before importing the app"),
     ("env", ("-e", "--env"), "KEY=VALUE", parse_env_pair, True,
@@ -602,7 +683,15 @@ def _parse_argv(parser, argv):
 # flag -> (dest, converter, repeatable), for the options that take one value.
 _SIMPLE_FLAGS = {
     flag: (dest, converter, repeatable)
-    for dest, flags, _metavar, converter, repeatable, _help in _OPTIONS
+    for dest, flags, metavar, converter, repeatable, _help in _OPTIONS
+    if metavar is not None
+    for flag in flags
+}
+# Switches (no value on the command line; on/off in the environment): flag -> dest.
+_SWITCHES = {
+    flag: dest
+    for dest, flags, metavar, _converter, _repeatable, _help in _OPTIONS
+    if metavar is None
     for flag in flags
 }
 
@@ -617,6 +706,11 @@ def _parse_simple(args):
         if type(arg) is not str or not arg:
             return None
         if arg[0] == "-":
+            switch = _SWITCHES.get(arg)
+            if switch is not None:
+                values[switch] = True
+                index += 1
+                continue
             option = _SIMPLE_FLAGS.get(arg)
             if option is not None:
                 # FLAG VALUE
@@ -778,7 +872,7 @@ def parse(argv=None, environ=None):
         request_buffer=values.get("request_buffer", DEFAULT_REQUEST_BUFFER),
         backlog=values.get("backlog", DEFAULT_BACKLOG),
         log_level=values.get("log_level", DEFAULT_LOG_LEVEL),
-        workers=1,
+        workers=values.get("workers"),
         log_format=log_format,
         app_log_handler=values.get("app_log_handler", True),
         access_logfile=values.get("access_logfile"),
@@ -786,6 +880,15 @@ def parse(argv=None, environ=None):
         gcp_project=gcp_project,
         metrics_host=metrics_host,
         metrics_port=metrics_port,
+        workers_reason=sources["workers"] if "workers" in values else "",
+        preload=values.get("preload", False),
+        post_fork=values.get("post_fork"),
+        max_requests=values.get("max_requests", 0),
+        max_requests_jitter=values.get("max_requests_jitter", 0),
+        timeout=float(values.get("timeout", 0.0)),
+        warmup=tuple(values.get("warmup", ())),
+        health_path=values.get("health_path"),
+        cgroup_root=values.get("cgroup_root"),
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 

@@ -299,3 +299,24 @@ def print_traceback(exc, file=None):
             continue
         break
     traceback.print_exception(type(exc), exc, tb if tb is not None else exc.__traceback__, file=file or sys.stderr)
+
+
+def load_hook(text, what):
+    """Import the function named by ``text`` (MODULE:FUNCTION) for ``what`` (``--warmup``...)."""
+    module, _, attrs = text.partition(":")
+    spec = AppSpec(text, module, tuple(attrs.split(".")))
+    try:
+        obj, name = _resolve(spec, _import(spec))
+    except AppLoadError as err:
+        raise AppLoadError(f"{what} {text}: {err.message}", err.show_traceback) from err.__cause__
+    if not callable(obj):
+        raise AppLoadError(f"{what} {text}: {name!r} is not callable (got {type(obj).__name__})")
+    return obj
+
+
+def call_hook(function, text, what):
+    """Call ``function()``; its exception becomes an AppLoadError that shows the traceback."""
+    try:
+        function()
+    except (Exception, SystemExit) as exc:
+        raise AppLoadError(f"{what} {text} raised {_exception_line(exc)}", show_traceback=True) from exc
