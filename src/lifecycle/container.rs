@@ -71,7 +71,8 @@ pub fn probe(cgroup_root: Option<&Path>) -> Resources {
 }
 
 /// The default worker count and why, for the startup log. The first that holds wins: the
-/// `WEB_CONCURRENCY` value, the CPU quota rounded up, the affinity mask, the online cores.
+/// `WEB_CONCURRENCY` value, the CPU quota rounded up, an affinity mask narrower than the
+/// machine, the online cores.
 pub fn default_workers(web_concurrency: Option<&str>, r: &Resources) -> Result<(usize, String), String> {
     if let Some(value) = web_concurrency {
         return match value.trim().parse::<usize>() {
@@ -87,7 +88,8 @@ pub fn default_workers(web_concurrency: Option<&str>, r: &Resources) -> Result<(
         let cpus = (quota * 1000.0).round() / 1000.0;
         return Ok((workers, format!("cgroup{version} quota {cpus} CPU")));
     }
-    if let Some(n) = r.affinity.filter(|&n| n > 0) {
+    // A mask that covers every core restricts nothing; the log then names the cores.
+    if let Some(n) = r.affinity.filter(|&n| n > 0 && n < r.cores) {
         return Ok((n, format!("CPU affinity {n}")));
     }
     let cores = r.cores.max(1);
@@ -692,6 +694,8 @@ mod tests {
     #[test]
     fn affinity_then_cores() {
         assert_eq!(default_workers(None, &resources(None, Some(1), Some(2), 8)), Ok((2, "CPU affinity 2".to_string())));
+        assert_eq!(default_workers(None, &resources(None, Some(1), Some(1), 2)), Ok((1, "CPU affinity 1".to_string())));
+        assert_eq!(default_workers(None, &resources(None, Some(1), Some(4), 4)), Ok((4, "4 cores".to_string())));
         assert_eq!(default_workers(None, &resources(None, Some(1), None, 4)), Ok((4, "4 cores".to_string())));
         assert_eq!(default_workers(None, &resources(None, None, Some(0), 1)), Ok((1, "1 core".to_string())));
         assert_eq!(default_workers(None, &resources(None, None, None, 0)), Ok((1, "1 core".to_string())));
