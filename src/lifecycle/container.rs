@@ -45,8 +45,9 @@ const UNLIMITED_MEMORY: u64 = 1 << 60;
 /// More than any cgroup file read here holds; a larger file is garbage, not a reason to read on.
 const MAX_FILE: u64 = 4096;
 
-/// Reads the limits of the process's cgroup. `cgroup_root` stands in for the cgroup mount
-/// point(s) in tests (see [`in_tree`]); `None` reads the real system.
+/// Reads the limits of the process's cgroup. `None` reads the real system; in tests,
+/// `cgroup_root` stands in for the mount point(s): a cgroup2 mount if it has
+/// `cgroup.controllers`, otherwise a directory of v1 mounts like /sys/fs/cgroup.
 pub fn probe(cgroup_root: Option<&Path>) -> Resources {
     let membership = Membership::parse(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
     let (cpu, memory) = match cgroup_root {
