@@ -12,8 +12,11 @@ pub mod lifecycle;
 pub mod telemetry;
 pub mod wsgi;
 
+use std::path::PathBuf;
+
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
+use pyo3::types::PyDict;
 
 /// Serves `app` until SIGTERM or SIGINT, then drains and returns. `timings` is how long the
 /// app's import and warm-up took, in seconds, for the startup report.
@@ -80,6 +83,26 @@ fn emit_app_log(
     telemetry::log::emit_app(telemetry::log::Level::from_python(levelno), message, logger, source, trace);
 }
 
+/// What the container allows this process (cgroup CPU quota and memory limit, affinity, online
+/// cores) and the default worker count with its reason. `cgroup_root` replaces the cgroup
+/// mounts with a made-up tree (tests); `web_concurrency` is the `WEB_CONCURRENCY` value, if set.
+#[pyfunction]
+#[pyo3(signature = (cgroup_root=None, web_concurrency=None))]
+fn container_resources(py: Python<'_>, cgroup_root: Option<PathBuf>, web_concurrency: Option<String>) -> PyResult<Py<PyDict>> {
+    let r = lifecycle::container::probe(cgroup_root.as_deref());
+    let (workers, reason) = lifecycle::container::default_workers(web_concurrency.as_deref(), &r).map_err(PyValueError::new_err)?;
+    let dict = PyDict::new(py);
+    dict.set_item("cpu_quota", r.cpu_quota)?;
+    dict.set_item("cpu_quota_source", r.cpu_quota_source)?;
+    dict.set_item("memory_limit", r.memory_limit)?;
+    dict.set_item("affinity", r.affinity)?;
+    dict.set_item("cores", r.cores)?;
+    dict.set_item("cgroup_version", r.cgroup_version)?;
+    dict.set_item("workers", workers)?;
+    dict.set_item("workers_reason", reason)?;
+    Ok(dict.unbind())
+}
+
 #[pymodule(gil_used = true)]
 fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
@@ -88,6 +111,7 @@ fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(emit_app_log, m)?)?;
     m.add_function(wrap_pyfunction!(set_log_format, m)?)?;
+    m.add_function(wrap_pyfunction!(container_resources, m)?)?;
     m.add_class::<wsgi::RequestTrace>()?;
     m.add_class::<wsgi::FileWrapper>()?;
     m.add_class::<wsgi::InputStream>()?;

@@ -4,6 +4,8 @@
 //! Startup order is what the platform's TCP startup probe relies on: the app is imported (in
 //! Python, before `serve` is called) and the Python threads are running before the port opens.
 
+pub mod container;
+
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::sync::Arc;
 use std::time::Duration;
