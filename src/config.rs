@@ -43,6 +43,10 @@ pub struct ServerConfig {
     pub max_requests_jitter: u64,
     /// The app was imported in the supervisor before the fork.
     pub preload: bool,
+    /// Why `workers` has its value, for the startup report.
+    pub workers_reason: String,
+    /// Where the container's cgroup files are, when not found through the mount table.
+    pub cgroup_root: Option<std::path::PathBuf>,
 }
 
 impl ServerConfig {
@@ -98,6 +102,8 @@ impl ServerConfig {
             max_requests: optional(cfg, "max_requests")?.unwrap_or(0),
             max_requests_jitter: optional(cfg, "max_requests_jitter")?.unwrap_or(0),
             preload: optional(cfg, "preload")?.unwrap_or(false),
+            workers_reason: optional(cfg, "workers_reason")?.unwrap_or_default(),
+            cgroup_root: optional::<String>(cfg, "cgroup_root")?.map(Into::into),
         })
     }
 }

@@ -18,23 +18,36 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-/// Serves `app` until SIGTERM or SIGINT, then drains and returns. `timings` is how long the
-/// app's import and warm-up took, in seconds, for the startup report.
+/// Serves `app` until a stop signal, then drains and returns. `worker` is the link a forked
+/// worker got from `supervise`; `timings` is how long the app's import and warm-up took, in
+/// seconds, for the startup report.
 #[pyfunction]
 #[pyo3(signature = (app, config, *, worker=None, timings=(0.0, 0.0)))]
 fn serve(
     py: Python<'_>,
     app: Py<PyAny>,
     config: &Bound<'_, PyAny>,
-    worker: Option<&Bound<'_, PyAny>>,
+    worker: Option<&Bound<'_, lifecycle::WorkerLink>>,
     timings: (f64, f64),
 ) -> PyResult<()> {
     let config = config::ServerConfig::from_py(config)?;
-    if worker.is_some() {
-        return Err(pyo3::exceptions::PyRuntimeError::new_err("worker processes are not supported yet"));
+    match worker {
+        Some(worker) => lifecycle::run(py, app, config, Some(&mut worker.borrow_mut()), timings),
+        None => lifecycle::run(py, app, config, None, timings),
     }
-    let _ = timings;
-    lifecycle::run(py, app, config)
+}
+
+/// Runs the supervisor of `config.workers` worker processes. Returns `(exit status, reason)`
+/// in the supervisor once the server has stopped (the reason is None after a clean stop), and a
+/// `Worker` link in each forked worker, which
+/// goes on to import the app (unless preloaded) and call `serve(..., worker=link)`.
+#[pyfunction]
+fn supervise(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+    let config = config::ServerConfig::from_py(config)?;
+    match lifecycle::supervise(py, &config)? {
+        lifecycle::Outcome::Exit(status, failure) => Ok((status, failure).into_pyobject(py)?.into_any().unbind()),
+        lifecycle::Outcome::Worker(link) => Ok(Py::new(py, link)?.into_any()),
+    }
 }
 
 /// Writes one line to the server log, so the Python front end logs like the core does.
@@ -107,6 +120,8 @@ fn container_resources(py: Python<'_>, cgroup_root: Option<PathBuf>, web_concurr
 fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
+    m.add_function(wrap_pyfunction!(supervise, m)?)?;
+    m.add_class::<lifecycle::WorkerLink>()?;
     m.add_function(wrap_pyfunction!(log, m)?)?;
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;
     m.add_function(wrap_pyfunction!(emit_app_log, m)?)?;

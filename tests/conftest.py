@@ -10,6 +10,11 @@ from pathlib import Path
 
 import pytest
 
+# Servers started by these tests run one process unless a test asks for workers: most tests
+# are about one process's behaviour, and the default would follow this machine's core count.
+# Tests of the sizing defaults remove it from their children's environment.
+os.environ["WEB_CONCURRENCY"] = "1"
+
 ROOT = Path(__file__).resolve().parent.parent
 APPS = Path(__file__).resolve().parent / "apps"
 EXAMPLES = ROOT / "examples"

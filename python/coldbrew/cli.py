@@ -13,7 +13,7 @@ Every failure ends with one line on stderr starting with ``coldbrew: error: ``.
 import os
 import sys
 
-from coldbrew.config import USAGE, ConfigError, parse
+from coldbrew.config import CMD_ARGS_ENV, USAGE, ConfigError, parse
 
 EXIT_OK = 0
 EXIT_SERVER_ERROR = 1
@@ -180,7 +180,10 @@ def _serving_errors(config, action):
 def _size_workers(config):
     """Fill in ``config.workers`` when it was not given, and say why in ``workers_reason``."""
     if config.workers is not None:
-        config.workers_reason = f"set by {config.workers_reason or '--workers'}"
+        source = config.workers_reason
+        if not source or source.startswith("argument") or source.startswith(CMD_ARGS_ENV):
+            source = "--workers"
+        config.workers_reason = f"set by {source}"
         return None
     probe = getattr(_core(), "container_resources", None)
     if probe is None:
@@ -247,7 +250,12 @@ def run(invocation):
             gc.freeze()
         worker = _serving_errors(config, lambda: core.supervise(config))
         if isinstance(worker, int):
-            return worker  # the supervisor is done (or could not start)
+            return worker  # the supervisor could not start
+        if isinstance(worker, tuple):
+            status, failure = worker  # the supervisor is done
+            if failure:
+                _error(failure)
+            return status
         # From here on this is a worker process.
         if not _post_fork(config):
             return EXIT_APP_ERROR

@@ -11,7 +11,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use body::{ChunkSender, Closed, ResponseBody};
-pub use server::{serve, ServerOptions};
+pub use server::{serve, ServerOptions, Stop};
 
 pub type Request = hyper::Request<hyper::body::Incoming>;
 pub type Response = hyper::Response<ResponseBody>;

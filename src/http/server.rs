@@ -3,6 +3,7 @@
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,21 @@ use crate::telemetry::log;
 use crate::telemetry::TraceContext;
 
 const SERVER_HEADER: http::HeaderValue = http::HeaderValue::from_static("coldbrew");
+const CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
+
+/// After a graceful stop begins, how long keep-alive connections may still bring a request
+/// (answered with `Connection: close`) before the idle ones are closed. A client that is busy
+/// on a connection gets a clean close instead of racing a reset against its next request.
+const DRAIN_LINGER: Duration = Duration::from_millis(500);
+
+/// How a server stops.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Stop {
+    /// Stop accepting, let in-flight requests finish within the graceful timeout.
+    Graceful,
+    /// Stop accepting and drop every connection now.
+    Immediate,
+}
 
 /// Protocol settings for every connection.
 #[derive(Clone, Debug)]
@@ -31,16 +47,20 @@ pub struct ServerOptions {
     pub observe: bool,
     /// Names the listener in log lines ("" for the main one).
     pub label: &'static str,
+    /// Set once a graceful stop begins; from then on responses close their connection.
+    pub draining: Arc<AtomicBool>,
 }
 
-/// Serves connections from `listener` until `shutdown` resolves, then stops accepting, lets
-/// open connections finish their in-flight requests (idle keep-alive connections are closed)
-/// for up to `graceful_timeout`, and returns the number of connections still open.
+/// Serves connections from `listener` until `shutdown` resolves. On [`Stop::Graceful`] it
+/// stops accepting, answers what keep-alive connections still send for a moment with
+/// `Connection: close`, then closes idle connections and lets the others finish their
+/// in-flight requests for up to `graceful_timeout`. Returns the number of connections still
+/// open (on [`Stop::Immediate`], all of them: dropping them is the caller's runtime's job).
 pub async fn serve<H: Handler>(
     listener: TcpListener,
     handler: Arc<H>,
     options: ServerOptions,
-    shutdown: impl Future<Output = ()>,
+    shutdown: impl Future<Output = Stop>,
 ) -> usize {
     let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
     let mut builder = http1::Builder::new();
@@ -56,10 +76,10 @@ pub async fn serve<H: Handler>(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
-    loop {
+    let stop = loop {
         tokio::select! {
             biased;
-            _ = &mut shutdown => break,
+            how = &mut shutdown => break how,
             accepted = listener.accept() => {
                 let (stream, peer) = match accepted {
                     Ok(pair) => pair,
@@ -75,6 +95,7 @@ pub async fn serve<H: Handler>(
                 let conn_info = ConnInfo::new(peer, local);
                 let handler = handler.clone();
                 let observe = options.observe;
+                let draining = options.draining.clone();
                 let service = service_fn(move |mut req: super::Request| {
                     let mut observation = None;
                     if observe {
@@ -87,9 +108,14 @@ pub async fn serve<H: Handler>(
                         req = hyper::Request::from_parts(parts, body);
                     }
                     let fut = handler.call(req, conn_info);
+                    let draining = draining.clone();
                     async move {
                         let mut response = fut.await;
                         response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
+                        if draining.load(Ordering::Relaxed) {
+                            // hyper closes the connection after a response that says so.
+                            response.headers_mut().insert(http::header::CONNECTION, CLOSE);
+                        }
                         if let Some(mut observation) = observation {
                             observation.respond(response.status(), response.headers());
                             response.body_mut().observe(observation);
@@ -107,16 +133,26 @@ pub async fn serve<H: Handler>(
                 });
             }
         }
-    }
+    };
     drop(listener);
-
+    options.draining.store(true, Ordering::Relaxed);
     let open = graceful.count();
+    if stop == Stop::Immediate {
+        return open;
+    }
+
     if open > 0 {
         log::info(format_args!("{}draining {open} open connection(s)", options.label));
     }
+    let linger = DRAIN_LINGER.min(options.graceful_timeout / 2);
+    let started = tokio::time::Instant::now();
+    while graceful.count() > 0 && started.elapsed() < linger {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let remaining = options.graceful_timeout.saturating_sub(started.elapsed());
     tokio::select! {
         _ = graceful.shutdown() => 0,
-        _ = tokio::time::sleep(options.graceful_timeout) => {
+        _ = tokio::time::sleep(remaining) => {
             log::warn(format_args!(
                 "{}graceful timeout of {:.1}s reached with connections still open",
                 options.label,

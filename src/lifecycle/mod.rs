@@ -1,12 +1,19 @@
-//! The process around the server: the listening socket, signals and the order of startup and
-//! shutdown.
+//! The process around the server: the listening socket, signals, worker processes and the
+//! order of startup and shutdown.
 //!
 //! Startup order is what the platform's TCP startup probe relies on: the app is imported (in
 //! Python, before `serve` is called) and the Python threads are running before the port opens.
+//! With one worker, one process does everything ([`run`] binds and serves). With more, the
+//! [`supervisor`] binds the port, forks the workers, and makes the socket listen once every
+//! worker reports ready; each worker then serves the inherited socket through [`run`].
 
 pub mod container;
+mod supervisor;
+mod worker;
 
+use std::future::Future;
 use std::net::{SocketAddr, ToSocketAddrs};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -15,14 +22,28 @@ use pyo3::prelude::*;
 use socket2::{Domain, Protocol, Socket, Type};
 
 use crate::config::ServerConfig;
-use crate::http::{self, ServerOptions};
+use crate::http::{self, ConnInfo, Handler, ServerOptions, Stop};
 use crate::telemetry::{access, log, metrics, sink};
 use crate::wsgi::Pool;
+
+pub use supervisor::{supervise, Outcome};
+pub use worker::WorkerLink;
+use worker::Recycler;
 
 /// How long Python threads get to return after the connections have drained.
 const THREAD_GRACE: Duration = Duration::from_millis(500);
 
-pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig) -> PyResult<()> {
+/// Serves `app` until a stop signal. `link` is set in a worker process forked by the
+/// supervisor, which owns the port; otherwise this process binds it. `timings` are the import
+/// and warm-up seconds, for the startup report.
+pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&mut WorkerLink>, timings: (f64, f64)) -> PyResult<()> {
+    let mut inherited = match link {
+        Some(link) => Some(link.take().ok_or_else(|| PyRuntimeError::new_err("this worker link was already used"))?),
+        None => None,
+    };
+    if let Some(shared) = inherited.as_mut().and_then(|i| i.metrics.take()) {
+        metrics::use_shared(shared.0, shared.1);
+    }
     start_telemetry(&config)?;
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -30,48 +51,81 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig) -> PyResult<()>
         .thread_name("coldbrew-io")
         .build()?;
     let (pool, handler) = Pool::start(py, app, &config, runtime.handle().clone())?;
-    let metrics_listener = match &config.metrics_bind {
-        Some((host, port)) => Some(bind(host, *port, 128).map_err(|err| {
-            PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {err}"))
-        })?),
+    let draining = Arc::new(AtomicBool::new(false));
+    let recycler = match &inherited {
+        Some(inherited) => inherited.recycler(config.max_requests + jitter(config.max_requests_jitter))?,
         None => None,
     };
-    let listener = bind(&config.host, config.port, config.backlog)?;
-    let local = listener.local_addr()?;
-    let startup = process_age();
-    metrics::set_startup_seconds(startup.map_or(0.0, |d| d.as_secs_f64()));
-    log::info(format_args!(
-        "coldbrew {} serving WSGI app {} on http://{} with {} thread(s){}",
-        env!("CARGO_PKG_VERSION"),
-        config.app_spec,
-        display_addr(local),
-        config.threads,
-        startup.map(|d| format!("; port open {} ms after exec", d.as_millis())).unwrap_or_default()
-    ));
+    let handler = Arc::new(Guarded {
+        inner: handler,
+        health_path: config.health_path.clone(),
+        draining: draining.clone(),
+        recycler,
+    });
+
+    let (listener, metrics_listener) = match &mut inherited {
+        Some(inherited) => {
+            let listener = std::net::TcpListener::from(inherited.listener.take().ok_or_else(|| PyRuntimeError::new_err("no inherited socket"))?);
+            let metrics_listener = inherited.metrics_listener.take().map(std::net::TcpListener::from);
+            inherited.report_ready(timings)?;
+            // The supervisor says go once every worker is ready and the socket listens.
+            if !py.detach(|| inherited.wait_for_go()) {
+                log::info(format_args!("the supervisor is gone before this worker started; exiting"));
+                return Ok(());
+            }
+            (listener, metrics_listener)
+        }
+        None => {
+            let metrics_listener = match &config.metrics_bind {
+                Some((host, port)) => Some(bind(host, *port, 128).map_err(|err| {
+                    PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {err}"))
+                })?),
+                None => None,
+            };
+            let listener = bind(&config.host, config.port, config.backlog)?;
+            let startup = process_age();
+            metrics::set_startup_seconds(startup.map_or(0.0, |d| d.as_secs_f64()));
+            startup_report(&Startup {
+                config: &config,
+                address: listener.local_addr().map(display_addr).unwrap_or_default(),
+                workers: 1,
+                import_seconds: timings.0,
+                warmup_seconds: timings.1,
+                exec_to_open: startup,
+            });
+            (listener, metrics_listener)
+        }
+    };
+    for socket in [Some(&listener), metrics_listener.as_ref()].into_iter().flatten() {
+        socket.set_nonblocking(true)?;
+    }
 
     let options = ServerOptions {
         graceful_timeout: config.graceful_timeout,
         header_read_timeout: config.header_read_timeout,
         observe: true,
         label: "",
+        draining,
     };
     let finished = py.detach(move || {
         let served = runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
-            let (stopping, stop) = tokio::sync::watch::channel(false);
+            let (stopping, stop) = tokio::sync::watch::channel(None);
             if let Some(metrics_listener) = metrics_listener {
                 let listener = tokio::net::TcpListener::from_std(metrics_listener)?;
                 let mut stop = stop.clone();
                 tokio::spawn(metrics::serve(listener, async move {
-                    let _ = stop.wait_for(|&s| s).await;
+                    let _ = stop.wait_for(|s| s.is_some()).await;
+                    stop.borrow().unwrap_or(Stop::Graceful)
                 }));
             }
-            let signal = shutdown_signal()?;
+            let signal = stop_signal()?;
             let shutdown = async move {
-                signal.await;
-                let _ = stopping.send(true);
+                let how = signal.await;
+                let _ = stopping.send(Some(how));
+                how
             };
-            Ok::<_, std::io::Error>(http::serve(listener, Arc::new(handler), options, shutdown).await)
+            Ok::<_, std::io::Error>(http::serve(listener, handler, options, shutdown).await)
         });
         // Dropping the runtime drops every connection and with them the queue's last sender,
         // which tells the Python threads to finish.
@@ -86,6 +140,94 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig) -> PyResult<()>
     log::info(format_args!("shutdown complete"));
     sink::flush(LOG_FLUSH);
     Ok(())
+}
+
+/// What the server answers before the app: the health path, and the request count that
+/// triggers recycling.
+struct Guarded<H> {
+    inner: H,
+    health_path: Option<String>,
+    draining: Arc<AtomicBool>,
+    recycler: Option<Recycler>,
+}
+
+impl<H: Handler> Handler for Guarded<H> {
+    fn call(&self, request: http::Request, conn: ConnInfo) -> impl Future<Output = http::Response> + Send + use<H> {
+        let health = self.health_path.as_deref().is_some_and(|path| request.uri().path() == path);
+        let answer = if health {
+            // While draining the platform should route elsewhere; the app is never asked.
+            Some(if self.draining.load(Ordering::Relaxed) {
+                http::plain(::http::StatusCode::SERVICE_UNAVAILABLE, "draining\n")
+            } else {
+                http::plain(::http::StatusCode::OK, "ok\n")
+            })
+        } else {
+            if let Some(recycler) = &self.recycler {
+                recycler.count();
+            }
+            None
+        };
+        let inner = answer.is_none().then(|| self.inner.call(request, conn));
+        async move {
+            match (answer, inner) {
+                (Some(answer), _) => answer,
+                (None, Some(inner)) => inner.await,
+                (None, None) => unreachable!("either the health answer or the app's"),
+            }
+        }
+    }
+}
+
+/// A random 0..=`max` from the clock and the pid: enough to spread workers' recycling.
+fn jitter(max: u64) -> u64 {
+    if max == 0 {
+        return 0;
+    }
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos() as u64);
+    let seed = nanos ^ (std::process::id() as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+    seed % (max + 1)
+}
+
+/// What the startup report line says.
+pub(crate) struct Startup<'a> {
+    pub config: &'a ServerConfig,
+    pub address: String,
+    pub workers: usize,
+    pub import_seconds: f64,
+    pub warmup_seconds: f64,
+    pub exec_to_open: Option<Duration>,
+}
+
+/// The one startup line: version, interface, address, workers × threads and why, the memory
+/// limit, and where the time to the open port went.
+pub(crate) fn startup_report(startup: &Startup<'_>) {
+    let config = startup.config;
+    let resources = container::probe(config.cgroup_root.as_deref());
+    let memory = resources.memory_limit.map_or_else(|| "no memory limit".to_owned(), |m| format!("memory limit {}", format_bytes(m)));
+    let why = if config.workers_reason.is_empty() { String::new() } else { format!(" ({})", config.workers_reason) };
+    log::info(format_args!(
+        "coldbrew {} serving WSGI app {} on http://{} with {} worker(s) x {} thread(s){}; {}; import {} ms, warm-up {} ms{}",
+        env!("CARGO_PKG_VERSION"),
+        config.app_spec,
+        startup.address,
+        startup.workers,
+        config.threads,
+        why,
+        memory,
+        (startup.import_seconds * 1000.0).round(),
+        (startup.warmup_seconds * 1000.0).round(),
+        startup.exec_to_open.map(|d| format!(", port open {} ms after exec", d.as_millis())).unwrap_or_default()
+    ));
+}
+
+fn format_bytes(n: u64) -> String {
+    const GIB: u64 = 1 << 30;
+    const MIB: u64 = 1 << 20;
+    if n >= GIB && n % (GIB / 10) == 0 {
+        format!("{:.1} GiB", n as f64 / GIB as f64)
+    } else {
+        format!("{} MiB", n / MIB)
+    }
 }
 
 /// How long shutdown waits for queued log lines to be written.
@@ -115,7 +257,7 @@ fn start_telemetry(config: &ServerConfig) -> PyResult<()> {
 }
 
 /// Time since this process was exec'd, from /proc (10 ms resolution).
-fn process_age() -> Option<Duration> {
+pub(crate) fn process_age() -> Option<Duration> {
     let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
     // Fields after the command name, which is in parentheses and may hold spaces.
     let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
@@ -126,21 +268,30 @@ fn process_age() -> Option<Duration> {
     (age >= 0.0).then(|| Duration::from_secs_f64(age))
 }
 
-/// Resolves when SIGTERM or SIGINT arrives.
-fn shutdown_signal() -> std::io::Result<impl std::future::Future<Output = ()>> {
+/// Resolves when a stop signal arrives: TERM asks for a graceful stop, INT and QUIT for a
+/// fast one.
+fn stop_signal() -> std::io::Result<impl Future<Output = Stop>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
+    let mut quit = signal(SignalKind::quit())?;
     Ok(async move {
-        let name = tokio::select! {
-            _ = term.recv() => "SIGTERM",
-            _ = int.recv() => "SIGINT",
+        let (name, how) = tokio::select! {
+            _ = term.recv() => ("SIGTERM", Stop::Graceful),
+            _ = int.recv() => ("SIGINT", Stop::Immediate),
+            _ = quit.recv() => ("SIGQUIT", Stop::Immediate),
         };
-        log::info(format_args!("{name} received: no new connections, finishing in-flight requests"));
+        match how {
+            Stop::Graceful => log::info(format_args!("{name} received: no new connections, finishing in-flight requests")),
+            Stop::Immediate => log::info(format_args!("{name} received: stopping now")),
+        }
+        how
     })
 }
 
-fn bind(host: &str, port: u16, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+/// A TCP socket bound to `host:port`, not yet listening: the supervisor binds before it forks
+/// and listens once the workers are ready.
+pub(crate) fn bind_socket(host: &str, port: u16) -> std::io::Result<Socket> {
     let host = host.trim_start_matches('[').trim_end_matches(']');
     let addr: SocketAddr = (host, port)
         .to_socket_addrs()?
@@ -152,12 +303,16 @@ fn bind(host: &str, port: u16, backlog: i32) -> std::io::Result<std::net::TcpLis
         let _ = socket.set_only_v6(false);
     }
     socket.bind(&addr.into())?;
+    Ok(socket)
+}
+
+fn bind(host: &str, port: u16, backlog: i32) -> std::io::Result<std::net::TcpListener> {
+    let socket = bind_socket(host, port)?;
     socket.listen(backlog)?;
-    socket.set_nonblocking(true)?;
     Ok(socket.into())
 }
 
-fn display_addr(addr: SocketAddr) -> String {
+pub(crate) fn display_addr(addr: SocketAddr) -> String {
     match addr {
         SocketAddr::V4(v4) => v4.to_string(),
         SocketAddr::V6(v6) => format!("[{}]:{}", v6.ip(), v6.port()),

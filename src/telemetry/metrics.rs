@@ -8,11 +8,17 @@
 //!
 //! [`render`] writes the text exposition format 0.0.4; [`serve`] answers `GET /metrics` with it
 //! on its own listener, on the same tokio runtime as the main server.
+//!
+//! With several worker processes, each records into its own slot of a [`SharedSlots`] region
+//! that the supervisor maps before it forks, and whichever worker answers a scrape adds up
+//! every slot. Counters of workers that have exited are folded into slot 0 by the supervisor,
+//! so totals never go backwards when a worker is replaced.
 
 use std::fmt::Write as _;
 use std::future::Future;
-use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering::Relaxed};
-use std::sync::RwLock;
+use std::ptr::NonNull;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
+use std::sync::{OnceLock, RwLock};
 use std::time::Duration;
 
 use http::Method;
@@ -62,10 +68,28 @@ struct Registry {
     worker_restarts: AtomicU64,
     /// An `f64`'s bits.
     startup_seconds: AtomicU64,
+    /// Requests waiting for a Python thread, as last published by this slot's worker.
+    waiting: AtomicI64,
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
-static REGISTRY: Registry = Registry::new();
+/// This process's own counters, unless [`use_shared`] pointed [`CURRENT`] at a shared slot.
+static LOCAL: Registry = Registry::new();
+/// Where this process records; null means [`LOCAL`].
+static CURRENT: AtomicPtr<Registry> = AtomicPtr::new(std::ptr::null_mut());
+/// Every worker's slot, when this process is one of several workers.
+static SHARED: OnceLock<SharedSlots> = OnceLock::new();
+
+#[inline]
+fn registry() -> &'static Registry {
+    let current = CURRENT.load(Relaxed);
+    if current.is_null() {
+        &LOCAL
+    } else {
+        // SAFETY: set once by `use_shared` to a slot of a mapping that is never unmapped.
+        unsafe { &*current }
+    }
+}
 /// Reads how many requests wait for a Python thread; called only when scraped.
 static QUEUE_PROBE: RwLock<Option<Box<dyn Fn() -> usize + Send + Sync>>> = RwLock::new(None);
 
@@ -86,7 +110,7 @@ pub fn request_started() {
     if !enabled() {
         return;
     }
-    REGISTRY.in_flight.fetch_add(1, Relaxed);
+    registry().in_flight.fetch_add(1, Relaxed);
 }
 
 /// A response ended: sent, or abandoned by the client (in-flight −1). Counts the request by
@@ -97,8 +121,8 @@ pub fn request_finished(method: &Method, status: u16, latency: Duration, bytes_o
     if !enabled() {
         return;
     }
-    REGISTRY.in_flight.fetch_sub(1, Relaxed);
-    REGISTRY.record(method, status, latency, bytes_out);
+    registry().in_flight.fetch_sub(1, Relaxed);
+    registry().record(method, status, latency, bytes_out);
 }
 
 /// A request that started ([`request_started`]) ended without any response (its future was
@@ -108,7 +132,7 @@ pub fn request_abandoned() {
     if !enabled() {
         return;
     }
-    REGISTRY.in_flight.fetch_sub(1, Relaxed);
+    registry().in_flight.fetch_sub(1, Relaxed);
 }
 
 /// Request body bytes read from the network.
@@ -117,7 +141,7 @@ pub fn body_bytes_in(n: u64) {
     if !enabled() {
         return;
     }
-    REGISTRY.body_in.fetch_add(n, Relaxed);
+    registry().body_in.fetch_add(n, Relaxed);
 }
 
 /// A Python thread started (+1) or finished (−1) running the app.
@@ -126,7 +150,7 @@ pub fn python_busy(delta: i64) {
     if !enabled() {
         return;
     }
-    REGISTRY.python_busy.fetch_add(delta, Relaxed);
+    registry().python_busy.fetch_add(delta, Relaxed);
 }
 
 /// Sets how the number of requests waiting for a Python thread is read at scrape time (the
@@ -140,15 +164,16 @@ pub fn set_queue_probe(probe: Box<dyn Fn() -> usize + Send + Sync>) {
 /// How long startup took (the `coldbrew_startup_duration_seconds` gauge). Stored even while
 /// metrics are off, so it may be set before [`enable`].
 pub fn set_startup_seconds(seconds: f64) {
-    REGISTRY.startup_seconds.store(seconds.to_bits(), Relaxed);
+    registry().startup_seconds.store(seconds.to_bits(), Relaxed);
 }
 
-/// Workers restarted (`n` more). Always 0 for now: coldbrew runs a single process.
+/// Workers restarted (`n` more), in a single process; the supervisor counts through
+/// [`SharedSlots::count_restart`].
 pub fn worker_restarts(n: u64) {
     if !enabled() {
         return;
     }
-    REGISTRY.worker_restarts.fetch_add(n, Relaxed);
+    registry().worker_restarts.fetch_add(n, Relaxed);
 }
 
 /// The metrics in the Prometheus text exposition format 0.0.4.
@@ -157,7 +182,99 @@ pub fn render() -> String {
         let probe = QUEUE_PROBE.read().unwrap_or_else(|poisoned| poisoned.into_inner());
         probe.as_ref().map_or(0, |probe| probe())
     };
-    REGISTRY.render(waiting)
+    match SHARED.get() {
+        None => registry().render(waiting),
+        Some(shared) => {
+            // Other workers' queues are not visible from here; this worker's own queue length
+            // is read live and the others' from what they last published.
+            registry().waiting.store(waiting as i64, Relaxed);
+            let total = Registry::new();
+            for slot in shared.slots() {
+                total.add(slot);
+            }
+            total.render(total.waiting.load(Relaxed).max(0) as usize)
+        }
+    }
+}
+
+/// Worker processes' metrics slots in memory shared across `fork`: slot 0 holds what exited
+/// workers counted, the others one live worker each.
+#[derive(Clone)]
+pub struct SharedSlots {
+    base: NonNull<Registry>,
+    count: usize,
+}
+
+// SAFETY: the mapping lives as long as the process and holds only atomics.
+unsafe impl Send for SharedSlots {}
+unsafe impl Sync for SharedSlots {}
+
+impl SharedSlots {
+    /// Maps `count` zeroed slots (a zeroed `Registry` is a valid, empty one).
+    pub fn new(count: usize) -> std::io::Result<SharedSlots> {
+        let len = count * std::mem::size_of::<Registry>();
+        // SAFETY: an anonymous shared mapping; nothing else refers to that memory.
+        let base = unsafe {
+            libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_SHARED | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            )
+        };
+        if base == libc::MAP_FAILED {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(SharedSlots { base: NonNull::new(base.cast()).expect("mmap never returns null"), count })
+    }
+
+    /// How many slots there are, slot 0 included.
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    fn slot(&self, index: usize) -> &Registry {
+        assert!(index < self.count, "metrics slot {index} out of range");
+        // SAFETY: in bounds of the mapping, which is never unmapped while `self` lives.
+        unsafe { &*self.base.as_ptr().add(index) }
+    }
+
+    fn slots(&self) -> impl Iterator<Item = &Registry> {
+        (0..self.count).map(|i| self.slot(i))
+    }
+
+    /// A worker that exited (so nothing writes to its slot any more): its counters move to
+    /// slot 0 and the slot is emptied for the next worker. Gauges die with the worker.
+    pub fn retire(&self, index: usize) {
+        assert!(index > 0, "slot 0 is the retired workers' total");
+        let slot = self.slot(index);
+        slot.in_flight.store(0, Relaxed);
+        slot.python_busy.store(0, Relaxed);
+        slot.waiting.store(0, Relaxed);
+        self.slot(0).add(slot);
+        slot.clear();
+    }
+
+    /// The supervisor replaced a worker.
+    pub fn count_restart(&self) {
+        self.slot(0).worker_restarts.fetch_add(1, Relaxed);
+    }
+
+    /// Seconds from the supervisor's exec until the port opened.
+    pub fn set_startup_seconds(&self, seconds: f64) {
+        self.slot(0).startup_seconds.store(seconds.to_bits(), Relaxed);
+    }
+}
+
+/// Makes this process (a worker) record into `index` of `shared` and answer scrapes with the
+/// sum of every slot. Called once, before any request.
+pub fn use_shared(shared: SharedSlots, index: usize) {
+    let slot: *const Registry = shared.slot(index);
+    if SHARED.set(shared).is_ok() {
+        CURRENT.store(slot.cast_mut(), Relaxed);
+    }
 }
 
 /// The index of `method` in [`METHODS`].
@@ -199,6 +316,38 @@ impl Registry {
             body_out: AtomicU64::new(0),
             worker_restarts: AtomicU64::new(0),
             startup_seconds: AtomicU64::new(0), // 0.0f64's bits
+            waiting: AtomicI64::new(0),
+        }
+    }
+
+    /// Adds `other`'s values to this one's (the startup time is the larger of the two).
+    fn add(&self, other: &Registry) {
+        for (mine, theirs) in self.requests.iter().flatten().zip(other.requests.iter().flatten()) {
+            mine.fetch_add(theirs.load(Relaxed), Relaxed);
+        }
+        for (mine, theirs) in self.buckets.iter().zip(other.buckets.iter()) {
+            mine.fetch_add(theirs.load(Relaxed), Relaxed);
+        }
+        self.duration_sum_micros.fetch_add(other.duration_sum_micros.load(Relaxed), Relaxed);
+        self.in_flight.fetch_add(other.in_flight.load(Relaxed), Relaxed);
+        self.python_busy.fetch_add(other.python_busy.load(Relaxed), Relaxed);
+        self.body_in.fetch_add(other.body_in.load(Relaxed), Relaxed);
+        self.body_out.fetch_add(other.body_out.load(Relaxed), Relaxed);
+        self.worker_restarts.fetch_add(other.worker_restarts.load(Relaxed), Relaxed);
+        self.waiting.fetch_add(other.waiting.load(Relaxed), Relaxed);
+        let startup = f64::from_bits(self.startup_seconds.load(Relaxed)).max(f64::from_bits(other.startup_seconds.load(Relaxed)));
+        self.startup_seconds.store(startup.to_bits(), Relaxed);
+    }
+
+    fn clear(&self) {
+        for cell in self.requests.iter().flatten().chain(self.buckets.iter()) {
+            cell.store(0, Relaxed);
+        }
+        for cell in [&self.duration_sum_micros, &self.body_in, &self.body_out, &self.worker_restarts, &self.startup_seconds] {
+            cell.store(0, Relaxed);
+        }
+        for cell in [&self.in_flight, &self.python_busy, &self.waiting] {
+            cell.store(0, Relaxed);
         }
     }
 
@@ -310,12 +459,13 @@ impl crate::http::Handler for Scrape {
 /// Serves `GET /metrics` on `listener` until `shutdown` resolves; other paths get 404. Runs on
 /// the caller's tokio runtime (the I/O thread), through the same accept loop as the app's
 /// port but unobserved: a scrape only reads atomics and the queue probe.
-pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Output = ()>) {
+pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Output = crate::http::Stop>) {
     let options = crate::http::ServerOptions {
         graceful_timeout: SHUTDOWN_GRACE,
         header_read_timeout: HEADER_READ_TIMEOUT,
         observe: false,
         label: "metrics: ",
+        draining: Default::default(),
     };
     crate::http::serve(listener, std::sync::Arc::new(Scrape), options, shutdown).await;
 }

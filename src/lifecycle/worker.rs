@@ -1,0 +1,110 @@
+//! A worker process's side of the supervisor's protocol.
+//!
+//! Each worker holds two pipes to the supervisor. On the status pipe it says `ready` once the
+//! app is imported, warmed up and its Python threads run, and `recycle` once it has served its
+//! `--max-requests`. On the control pipe it waits for `go`: the supervisor opens the port only
+//! when every worker is ready, and a worker must not accept before the socket listens. Stopping
+//! is by signal, as for a single process.
+
+use std::fs::File;
+use std::io::{Read, Write};
+use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pyo3::prelude::*;
+
+use crate::telemetry::metrics::SharedSlots;
+
+/// What a forked worker inherits from the supervisor. Python receives it from `supervise()`
+/// and hands it to `serve()`.
+#[pyclass(module = "coldbrew._coldbrew", name = "Worker")]
+pub struct WorkerLink {
+    #[pyo3(get)]
+    pub id: u32,
+    pub(crate) inner: Option<Inherited>,
+}
+
+pub(crate) struct Inherited {
+    pub listener: Option<OwnedFd>,
+    pub metrics_listener: Option<OwnedFd>,
+    pub status: File,
+    pub control: File,
+    pub metrics: Option<(SharedSlots, usize)>,
+}
+
+impl WorkerLink {
+    pub(crate) fn new(id: u32, inherited: Inherited) -> Self {
+        WorkerLink { id, inner: Some(inherited) }
+    }
+
+    /// The inherited parts; a link serves once.
+    pub(crate) fn take(&mut self) -> Option<Inherited> {
+        self.inner.take()
+    }
+}
+
+#[pymethods]
+impl WorkerLink {
+    fn __repr__(&self) -> String {
+        format!("<coldbrew worker {}>", self.id)
+    }
+}
+
+impl Inherited {
+    /// Tells the supervisor this worker can serve; `timings` are the import and warm-up seconds.
+    pub fn report_ready(&mut self, timings: (f64, f64)) -> std::io::Result<()> {
+        writeln!(self.status, "ready {:.6} {:.6}", timings.0, timings.1)
+    }
+
+    /// Blocks until the supervisor says `go`. False if the supervisor is gone.
+    pub fn wait_for_go(&mut self) -> bool {
+        let mut buf = [0u8; 3];
+        matches!(self.control.read_exact(&mut buf), Ok(()) if &buf == b"go\n")
+    }
+
+    /// A handle the I/O thread uses to ask for replacement once, after `limit` requests.
+    pub fn recycler(&self, limit: u64) -> std::io::Result<Option<Recycler>> {
+        if limit == 0 {
+            return Ok(None);
+        }
+        Ok(Some(Recycler { status: self.status.try_clone()?, limit, served: AtomicU64::new(0) }))
+    }
+}
+
+/// Counts requests and asks the supervisor for a replacement when the count reaches `limit`.
+pub struct Recycler {
+    status: File,
+    limit: u64,
+    served: AtomicU64,
+}
+
+impl Recycler {
+    #[inline]
+    pub fn count(&self) {
+        if self.served.fetch_add(1, Ordering::Relaxed) + 1 == self.limit {
+            // A few bytes into a pipe the supervisor drains: this never blocks in practice.
+            let _ = (&self.status).write_all(b"recycle\n");
+        }
+    }
+}
+
+/// A pipe as (read end, write end), both close-on-exec so the app's subprocesses never hold
+/// them.
+pub(crate) fn pipe() -> std::io::Result<(File, File)> {
+    let mut fds = [0 as RawFd; 2];
+    // SAFETY: pipe2 fills both descriptors on success; we own them from here.
+    if unsafe { libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    unsafe { Ok((File::from_raw_fd(fds[0]), File::from_raw_fd(fds[1]))) }
+}
+
+/// A new descriptor for the same open file, close-on-exec.
+pub(crate) fn duplicate(fd: &impl AsRawFd) -> std::io::Result<OwnedFd> {
+    // SAFETY: F_DUPFD_CLOEXEC returns a fresh descriptor we own, or -1.
+    let new = unsafe { libc::fcntl(fd.as_raw_fd(), libc::F_DUPFD_CLOEXEC, 3) };
+    if new < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
