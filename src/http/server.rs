@@ -11,7 +11,7 @@ use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use super::{ConnInfo, Handler};
 use crate::telemetry::access::Observation;
@@ -47,8 +47,9 @@ pub struct ServerOptions {
     pub observe: bool,
     /// Names the listener in log lines ("" for the main one).
     pub label: &'static str,
-    /// Set once a graceful stop begins; from then on responses close their connection.
-    pub draining: Arc<AtomicBool>,
+    /// Set once a stop begins; from then on responses close their connection. One flag per
+    /// listener for the life of the process, hence `'static`.
+    pub draining: &'static AtomicBool,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves. On [`Stop::Graceful`] it
@@ -76,66 +77,79 @@ pub async fn serve<H: Handler>(
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
 
+    let draining: &'static AtomicBool = options.draining;
+    let observe = options.observe;
+    let label = options.label;
+    let serve_connection = |stream: TcpStream, peer: SocketAddr| {
+        let _ = stream.set_nodelay(true);
+        let conn_info = ConnInfo::new(peer, local);
+        let handler = handler.clone();
+        let service = service_fn(move |mut req: super::Request| {
+            let mut observation = None;
+            if observe {
+                let trace = TraceContext::from_headers(req.headers());
+                if let Some(trace) = trace {
+                    req.extensions_mut().insert(trace);
+                }
+                let (parts, body) = req.into_parts();
+                observation = Observation::begin(&parts, conn_info.peer_ip, trace);
+                req = hyper::Request::from_parts(parts, body);
+            }
+            let fut = handler.call(req, conn_info);
+            async move {
+                let mut response = fut.await;
+                response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
+                if draining.load(Ordering::Relaxed) {
+                    // hyper closes the connection after a response that says so.
+                    response.headers_mut().insert(http::header::CONNECTION, CLOSE);
+                }
+                if let Some(mut observation) = observation {
+                    observation.respond(response.status(), response.headers());
+                    response.body_mut().observe(observation);
+                }
+                Ok::<_, Infallible>(response)
+            }
+        });
+        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = graceful.watch(conn);
+        tokio::spawn(async move {
+            if let Err(err) = conn.await {
+                log::debug(format_args!("{label}connection from {peer} ended: {err}"));
+            }
+        });
+    };
+
     let stop = loop {
         tokio::select! {
             biased;
             how = &mut shutdown => break how,
-            accepted = listener.accept() => {
-                let (stream, peer) = match accepted {
-                    Ok(pair) => pair,
-                    Err(err) => {
-                        // Out of descriptors or a connection reset before accept: back off briefly
-                        // instead of spinning on the same error.
-                        log::warn(format_args!("{}accept failed: {err}", options.label));
-                        tokio::time::sleep(Duration::from_millis(10)).await;
-                        continue;
-                    }
-                };
-                let _ = stream.set_nodelay(true);
-                let conn_info = ConnInfo::new(peer, local);
-                let handler = handler.clone();
-                let observe = options.observe;
-                let draining = options.draining.clone();
-                let service = service_fn(move |mut req: super::Request| {
-                    let mut observation = None;
-                    if observe {
-                        let trace = TraceContext::from_headers(req.headers());
-                        if let Some(trace) = trace {
-                            req.extensions_mut().insert(trace);
-                        }
-                        let (parts, body) = req.into_parts();
-                        observation = Observation::begin(&parts, conn_info.peer_ip, trace);
-                        req = hyper::Request::from_parts(parts, body);
-                    }
-                    let fut = handler.call(req, conn_info);
-                    let draining = draining.clone();
-                    async move {
-                        let mut response = fut.await;
-                        response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
-                        if draining.load(Ordering::Relaxed) {
-                            // hyper closes the connection after a response that says so.
-                            response.headers_mut().insert(http::header::CONNECTION, CLOSE);
-                        }
-                        if let Some(mut observation) = observation {
-                            observation.respond(response.status(), response.headers());
-                            response.body_mut().observe(observation);
-                        }
-                        Ok::<_, Infallible>(response)
-                    }
-                });
-                let conn = builder.serve_connection(TokioIo::new(stream), service);
-                let conn = graceful.watch(conn);
-                let label = options.label;
-                tokio::spawn(async move {
-                    if let Err(err) = conn.await {
-                        log::debug(format_args!("{label}connection from {peer} ended: {err}"));
-                    }
-                });
-            }
+            accepted = listener.accept() => match accepted {
+                Ok((stream, peer)) => serve_connection(stream, peer),
+                Err(err) => {
+                    // Out of descriptors or a connection reset before accept: back off briefly
+                    // instead of spinning on the same error.
+                    log::warn(format_args!("{label}accept failed: {err}"));
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                }
+            },
         }
     };
-    drop(listener);
-    options.draining.store(true, Ordering::Relaxed);
+    draining.store(true, Ordering::Relaxed);
+    if stop == Stop::Graceful {
+        // Connections the kernel completed before the stop are in the listen queue, and their
+        // clients have sent or are sending a request: serve them rather than reset them.
+        // Straight from the socket: the reactor may not have seen the latest ones yet.
+        if let Ok(listener) = listener.into_std() {
+            while let Ok((stream, peer)) = listener.accept() {
+                match stream.set_nonblocking(true).and_then(|()| TcpStream::from_std(stream)) {
+                    Ok(stream) => serve_connection(stream, peer),
+                    Err(err) => log::warn(format_args!("{label}cannot serve a queued connection: {err}")),
+                }
+            }
+        }
+    } else {
+        drop(listener);
+    }
     let open = graceful.count();
     if stop == Stop::Immediate {
         return open;

@@ -51,7 +51,8 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
         .thread_name("coldbrew-io")
         .build()?;
     let (pool, handler) = Pool::start(py, app, &config, runtime.handle().clone())?;
-    let draining = Arc::new(AtomicBool::new(false));
+    // One per process, for the whole process: the flag outlives every connection task.
+    let draining: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let recycler = match &inherited {
         Some(inherited) => inherited.recycler(config.max_requests + jitter(config.max_requests_jitter))?,
         None => None,
@@ -59,7 +60,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
     let handler = Arc::new(Guarded {
         inner: handler,
         health_path: config.health_path.clone(),
-        draining: draining.clone(),
+        draining,
         recycler,
     });
 
@@ -147,7 +148,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
 struct Guarded<H> {
     inner: H,
     health_path: Option<String>,
-    draining: Arc<AtomicBool>,
+    draining: &'static AtomicBool,
     recycler: Option<Recycler>,
 }
 

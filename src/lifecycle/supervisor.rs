@@ -43,7 +43,8 @@ const BACKOFF_START: Duration = Duration::from_millis(100);
 const BACKOFF_CAP: Duration = Duration::from_secs(10);
 /// A worker that lives at least this long after becoming ready did not crash on start.
 const MIN_UPTIME: Duration = Duration::from_secs(2);
-/// With no worker able to serve, this many early deaths in a row stop the server.
+/// This many early deaths in a row (no worker lasting [`MIN_UPTIME`] in between) stop the
+/// server, so the platform restarts the instance instead of it limping on.
 const CRASH_LOOP: u32 = 6;
 /// What workers get on top of `--graceful-timeout` to drain before KILL.
 const STOP_MARGIN: Duration = Duration::from_millis(1500);
@@ -114,6 +115,8 @@ pub struct Supervisor<'a> {
     failures: u32,
     last_failure: Option<Instant>,
     spawn_not_before: Option<Instant>,
+    /// After a replacement failed to start, the next one waits until then.
+    replace_not_before: Option<Instant>,
     exit_status: i32,
     failure: Option<String>,
 }
@@ -145,6 +148,7 @@ pub fn supervise(py: Python<'_>, config: &ServerConfig) -> PyResult<Outcome> {
         failures: 0,
         last_failure: None,
         spawn_not_before: None,
+        replace_not_before: None,
         exit_status: 0,
         failure: None,
     };
@@ -206,7 +210,8 @@ impl Supervisor<'_> {
             }
         }
         let replacing = self.workers.iter().any(|w| w.replaces.is_some());
-        if !replacing && self.state == State::Running {
+        let held_back = self.replace_not_before.is_some_and(|t| Instant::now() < t);
+        if !replacing && !held_back && self.state == State::Running {
             while let Some(&old) = self.replace.front() {
                 if self.workers.iter().any(|w| w.id == old && !w.stopping) {
                     return self.spawn(py, Some(old));
@@ -302,6 +307,11 @@ impl Supervisor<'_> {
     fn poll_timeout(&self) -> Option<Duration> {
         let now = Instant::now();
         let mut next: Option<Instant> = self.spawn_not_before;
+        if !self.replace.is_empty() {
+            if let Some(t) = self.replace_not_before {
+                next = Some(next.map_or(t, |n| n.min(t)));
+            }
+        }
         if let State::Stopping { deadline, .. } = self.state {
             next = Some(next.map_or(deadline, |n| n.min(deadline)));
         }
@@ -525,7 +535,6 @@ impl Supervisor<'_> {
     fn admit(&mut self, index: usize) {
         go(&mut self.workers[index]);
         let worker = &mut self.workers[index];
-        self.failures = 0;
         let Some(old) = worker.replaces.take() else { return };
         let new_id = worker.id;
         if self.replace.front() == Some(&old) {
@@ -586,24 +595,28 @@ impl Supervisor<'_> {
             return;
         }
         if worker.replaces.is_some() {
+            // The workers it would replace keep serving; try again later, not in a tight loop.
             log::error(format_args!(
                 "new worker {} (pid {}) {how} before it was ready; keeping the current workers",
                 worker.id, worker.pid
             ));
             self.replace.clear();
-        } else {
-            log::warn(format_args!("worker {} (pid {}) {how}; starting another", worker.id, worker.pid));
-            self.count_restart();
+            self.replace_not_before = Some(now + BACKOFF_CAP);
+            return;
         }
+        log::warn(format_args!("worker {} (pid {}) {how}; starting another", worker.id, worker.pid));
+        self.count_restart();
         if early {
             self.failures += 1;
             self.last_failure = Some(now);
             let backoff = BACKOFF_START.saturating_mul(1 << (self.failures - 1).min(10)).min(BACKOFF_CAP);
             self.spawn_not_before = Some(now + backoff);
-            let any_serving = self.workers.iter().any(|w| w.ready_at.is_some() && w.serving());
-            if !any_serving && self.failures >= CRASH_LOOP {
-                self.failure =
-                    Some(format!("{} workers in a row died soon after starting and none is serving", self.failures));
+            if self.failures >= CRASH_LOOP {
+                self.failure = Some(format!(
+                    "{} workers in a row died within {} s of starting; stopping",
+                    self.failures,
+                    MIN_UPTIME.as_secs()
+                ));
                 self.exit_status = 1;
                 self.stop(false, "workers keep crashing");
             }

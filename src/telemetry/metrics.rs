@@ -465,7 +465,10 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Outp
         header_read_timeout: HEADER_READ_TIMEOUT,
         observe: false,
         label: "metrics: ",
-        draining: Default::default(),
+        draining: {
+            static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+            &DRAINING
+        },
     };
     crate::http::serve(listener, std::sync::Arc::new(Scrape), options, shutdown).await;
 }
