@@ -19,7 +19,7 @@ use std::pin::Pin;
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use doorbell::Doorbell;
 use http::header::{CONTENT_LENGTH, EXPECT};
 use http::StatusCode;
@@ -80,17 +80,33 @@ impl Handler for WsgiHandler {
             let (parts, incoming) = request.into_parts();
             let body = match read_body(&parts, incoming, read_ahead).await {
                 Ok(body) => body,
-                Err(_) => return proto::plain(StatusCode::BAD_REQUEST, "Bad Request: incomplete body\n"),
+                Err(_) => return incomplete_body(),
             };
             let (reply, answer) = oneshot::channel();
-            match queue.try_send(RequestJob { parts, body, conn, reply }) {
-                Ok(()) => doorbell.ring(),
-                Err(TrySendError::Full(_)) => return proto::overloaded(),
-                Err(TrySendError::Disconnected(_)) => return proto::overloaded(),
+            if !enqueue(&queue, &doorbell, RequestJob { parts, body, conn, reply }) {
+                return proto::overloaded();
             }
-            answer.await.unwrap_or_else(|_| proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"))
+            answer.await.unwrap_or_else(|_| no_answer())
         }
     }
+}
+
+/// Queues a request for the Python threads; false if the queue is full or closed.
+fn enqueue(queue: &Sender<RequestJob>, doorbell: &Doorbell, job: RequestJob) -> bool {
+    if queue.try_send(job).is_err() {
+        return false;
+    }
+    doorbell.ring();
+    true
+}
+
+fn incomplete_body() -> proto::Response {
+    proto::plain(StatusCode::BAD_REQUEST, "Bad Request: incomplete body\n")
+}
+
+/// The Python side dropped the request without a response.
+fn no_answer() -> proto::Response {
+    proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
 }
 
 /// Reads up to `limit` bytes of the body before the app runs. A client that sent
