@@ -71,8 +71,8 @@ pub trait Handler: Send + Sync + 'static {
 }
 
 /// A short plain-text response for answers the server gives itself.
-pub fn plain(status: http::StatusCode, text: &'static str) -> Response {
-    let mut response = hyper::Response::new(ResponseBody::full(bytes::Bytes::from_static(text.as_bytes())));
+pub fn plain(status: http::StatusCode, text: impl Into<bytes::Bytes>) -> Response {
+    let mut response = hyper::Response::new(ResponseBody::full(text.into()));
     *response.status_mut() = status;
     response
         .headers_mut()

@@ -112,17 +112,18 @@ pub fn set_current_trace(trace: Option<TraceContext>) {
 
 /// A server log line.
 pub fn emit(level: Level, args: fmt::Arguments<'_>) {
+    if enabled(level) {
+        emit_traced(level, CURRENT_TRACE.with(Cell::get), args);
+    }
+}
+
+/// A server line about a request, written from a thread that is not serving it, so the
+/// thread's own current trace would be the wrong one.
+pub fn emit_traced(level: Level, trace: Option<TraceContext>, args: fmt::Arguments<'_>) {
     if !enabled(level) {
         return;
     }
-    let record = LogRecord {
-        time: SystemTime::now(),
-        level,
-        message: fmt::format(args),
-        trace: CURRENT_TRACE.with(Cell::get),
-        source: None,
-        logger: None,
-    };
+    let record = LogRecord { time: SystemTime::now(), level, message: fmt::format(args), trace, source: None, logger: None };
     sink::submit(Entry::Record(Box::new(record)));
 }
 

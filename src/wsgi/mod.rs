@@ -5,6 +5,7 @@
 //! ([`environ`]), calls the app and hands the response back ([`response`]). Tokio threads never
 //! take the GIL.
 
+mod deadline;
 mod doorbell;
 mod environ;
 mod input;
@@ -15,11 +16,12 @@ mod streams;
 
 use std::future::Future;
 use std::pin::Pin;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
-use crossbeam_channel::{Sender, TrySendError};
+use crossbeam_channel::Sender;
 use doorbell::Doorbell;
 use http::header::{CONTENT_LENGTH, EXPECT};
 use http::StatusCode;
@@ -40,6 +42,8 @@ pub(crate) struct RequestJob {
     pub body: RequestBody,
     pub conn: ConnInfo,
     pub reply: oneshot::Sender<proto::Response>,
+    /// Only with `--timeout`: which Python thread runs the request, for the deadline.
+    pub claim: Option<Arc<deadline::Claim>>,
 }
 
 /// A request body as the Python side receives it: read ahead in full when small, so a slow
@@ -56,6 +60,7 @@ pub struct WsgiHandler {
     queue: Sender<RequestJob>,
     doorbell: Arc<Doorbell>,
     read_ahead: usize,
+    timeout: Option<Duration>,
 }
 
 impl Drop for WsgiHandler {
@@ -66,8 +71,8 @@ impl Drop for WsgiHandler {
 }
 
 impl WsgiHandler {
-    pub(crate) fn new(queue: Sender<RequestJob>, doorbell: Arc<Doorbell>, read_ahead: usize) -> Self {
-        WsgiHandler { queue, doorbell, read_ahead }
+    pub(crate) fn new(queue: Sender<RequestJob>, doorbell: Arc<Doorbell>, read_ahead: usize, timeout: Option<Duration>) -> Self {
+        WsgiHandler { queue, doorbell, read_ahead, timeout }
     }
 }
 
@@ -76,21 +81,43 @@ impl Handler for WsgiHandler {
         let queue = self.queue.clone();
         let doorbell = self.doorbell.clone();
         let read_ahead = self.read_ahead;
+        let timeout = self.timeout;
         async move {
+            if let Some(limit) = timeout {
+                // Boxed: inline, its timer and state would more than double the size of every
+                // request's future, with or without --timeout.
+                return Box::pin(deadline::dispatch(limit, request, conn, queue, doorbell, read_ahead)).await;
+            }
             let (parts, incoming) = request.into_parts();
             let body = match read_body(&parts, incoming, read_ahead).await {
                 Ok(body) => body,
-                Err(_) => return proto::plain(StatusCode::BAD_REQUEST, "Bad Request: incomplete body\n"),
+                Err(_) => return incomplete_body(),
             };
             let (reply, answer) = oneshot::channel();
-            match queue.try_send(RequestJob { parts, body, conn, reply }) {
-                Ok(()) => doorbell.ring(),
-                Err(TrySendError::Full(_)) => return proto::overloaded(),
-                Err(TrySendError::Disconnected(_)) => return proto::overloaded(),
+            if !enqueue(&queue, &doorbell, RequestJob { parts, body, conn, reply, claim: None }) {
+                return proto::overloaded();
             }
-            answer.await.unwrap_or_else(|_| proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"))
+            answer.await.unwrap_or_else(|_| no_answer())
         }
     }
+}
+
+/// Queues a request for the Python threads; false if the queue is full or closed.
+fn enqueue(queue: &Sender<RequestJob>, doorbell: &Doorbell, job: RequestJob) -> bool {
+    if queue.try_send(job).is_err() {
+        return false;
+    }
+    doorbell.ring();
+    true
+}
+
+fn incomplete_body() -> proto::Response {
+    proto::plain(StatusCode::BAD_REQUEST, "Bad Request: incomplete body\n")
+}
+
+/// The Python side dropped the request without a response.
+fn no_answer() -> proto::Response {
+    proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
 }
 
 /// Reads up to `limit` bytes of the body before the app runs. A client that sent

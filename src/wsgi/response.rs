@@ -19,6 +19,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::oneshot;
 
+use super::deadline;
 use super::pool::WorkerContext;
 use super::shared_bytes;
 use super::streams::FileWrapper;
@@ -28,11 +29,20 @@ use crate::telemetry::{log, metrics, TraceContext};
 
 pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
     shared_bytes::release_finished(py);
-    let RequestJob { parts, body, conn, reply } = job;
+    let RequestJob { parts, body, conn, reply, claim } = job;
     if reply.is_closed() {
-        // The client left while the request waited for a thread.
+        // The client left, or the deadline passed, while the request waited for a thread.
         return;
     }
+    // Held until the app has returned; dropped with the GIL held, as `Claim::start` requires.
+    let _running = match &claim {
+        Some(claim) => match claim.start(deadline::python_thread_ident()) {
+            Some(running) => Some(running),
+            // The deadline passed just now; the client already has its 504.
+            None => return,
+        },
+        None => None,
+    };
     let input = match body {
         RequestBody::Empty => ctx.empty_input.bind(py).clone().into_any(),
         body => match Bound::new(py, InputStream::new(body, &ctx.runtime)) {
@@ -183,9 +193,9 @@ pub struct StartResponse {
 }
 
 /// `GET /path`, kept for log lines about a request after its parts were handed on.
-struct RequestLine {
-    method: Method,
-    uri: http::Uri,
+pub(super) struct RequestLine {
+    pub method: Method,
+    pub uri: http::Uri,
 }
 
 impl std::fmt::Display for RequestLine {
