@@ -18,7 +18,7 @@ use std::fmt::Write as _;
 use std::future::Future;
 use std::ptr::NonNull;
 use std::sync::atomic::{AtomicBool, AtomicI64, AtomicPtr, AtomicU64, Ordering::Relaxed};
-use std::sync::{OnceLock, RwLock};
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use http::Method;
@@ -68,7 +68,7 @@ struct Registry {
     worker_restarts: AtomicU64,
     /// An `f64`'s bits.
     startup_seconds: AtomicU64,
-    /// Requests waiting for a Python thread, as last published by this slot's worker.
+    /// Requests waiting for a Python thread.
     waiting: AtomicI64,
 }
 
@@ -90,8 +90,6 @@ fn registry() -> &'static Registry {
         unsafe { &*current }
     }
 }
-/// Reads how many requests wait for a Python thread; called only when scraped.
-static QUEUE_PROBE: RwLock<Option<Box<dyn Fn() -> usize + Send + Sync>>> = RwLock::new(None);
 
 /// Turns metrics on. Called once at startup, when `--metrics-bind` is given.
 pub fn enable() {
@@ -153,12 +151,13 @@ pub fn python_busy(delta: i64) {
     registry().python_busy.fetch_add(delta, Relaxed);
 }
 
-/// Sets how the number of requests waiting for a Python thread is read at scrape time (the
-/// `coldbrew_requests_waiting` gauge; 0 while no probe is set). A later call replaces the probe.
-/// The probe runs on the I/O thread and must not block or take the GIL.
-pub fn set_queue_probe(probe: Box<dyn Fn() -> usize + Send + Sync>) {
-    let mut slot = QUEUE_PROBE.write().unwrap_or_else(|poisoned| poisoned.into_inner());
-    *slot = Some(probe);
+/// A request joined (+1) or left (−1) the queue of requests waiting for a Python thread.
+#[inline]
+pub fn requests_waiting(delta: i64) {
+    if !enabled() {
+        return;
+    }
+    registry().waiting.fetch_add(delta, Relaxed);
 }
 
 /// How long startup took (the `coldbrew_startup_duration_seconds` gauge). Stored even while
@@ -178,21 +177,14 @@ pub fn worker_restarts(n: u64) {
 
 /// The metrics in the Prometheus text exposition format 0.0.4.
 pub fn render() -> String {
-    let waiting = {
-        let probe = QUEUE_PROBE.read().unwrap_or_else(|poisoned| poisoned.into_inner());
-        probe.as_ref().map_or(0, |probe| probe())
-    };
     match SHARED.get() {
-        None => registry().render(waiting),
+        None => registry().render(),
         Some(shared) => {
-            // Other workers' queues are not visible from here; this worker's own queue length
-            // is read live and the others' from what they last published.
-            registry().waiting.store(waiting as i64, Relaxed);
             let total = Registry::new();
             for slot in shared.slots() {
                 total.add(slot);
             }
-            total.render(total.waiting.load(Relaxed).max(0) as usize)
+            total.render()
         }
     }
 }
@@ -361,7 +353,9 @@ impl Registry {
         }
     }
 
-    fn render(&self, waiting: usize) -> String {
+    fn render(&self) -> String {
+        // A job can leave the queue a moment before its arrival is counted.
+        let waiting = self.waiting.load(Relaxed).max(0);
         let mut out = String::with_capacity(6 * 1024);
         // Writing to a String cannot fail.
         let w = &mut out;
@@ -627,7 +621,7 @@ mod tests {
 
     #[test]
     fn empty_registry_renders_every_family() {
-        let text = Registry::new().render(0);
+        let text = Registry::new().render();
         let (types, samples) = parse(&text);
         let expected = [
             ("coldbrew_requests_total", "counter"),
@@ -673,8 +667,9 @@ mod tests {
         r.python_busy.fetch_add(1, Relaxed);
         r.body_in.fetch_add(1234, Relaxed);
         r.startup_seconds.store(0.25f64.to_bits(), Relaxed);
+        r.waiting.fetch_add(3, Relaxed);
 
-        let (_, s) = parse(&r.render(3));
+        let (_, s) = parse(&r.render());
         let total = |m: &str, c: &str| value(&s, "coldbrew_requests_total", &[("method", m), ("status", c)]);
         assert_eq!(total("GET", "2xx"), 2.0);
         assert_eq!(total("GET", "4xx"), 1.0);
@@ -734,7 +729,7 @@ mod tests {
 
         enable();
         assert!(enabled());
-        set_queue_probe(Box::new(|| 7));
+        requests_waiting(7);
         set_startup_seconds(1.5);
         request_started();
         python_busy(1);
@@ -745,12 +740,14 @@ mod tests {
         assert_eq!(value(&s, "coldbrew_requests_waiting", &[]), 7.0);
         assert_eq!(value(&s, "coldbrew_startup_duration_seconds", &[]), 1.5);
         python_busy(-1);
+        requests_waiting(-7);
         request_finished(&Method::PUT, 503, ms(30), 40);
         request_started();
         request_abandoned();
         let (_, s) = parse(&render());
         assert_eq!(value(&s, "coldbrew_requests_in_flight", &[]), 0.0);
         assert_eq!(value(&s, "coldbrew_python_threads_busy", &[]), 0.0);
+        assert_eq!(value(&s, "coldbrew_requests_waiting", &[]), 0.0);
         assert_eq!(value(&s, "coldbrew_requests_total", &[("method", "PUT"), ("status", "5xx")]), 1.0);
         assert_eq!(value(&s, "coldbrew_request_duration_seconds_count", &[]), 1.0);
         assert_eq!(value(&s, "coldbrew_request_body_bytes_total", &[]), 300.0);
@@ -765,6 +762,7 @@ mod tests {
             let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
             let server = tokio::spawn(serve(listener, async move {
                 let _ = stopped.await;
+                crate::http::Stop::Graceful
             }));
             let exchange = |request: &'static str| async move {
                 let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -789,18 +787,43 @@ mod tests {
             let post = exchange("POST /metrics HTTP/1.1\r\nHost: t\r\nContent-Length: 0\r\nConnection: close\r\n\r\n").await;
             assert!(post.starts_with("HTTP/1.1 405 Method Not Allowed\r\n"), "{post}");
 
-            // An idle keep-alive scraper does not hold up shutdown.
+            // An idle keep-alive scraper does not hold up shutdown beyond the drain linger.
             let mut idle = tokio::net::TcpStream::connect(addr).await.unwrap();
             idle.write_all(b"GET /metrics HTTP/1.1\r\nHost: t\r\n\r\n").await.unwrap();
             let mut first = [0u8; 12];
             idle.read_exact(&mut first).await.unwrap();
             assert_eq!(&first, b"HTTP/1.1 200");
             stop.send(()).unwrap();
-            tokio::time::timeout(Duration::from_millis(500), server).await.expect("serve returns promptly").unwrap();
+            tokio::time::timeout(Duration::from_millis(1500), server).await.expect("serve returns promptly").unwrap();
             assert!(tokio::net::TcpStream::connect(addr).await.is_err(), "listener closed");
         });
         // Scrapes are not requests.
         let (_, s) = parse(&render());
         assert_eq!(value(&s, "coldbrew_request_duration_seconds_count", &[]), 1.0);
+    }
+
+    #[test]
+    fn shared_slots_add_up_and_keep_what_exited_workers_counted() {
+        let shared = SharedSlots::new(4).unwrap();
+        shared.slot(1).record(&Method::GET, 200, ms(1), 5);
+        shared.slot(2).record(&Method::GET, 200, ms(1), 7);
+        shared.slot(2).in_flight.fetch_add(3, Relaxed);
+        shared.slot(2).waiting.fetch_add(2, Relaxed);
+        shared.retire(2);
+        shared.count_restart();
+        shared.set_startup_seconds(0.5);
+        assert_eq!(shared.slot(2).requests[0][1].load(Relaxed), 0, "a retired slot starts empty");
+
+        let total = Registry::new();
+        for slot in shared.slots() {
+            total.add(slot);
+        }
+        let (_, s) = parse(&total.render());
+        assert_eq!(value(&s, "coldbrew_requests_total", &[("method", "GET"), ("status", "2xx")]), 2.0);
+        assert_eq!(value(&s, "coldbrew_response_body_bytes_total", &[]), 12.0);
+        assert_eq!(value(&s, "coldbrew_requests_in_flight", &[]), 0.0, "gauges die with the worker");
+        assert_eq!(value(&s, "coldbrew_requests_waiting", &[]), 0.0);
+        assert_eq!(value(&s, "coldbrew_worker_restarts_total", &[]), 1.0);
+        assert_eq!(value(&s, "coldbrew_startup_duration_seconds", &[]), 0.5);
     }
 }

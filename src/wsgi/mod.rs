@@ -104,7 +104,10 @@ impl Handler for WsgiHandler {
 
 /// Queues a request for the Python threads; false if the queue is full or closed.
 fn enqueue(queue: &Sender<RequestJob>, doorbell: &Doorbell, job: RequestJob) -> bool {
+    // Counted before it can be taken, so the gauge never dips below the truth.
+    metrics::requests_waiting(1);
     if queue.try_send(job).is_err() {
+        metrics::requests_waiting(-1);
         return false;
     }
     doorbell.ring();

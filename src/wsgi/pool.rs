@@ -122,11 +122,6 @@ impl Pool {
         });
 
         let (sender, receiver): (Sender<RequestJob>, Receiver<RequestJob>) = crossbeam_channel::bounded(config.max_pending);
-        {
-            // A receiver, not a sender: a sender held here would keep the queue open at shutdown.
-            let probe = receiver.clone();
-            metrics::set_queue_probe(Box::new(move || probe.len()));
-        }
         let doorbell = Arc::new(Doorbell::new());
         let mut threads = Vec::with_capacity(config.threads);
         for index in 0..config.threads {
@@ -168,6 +163,7 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
             // Holding the GIL: take requests until none is left.
             match jobs.try_recv() {
                 Ok(job) => {
+                    metrics::requests_waiting(-1);
                     if searching {
                         doorbell.found();
                         searching = false;
@@ -182,6 +178,7 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
             if !py.detach(|| doorbell.wait(was_searching, || !jobs.is_empty())) {
                 // Closed: finish what is still queued (their clients are gone), then stop.
                 while let Ok(job) = jobs.try_recv() {
+                    metrics::requests_waiting(-1);
                     response::handle(py, &context, job);
                 }
                 return;

@@ -72,16 +72,16 @@ mod tests {
         Python::attach(|py| {
             let payload = vec![7u8; ZERO_COPY_MIN * 2];
             let object = PyBytes::new(py, &payload);
-            let before = object.get_refcnt();
+            let before = unsafe { pyo3::ffi::Py_REFCNT(object.as_ptr()) };
             let shared = share(&object);
             assert_eq!(shared.as_ptr(), object.as_bytes().as_ptr(), "no copy for large bytes");
             assert_eq!(&shared[..], &payload[..]);
-            assert_eq!(object.get_refcnt(), before + 1);
+            assert_eq!(unsafe { pyo3::ffi::Py_REFCNT(object.as_ptr()) }, before + 1);
             let other_thread = std::thread::spawn(move || drop(shared));
             other_thread.join().unwrap();
-            assert_eq!(object.get_refcnt(), before + 1, "released only under the GIL");
+            assert_eq!(unsafe { pyo3::ffi::Py_REFCNT(object.as_ptr()) }, before + 1, "released only under the GIL");
             release_finished(py);
-            assert_eq!(object.get_refcnt(), before);
+            assert_eq!(unsafe { pyo3::ffi::Py_REFCNT(object.as_ptr()) }, before);
 
             let small = PyBytes::new(py, b"tiny");
             assert_ne!(share(&small).as_ptr(), small.as_bytes().as_ptr(), "small bytes are copied");
