@@ -280,10 +280,6 @@ def test_sigint_to_pid1_stops_fast(pid1, tmp_path):
     assert "SIGINT received: stopping now" in server.stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "as PID 1, a signal whose disposition is the default is dropped by the kernel; with "
-    "--preload the app is imported before core.supervise() blocks TERM and reads it from its "
-    "signalfd, so a TERM during the import is lost and the server starts and serves"))
 def test_sigterm_during_preload_import_stops_pid1(pid1, tmp_path):
     server = pid1("--preload", app="pid1_slow_import:app", ready=False)
     wait_for_file(tmp_path / "import.started", server.proc)

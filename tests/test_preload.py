@@ -151,10 +151,6 @@ def test_failing_post_fork_hook_stops_startup_with_status_3(serve, preload):
     assert "Traceback (most recent call last):" in stderr, stderr
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "the supervisor's last line only says 'worker N (pid P) exited with status 3 before it was "
-    "ready' (supervisor.rs on_exit, State::Starting): the worker's reason, the --post-fork "
-    "hook's exception, is only in an earlier line, among the other workers' tracebacks"))
 def test_failing_post_fork_hook_is_named_on_the_last_line(serve):
     code, lines = start_broken(serve, preload=True)
     assert code == 3

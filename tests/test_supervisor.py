@@ -200,7 +200,7 @@ def test_worker_failing_to_import_stops_the_server(state):
     assert "RuntimeError: this app refuses to load" in server.stderr
     last = server.stderr.strip().splitlines()[-1]
     assert last.startswith("coldbrew: error: worker "), last
-    assert "exited with status 3 before it was ready" in last
+    assert "could not start: cannot import module 'supervisor_apps': RuntimeError: this app refuses to load" in last
 
 
 def test_workers_default_from_web_concurrency(serve, state):

@@ -79,12 +79,18 @@ def _apply_environment(invocation):
         sys.path.insert(0, cwd)
 
 
+# In a worker process, the link to the supervisor, which reports why this worker could not start.
+_worker_link = None
+
+
 def _report_load_error(err):
     from coldbrew.loader import print_traceback
 
     if err.show_traceback and err.__cause__ is not None:
         print_traceback(err.__cause__)
     _error(err.message)
+    if _worker_link is not None:
+        _worker_link.report_failure(err.message)
 
 
 def _load(config):
@@ -195,6 +201,10 @@ def _size_workers(config):
     return resources
 
 
+def _exit_on_signal(signum, frame):
+    raise SystemExit(EXIT_OK)
+
+
 def _supervised(config):
     """Whether a supervisor process runs the workers.
 
@@ -239,6 +249,13 @@ def run(invocation):
     import_seconds = 0.0
     worker = None
     if _supervised(config):
+        if os.getpid() == 1:
+            # PID 1 never gets a signal whose action is the default: until the supervisor takes
+            # TERM and QUIT over, a stop asked for during a long --preload import would be lost.
+            import signal
+
+            for signum in (signal.SIGTERM, signal.SIGQUIT):
+                signal.signal(signum, _exit_on_signal)
         if config.preload:
             app, import_seconds = _load(config)
             if app is None:
@@ -257,6 +274,8 @@ def run(invocation):
                 _error(failure)
             return status
         # From here on this is a worker process.
+        global _worker_link
+        _worker_link = worker
         if not _post_fork(config):
             return EXIT_APP_ERROR
     if app is None:

@@ -81,6 +81,8 @@ struct Worker {
     /// The worker it will stand in for once ready (HUP, recycling).
     replaces: Option<u32>,
     timings: (f64, f64),
+    /// Why it could not start, as it reported before exiting.
+    failed: Option<String>,
 }
 
 impl Worker {
@@ -273,6 +275,7 @@ impl Supervisor<'_> {
             stopping: false,
             replaces,
             timings: (0.0, 0.0),
+            failed: None,
         });
         Ok(None)
     }
@@ -491,6 +494,10 @@ impl Supervisor<'_> {
                     self.replace.push_back(id);
                 }
             }
+            Some("failed") => {
+                let reason = line.split_once(' ').map_or("", |(_, r)| r);
+                self.workers[index].failed = Some(reason.to_owned());
+            }
             _ => log::warn(format_args!("unexpected message from a worker: {line:?}")),
         }
     }
@@ -566,6 +573,8 @@ impl Supervisor<'_> {
                 log::debug(format_args!("reaped process {pid}, not a worker"));
                 continue;
             };
+            // Its last words (why it failed) are in the pipe, maybe not read yet.
+            self.read_status(index);
             let worker = self.workers.swap_remove(index);
             if let Some(metrics) = &self.metrics {
                 metrics.retire(worker.slot);
@@ -586,7 +595,10 @@ impl Supervisor<'_> {
         let now = Instant::now();
         let early = worker.ready_at.is_none_or(|ready| now.duration_since(ready) < MIN_UPTIME);
         if self.state == State::Starting {
-            self.failure = Some(format!("worker {} (pid {}) {how} before it was ready", worker.id, worker.pid));
+            self.failure = Some(match &worker.failed {
+                Some(reason) => format!("worker {} (pid {}) could not start: {reason}", worker.id, worker.pid),
+                None => format!("worker {} (pid {}) {how} before it was ready", worker.id, worker.pid),
+            });
             self.exit_status = match exit_code(status) {
                 Some(3) => 3,
                 _ => 1,
@@ -596,8 +608,9 @@ impl Supervisor<'_> {
         }
         if worker.replaces.is_some() {
             // The workers it would replace keep serving; try again later, not in a tight loop.
+            let reason = worker.failed.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
             log::error(format_args!(
-                "new worker {} (pid {}) {how} before it was ready; keeping the current workers",
+                "new worker {} (pid {}) {how} before it was ready{reason}; keeping the current workers",
                 worker.id, worker.pid
             ));
             self.replace.clear();

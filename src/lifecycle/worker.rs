@@ -48,6 +48,15 @@ impl WorkerLink {
     fn __repr__(&self) -> String {
         format!("<coldbrew worker {}>", self.id)
     }
+
+    /// Tells the supervisor why this worker cannot start (one line), so that its own last
+    /// line can say so.
+    fn report_failure(&mut self, reason: &str) {
+        if let Some(inherited) = self.inner.as_mut() {
+            let line: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
+            let _ = writeln!(inherited.status, "failed {line}");
+        }
+    }
 }
 
 impl Inherited {
