@@ -43,16 +43,20 @@ def wait_for_port(port, proc, timeout=30.0):
 class Server:
     """A coldbrew process started with `python -m coldbrew`, stopped with SIGTERM."""
 
-    def __init__(self, app, *args, cwd=APPS, env=None, port=None):
+    def __init__(self, app, *args, cwd=APPS, env=None, port=None, prefix=()):
         self.port = port or free_port()
         self.host = "127.0.0.1"
         self.url = f"http://127.0.0.1:{self.port}"
         full_env = dict(os.environ)
         full_env.pop("COLDBREW_CMD_ARGS", None)
         full_env["PYTHONUNBUFFERED"] = "1"
-        if env:
-            full_env.update(env)
-        self.cmd = [sys.executable, "-m", "coldbrew", "--bind", f"127.0.0.1:{self.port}", *args, app]
+        for name, value in (env or {}).items():
+            # None removes a variable the test process has (WEB_CONCURRENCY, say).
+            if value is None:
+                full_env.pop(name, None)
+            else:
+                full_env[name] = value
+        self.cmd = [*prefix, sys.executable, "-m", "coldbrew", "--bind", f"127.0.0.1:{self.port}", *args, app]
         self.proc = subprocess.Popen(
             self.cmd,
             cwd=str(cwd),

@@ -431,3 +431,23 @@ def _refused(port):
         return True
     except OSError:
         return False
+
+
+# --------------------------------------------------------------------------------------
+# No heartbeat
+# --------------------------------------------------------------------------------------
+
+
+def test_a_frozen_worker_is_not_killed_for_missing_a_heartbeat(serve, state):
+    # SIGSTOP is what CPU throttling looks like from inside: a process that gets no CPU.
+    server = supervised(serve, state, "--workers", "2")
+    workers = wait_until(lambda: len(children(server.proc.pid)) == 2 and children(server.proc.pid))
+    os.kill(workers[0], signal.SIGSTOP)
+    try:
+        time.sleep(3.0)
+        assert children(server.proc.pid) == workers, "a worker was replaced while it was frozen"
+    finally:
+        os.kill(workers[0], signal.SIGCONT)
+    assert {int(pid) for pid in pids_serving(server.port, 60)} == set(workers)
+    assert server.stop() == 0, server.stderr
+    assert "starting another" not in server.stderr

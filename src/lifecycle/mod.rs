@@ -224,7 +224,7 @@ pub(crate) fn startup_report(startup: &Startup<'_>) {
 fn format_bytes(n: u64) -> String {
     const GIB: u64 = 1 << 30;
     const MIB: u64 = 1 << 20;
-    if n >= GIB && n % (GIB / 10) == 0 {
+    if n >= GIB {
         format!("{:.1} GiB", n as f64 / GIB as f64)
     } else {
         format!("{} MiB", n / MIB)

@@ -1,0 +1,182 @@
+"""Startup: warm-up before the port opens, the startup report, and the worker count taken from
+the container's limits, all through real server processes."""
+
+import os
+import re
+import signal
+import socket
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Server, free_port
+from test_container_sizing import v1_cgroup, v1_cpu_mount  # noqa: F401  (fixture)
+from test_supervisor import children, wait_until
+
+REPORT = re.compile(
+    r"coldbrew \S+ serving WSGI app (?P<app>\S+) on http://(?P<addr>\S+) with (?P<workers>\d+) worker\(s\) "
+    r"x (?P<threads>\d+) thread\(s\) \((?P<why>[^)]*)\); (?P<memory>[^;]+); "
+    r"import (?P<import>\d+) ms, warm-up (?P<warmup>\d+) ms, port open (?P<open>\d+) ms after exec"
+)
+
+
+def report(server):
+    """The startup report's fields; the server must have stopped."""
+    found = [m for m in map(REPORT.search, server.stderr.splitlines()) if m]
+    assert len(found) == 1, server.stderr
+    return found[0].groupdict()
+
+
+def wait_open(server, timeout=30.0):
+    """Polls the port; returns once it accepts. Fails if the server exits first."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        assert server.proc.poll() is None, server.stop()
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.5).close()
+            return
+        except OSError:
+            time.sleep(0.01)
+    raise AssertionError("port never opened")
+
+
+def marks(state, name):
+    """{pid: [times]} for one warm-up mark."""
+    found = {}
+    for path in state.glob(f"{name}.*"):
+        found[int(path.name.rsplit(".", 1)[1])] = [float(t) for t in path.read_text().split()]
+    return found
+
+
+# --------------------------------------------------------------------------------------
+# Warm-up
+# --------------------------------------------------------------------------------------
+
+
+def test_warmup_functions_run_in_parallel_before_the_port_opens(tmp_path):
+    server = Server("warm_apps:app", "--warmup", "warm_apps:cache", "--warmup", "warm_apps:connections",
+                    env={"WARM_STATE_DIR": str(tmp_path)})
+    try:
+        wait_open(server)
+        ends = {name: marks(tmp_path, f"{name}.end") for name in ("cache", "connections")}
+        assert all(ends.values()), f"the port opened before every warm-up ended: {ends}"
+        starts = [t for name in ("cache", "connections") for ts in marks(tmp_path, f"{name}.start").values() for t in ts]
+        first_end = min(t for by_pid in ends.values() for ts in by_pid.values() for t in ts)
+        assert max(starts) < first_end, "the warm-ups ran one after the other, not in parallel"
+    finally:
+        assert server.stop() == 0, server.stderr
+    fields = report(server)
+    assert int(fields["warmup"]) >= 1000, fields
+    assert "warm-up (2 function(s)) took" in server.stderr
+
+
+def test_warmup_runs_in_every_worker(tmp_path):
+    server = Server("warm_apps:app", "--workers", "2", "--warmup", "warm_apps:cache",
+                    env={"WARM_STATE_DIR": str(tmp_path)})
+    try:
+        wait_open(server)
+        workers = children(server.proc.pid)
+        assert sorted(marks(tmp_path, "cache.end")) == workers
+    finally:
+        assert server.stop() == 0, server.stderr
+    assert report(server)["workers"] == "2"
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_failing_warmup_stops_startup(tmp_path, workers):
+    server = Server("warm_apps:app", "--workers", workers, "--warmup", "warm_apps:broken",
+                    env={"WARM_STATE_DIR": str(tmp_path)})
+    opened = False
+    while server.proc.poll() is None:
+        try:
+            socket.create_connection(("127.0.0.1", server.port), timeout=0.2).close()
+            opened = True
+        except OSError:
+            time.sleep(0.01)
+    code = server.stop()
+    assert code == 3, server.stderr
+    assert not opened, "the port opened although the warm-up failed"
+    assert "RuntimeError: the cache server is unreachable" in server.stderr
+    last = server.stderr.strip().splitlines()[-1]
+    assert last.startswith("coldbrew: error: ")
+    assert "--warmup warm_apps:broken raised RuntimeError: the cache server is unreachable" in last, last
+
+
+# --------------------------------------------------------------------------------------
+# The startup report and the worker count
+# --------------------------------------------------------------------------------------
+
+
+def test_single_process_report(tmp_path):
+    server = Server("warm_apps:app", "--threads", "3", env={"WARM_STATE_DIR": str(tmp_path)})
+    wait_open(server)
+    assert children(server.proc.pid) == [], "one worker is one process"
+    assert server.stop() == 0
+    fields = report(server)
+    assert fields["app"] == "warm_apps:app"
+    assert fields["addr"] == f"127.0.0.1:{server.port}"
+    assert (fields["workers"], fields["threads"], fields["why"]) == ("1", "3", "WEB_CONCURRENCY=1")
+    assert fields["warmup"] == "0"
+
+
+def test_workers_from_a_made_up_cgroup_v2_tree(tmp_path):
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    (root / "cpu.max").write_text("150000 100000\n")
+    (root / "memory.max").write_text(f"{512 * 1024 * 1024}\n")
+    server = Server("warm_apps:app", "--cgroup-root", str(root),
+                    env={"WARM_STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": None})
+    wait_open(server)
+    assert len(children(server.proc.pid)) == 2
+    assert server.stop() == 0, server.stderr
+    fields = report(server)
+    assert (fields["workers"], fields["why"], fields["memory"]) == ("2", "cgroup v2 quota 1.5 CPU", "memory limit 512 MiB")
+
+
+def test_workers_from_a_made_up_cgroup_v1_tree(tmp_path):
+    root = tmp_path / "cgroup"
+    for controller, files in {
+        "cpu": {"cpu.cfs_quota_us": "300000", "cpu.cfs_period_us": "100000"},
+        "memory": {"memory.limit_in_bytes": str(1024**3)},
+    }.items():
+        (root / controller).mkdir(parents=True)
+        for name, text in files.items():
+            (root / controller / name).write_text(text + "\n")
+    server = Server("warm_apps:app", "--cgroup-root", str(root),
+                    env={"WARM_STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": None})
+    wait_open(server)
+    assert len(children(server.proc.pid)) == 3
+    assert server.stop() == 0, server.stderr
+    fields = report(server)
+    assert (fields["workers"], fields["why"], fields["memory"]) == ("3", "cgroup v1 quota 3 CPU", "memory limit 1.0 GiB")
+
+
+def test_workers_from_cpu_affinity(tmp_path):
+    cpu = min(os.sched_getaffinity(0))
+    if len(os.sched_getaffinity(0)) == 1:
+        pytest.skip("this process already runs on one CPU; taskset cannot narrow it")
+    server = Server("warm_apps:app", "--cgroup-root", str(tmp_path / "none"),
+                    env={"WARM_STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": None},
+                    prefix=("taskset", "-c", str(cpu)))
+    wait_open(server)
+    assert children(server.proc.pid) == []
+    assert server.stop() == 0, server.stderr
+    fields = report(server)
+    assert (fields["workers"], fields["why"]) == ("1", "CPU affinity 1")
+
+
+def test_workers_from_a_real_cgroup_v1_quota(tmp_path, v1_cgroup):  # noqa: F811
+    group = v1_cgroup(f"coldbrew-server-{os.getpid()}", 200000)
+    server = Server("warm_apps:app", env={"WARM_STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": None},
+                    prefix=("sh", "-c", 'echo $$ > "$0/cgroup.procs" && exec "$@"', str(group)))
+    try:
+        wait_open(server)
+        assert len(children(server.proc.pid)) == 2
+        cgroup = Path(f"/proc/{server.proc.pid}/cgroup").read_text()
+        assert f":/{group.name}\n" in cgroup, cgroup
+    finally:
+        assert server.stop() == 0, server.stderr
+    fields = report(server)
+    assert (fields["workers"], fields["why"]) == ("2", "cgroup v1 quota 2 CPU")
