@@ -535,8 +535,10 @@ def test_hostile_input_text_access_line(serve, tmp_path):
 # The log writer: off the request path, nothing lost
 # --------------------------------------------------------------------------------------
 
-QUEUE_CAPACITY = 16384
-STALL_REQUESTS = 30000
+# The log queue's byte budget (src/telemetry/sink.rs QUEUE_BYTES): access-log lines are
+# handed over in batches, so the budget, not the entry count, is what fills first.
+QUEUE_BYTES = 1024 * 1024
+STALL_REQUESTS = 40000
 
 
 @pytest.mark.parametrize("log_format", ["text", "json"])
@@ -631,7 +633,8 @@ def test_blocked_log_output_stalls_requests_but_loses_nothing(tmp_path, log_form
 
     # Requests kept being served while nobody read stdout, until the queue filled, then stalled.
     assert stalled_at is not None, f"requests never stalled ({len(completed)} completed)"
-    assert stalled_at >= QUEUE_CAPACITY, stalled_at
+    served_bytes = sum(len(line) + 1 for line in lines[:stalled_at])
+    assert served_bytes >= QUEUE_BYTES, (stalled_at, served_bytes)
     assert resumed, "the stalled request did not complete after stdout was drained"
     stderr = stderr_path.read_bytes().decode()
     assert notice_before_shutdown, stderr

@@ -131,6 +131,8 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
         // Dropping the runtime drops every connection and with them the queue's last sender,
         // which tells the Python threads to finish.
         runtime.shutdown_timeout(Duration::from_millis(100));
+        // Access-log lines of the last responses wait in this (the I/O) thread's batch.
+        access::flush_thread();
         served.map(|_| pool.join(THREAD_GRACE))
     })?;
     if !finished {

@@ -1,9 +1,12 @@
 //! The access log (and the per-request metrics): one entry per response, in gunicorn's format atoms (text) or with a Cloud
 //! Logging `httpRequest` object (JSON).
 //!
-//! What an entry needs is captured on the I/O thread as the request arrives and the response
-//! ends; the writer thread does the formatting.
+//! What an entry needs is captured on the I/O thread as the request arrives. When the response
+//! ends the line is rendered into a buffer of that thread's, which goes to the log writer as
+//! one queue entry per [`FLUSH_BYTES`] or [`FLUSH_AFTER`]: no allocation, queue operation or
+//! writer wake-up per request, and the writer only copies bytes out.
 
+use std::cell::RefCell;
 use std::io::Write as _;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
@@ -202,8 +205,73 @@ impl Observation {
         let latency = self.started.elapsed();
         metrics::request_finished(&self.method, self.status, latency, self.bytes);
         if enabled() {
-            sink::submit(Entry::Record(Box::new(AccessEntry { observation: self, latency })));
+            batch(AccessEntry { observation: self, latency });
         }
+    }
+}
+
+/// A thread's rendered lines hand over to the writer at this size...
+const FLUSH_BYTES: usize = 32 * 1024;
+/// ...or this long after the first of them, whichever comes first.
+const FLUSH_AFTER: Duration = Duration::from_millis(20);
+
+struct Batch {
+    lines: Vec<u8>,
+    flush_scheduled: bool,
+}
+
+thread_local! {
+    static BATCH: RefCell<Batch> = const { RefCell::new(Batch { lines: Vec::new(), flush_scheduled: false }) };
+}
+
+fn batch(entry: AccessEntry) {
+    BATCH.with(|cell| {
+        let Ok(mut batch) = cell.try_borrow_mut() else {
+            return sink::submit(Entry::Record(Box::new(entry)));
+        };
+        if batch.lines.capacity() == 0 {
+            // One allocation per batch instead of a chain of regrowths.
+            batch.lines.reserve(FLUSH_BYTES + 4096);
+        }
+        entry.render(&mut batch.lines);
+        drop(entry);
+        if batch.lines.len() >= FLUSH_BYTES {
+            let lines = std::mem::take(&mut batch.lines);
+            drop(batch);
+            return sink::submit(Entry::Bytes { target: Target::AccessFile, bytes: lines });
+        }
+        if batch.flush_scheduled {
+            return;
+        }
+        // On the I/O thread a timer hands the lines over; a thread without a runtime (a
+        // response dropped by a Python thread) hands them over at once.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                batch.flush_scheduled = true;
+                runtime.spawn(async {
+                    tokio::time::sleep(FLUSH_AFTER).await;
+                    flush_thread();
+                });
+            }
+            Err(_) => {
+                let lines = std::mem::take(&mut batch.lines);
+                drop(batch);
+                sink::submit(Entry::Bytes { target: Target::AccessFile, bytes: lines });
+            }
+        }
+    });
+}
+
+/// Hands this thread's rendered lines to the writer. Called by the timer, and by the I/O
+/// thread once its runtime has stopped.
+pub fn flush_thread() {
+    let lines = BATCH.with(|cell| {
+        let mut batch = cell.borrow_mut();
+        batch.flush_scheduled = false;
+        std::mem::take(&mut batch.lines)
+    });
+    if !lines.is_empty() {
+        sink::submit(Entry::Bytes { target: Target::AccessFile, bytes: lines });
     }
 }
 

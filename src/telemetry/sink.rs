@@ -1,20 +1,26 @@
 //! Where every log line goes: a bounded queue drained by one background thread that writes in
 //! batches, so a request never waits on stdout or stderr unless that queue is full.
 //!
-//! Policy when the queue is full: the producer waits for room. No line is ever dropped; the
-//! waits are counted and reported in a log line once the output drains, so a blocked log
-//! pipe shows up as slower serving, never as missing lines.
+//! The queue is bounded twice: [`QUEUE_CAPACITY`] entries and [`QUEUE_BYTES`] bytes of text
+//! (an entry may be a batch of many access-log lines). Policy when either is reached: the
+//! producer waits for room. No line is ever dropped; the waits are counted and reported in a
+//! log line once the output drains, so a blocked log pipe shows up as slower serving, never
+//! as missing lines.
 
 use std::fs::File;
 use std::io::Write;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{mpsc, OnceLock};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{mpsc, Condvar, Mutex, OnceLock};
 use std::time::Duration;
 
 use crossbeam_channel::{Receiver, Sender, TrySendError};
 
 /// How many entries may wait for the writer.
 pub const QUEUE_CAPACITY: usize = 16 * 1024;
+/// How many bytes of log text may wait for the writer.
+pub const QUEUE_BYTES: usize = 1024 * 1024;
+/// What a record that formats itself on the writer counts for against [`QUEUE_BYTES`].
+const RECORD_WEIGHT: usize = 256;
 /// How many entries the writer formats before it writes.
 const BATCH: usize = 512;
 
@@ -30,6 +36,8 @@ pub enum Target {
 /// Something to write, formatted by the writer thread where possible.
 pub enum Entry {
     Text { target: Target, text: String },
+    /// Lines already rendered, a batch of them.
+    Bytes { target: Target, bytes: Vec<u8> },
     Record(Box<dyn Render + Send>),
     /// Acknowledged once everything queued before it is written.
     Flush(mpsc::SyncSender<()>),
@@ -44,6 +52,21 @@ pub trait Render {
 struct Sink {
     sender: Sender<Entry>,
     waits: AtomicU64,
+    /// Bytes queued and not yet written.
+    queued: AtomicUsize,
+    room: Mutex<()>,
+    freed: Condvar,
+}
+
+impl Entry {
+    fn weight(&self) -> usize {
+        match self {
+            Entry::Text { text, .. } => text.len(),
+            Entry::Bytes { bytes, .. } => bytes.len(),
+            Entry::Record(_) => RECORD_WEIGHT,
+            Entry::Flush(_) => 0,
+        }
+    }
 }
 
 static SINK: OnceLock<Sink> = OnceLock::new();
@@ -56,7 +79,7 @@ pub fn start(access_file: Option<File>) {
         let _ = std::thread::Builder::new()
             .name("coldbrew-log".into())
             .spawn(move || write_loop(receiver, access_file));
-        Sink { sender, waits: AtomicU64::new(0) }
+        Sink { sender, waits: AtomicU64::new(0), queued: AtomicUsize::new(0), room: Mutex::new(()), freed: Condvar::new() }
     });
 }
 
@@ -65,15 +88,40 @@ pub fn submit(entry: Entry) {
     let Some(sink) = SINK.get() else {
         return write_now(entry);
     };
+    let weight = entry.weight();
+    let mut waited = false;
+    loop {
+        let queued = sink.queued.load(Ordering::Acquire);
+        // An entry larger than the whole budget still goes, alone.
+        if queued == 0 || queued + weight <= QUEUE_BYTES {
+            if sink.queued.compare_exchange(queued, queued + weight, Ordering::AcqRel, Ordering::Acquire).is_ok() {
+                break;
+            }
+            continue;
+        }
+        if !waited {
+            sink.waits.fetch_add(1, Ordering::Relaxed);
+            waited = true;
+        }
+        let guard = sink.room.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        // Timed, so a wake-up that slips between the check and the wait costs little.
+        let _ = sink.freed.wait_timeout(guard, Duration::from_millis(10));
+    }
     match sink.sender.try_send(entry) {
         Ok(()) => {}
         Err(TrySendError::Full(entry)) => {
-            sink.waits.fetch_add(1, Ordering::Relaxed);
+            if !waited {
+                sink.waits.fetch_add(1, Ordering::Relaxed);
+            }
             if let Err(err) = sink.sender.send(entry) {
+                sink.queued.fetch_sub(weight, Ordering::AcqRel);
                 write_now(err.into_inner());
             }
         }
-        Err(TrySendError::Disconnected(entry)) => write_now(entry),
+        Err(TrySendError::Disconnected(entry)) => {
+            sink.queued.fetch_sub(weight, Ordering::AcqRel);
+            write_now(entry);
+        }
     }
 }
 
@@ -99,6 +147,7 @@ fn write_now(entry: Entry) {
             out.extend_from_slice(text.as_bytes());
             write_target(target, &out, None);
         }
+        Entry::Bytes { target, bytes } => write_target(target, &bytes, None),
         Entry::Record(record) => {
             record.render(&mut out);
             write_target(record.target(), &out, None);
@@ -133,9 +182,11 @@ fn write_loop(receiver: Receiver<Entry>, mut access_file: Option<File>) {
     let mut acks = Vec::new();
     let mut reported_waits = 0;
     while let Ok(first) = receiver.recv() {
+        let mut weight = 0;
         for entry in std::iter::once(first).chain(receiver.try_iter().take(BATCH - 1)) {
+            weight += entry.weight();
             let target = match &entry {
-                Entry::Text { target, .. } => *target,
+                Entry::Text { target, .. } | Entry::Bytes { target, .. } => *target,
                 Entry::Record(record) => record.target(),
                 Entry::Flush(_) => Target::Stderr,
             };
@@ -147,6 +198,7 @@ fn write_loop(receiver: Receiver<Entry>, mut access_file: Option<File>) {
             };
             match entry {
                 Entry::Text { text, .. } => buf.extend_from_slice(text.as_bytes()),
+                Entry::Bytes { bytes, .. } => buf.extend_from_slice(&bytes),
                 Entry::Record(record) => record.render(buf),
                 Entry::Flush(ack) => acks.push(ack),
             }
@@ -157,6 +209,10 @@ fn write_loop(receiver: Receiver<Entry>, mut access_file: Option<File>) {
         stderr.clear();
         stdout.clear();
         access.clear();
+        if let Some(sink) = SINK.get() {
+            sink.queued.fetch_sub(weight, Ordering::AcqRel);
+            sink.freed.notify_all();
+        }
         for ack in acks.drain(..) {
             let _ = ack.send(());
         }
