@@ -340,6 +340,12 @@ def test_failed_reload_keeps_the_current_workers(serve, state):
     wait_until(lambda: "keeping the current workers" in _stderr_so_far(server), what="the failed reload")
     assert children(server.proc.pid) == first
     assert {int(pid) for pid in pids_serving(server.port)} <= set(first)
+    # Once the app can load again, the held-back reload goes through by itself.
+    (state / "broken").unlink()
+    wait_until(
+        lambda: len(children(server.proc.pid)) == 2 and not (set(children(server.proc.pid)) & set(first)),
+        timeout=30, what="the retried reload",
+    )
     assert server.stop() == 0, server.stderr
     assert "RuntimeError: this version of the app is broken" in server.stderr
 
@@ -451,3 +457,31 @@ def test_a_frozen_worker_is_not_killed_for_missing_a_heartbeat(serve, state):
     assert {int(pid) for pid in pids_serving(server.port, 60)} == set(workers)
     assert server.stop() == 0, server.stderr
     assert "starting another" not in server.stderr
+
+
+def test_jitter_alone_recycles_nothing(serve, state):
+    server = supervised(serve, state, "--workers", "2", "--max-requests-jitter", "5")
+    workers = wait_until(lambda: len(children(server.proc.pid)) == 2 and children(server.proc.pid))
+    for _ in range(50):
+        assert get(server.port)[0] == 200
+    assert children(server.proc.pid) == workers
+    assert server.stop() == 0, server.stderr
+    assert "--max-requests" not in server.stderr
+
+
+@pytest.mark.parametrize("workers", ["1", "2"])
+def test_stray_signals_end_no_process(serve, state, workers):
+    server = supervised(serve, state, "--workers", workers)
+    before = children(server.proc.pid)
+    for sig in (signal.SIGUSR1, signal.SIGUSR2, signal.SIGWINCH) + ((signal.SIGHUP, signal.SIGTTIN) if workers == "1" else ()):
+        server.proc.send_signal(sig)
+        time.sleep(0.2)
+    for pid in before:
+        os.kill(pid, signal.SIGUSR1)
+        os.kill(pid, signal.SIGHUP)
+    time.sleep(0.3)
+    assert server.proc.poll() is None, server.stop()
+    assert children(server.proc.pid) == before
+    assert get(server.port)[0] == 200
+    assert server.stop() == 0, server.stderr
+    assert "received and ignored" in server.stderr

@@ -54,7 +54,11 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
     // One per process, for the whole process: the flag outlives every connection task.
     let draining: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let recycler = match &inherited {
-        Some(inherited) => inherited.recycler(config.max_requests + jitter(config.max_requests_jitter))?,
+        // The jitter spreads recycling out; on its own it recycles nothing.
+        Some(inherited) if config.max_requests > 0 => {
+            inherited.recycler(config.max_requests + jitter(config.max_requests_jitter))?
+        }
+        Some(_) => None,
         None => None,
     };
     let handler = Arc::new(Guarded {
@@ -272,18 +276,38 @@ pub(crate) fn process_age() -> Option<Duration> {
 }
 
 /// Resolves when a stop signal arrives: TERM asks for a graceful stop, INT and QUIT for a
-/// fast one.
+/// fast one. The signals a supervisor acts on (HUP, TTIN, TTOU) and USR1/USR2 are logged and
+/// otherwise ignored here: left at their default action they would end or suspend the process
+/// mid-request.
 fn stop_signal() -> std::io::Result<impl Future<Output = Stop>> {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate())?;
     let mut int = signal(SignalKind::interrupt())?;
     let mut quit = signal(SignalKind::quit())?;
+    let mut ignored = Vec::new();
+    for (number, name) in [
+        (libc::SIGHUP, "SIGHUP"),
+        (libc::SIGTTIN, "SIGTTIN"),
+        (libc::SIGTTOU, "SIGTTOU"),
+        (libc::SIGUSR1, "SIGUSR1"),
+        (libc::SIGUSR2, "SIGUSR2"),
+    ] {
+        let mut stream = signal(SignalKind::from_raw(number))?;
+        ignored.push(tokio::spawn(async move {
+            while stream.recv().await.is_some() {
+                log::info(format_args!("{name} received and ignored: this process has no supervisor to act on it"));
+            }
+        }));
+    }
     Ok(async move {
         let (name, how) = tokio::select! {
             _ = term.recv() => ("SIGTERM", Stop::Graceful),
             _ = int.recv() => ("SIGINT", Stop::Immediate),
             _ = quit.recv() => ("SIGQUIT", Stop::Immediate),
         };
+        for task in ignored {
+            task.abort();
+        }
         match how {
             Stop::Graceful => log::info(format_args!("{name} received: no new connections, finishing in-flight requests")),
             Stop::Immediate => log::info(format_args!("{name} received: stopping now")),

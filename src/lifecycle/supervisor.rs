@@ -10,7 +10,8 @@
 //! - HUP: replace the workers one by one, each new one ready before the old one stops.
 //! - TTIN, TTOU: one worker more or less.
 //! - CHLD: reap every child, workers or orphans reparented to a PID 1 supervisor.
-//! - USR1, USR2, WINCH: passed on to the workers.
+//! - USR1, USR2, WINCH: logged and ignored (passed on, their default action would end every
+//!   worker at once).
 
 use std::collections::VecDeque;
 use std::fs::File;
@@ -401,11 +402,7 @@ impl Supervisor<'_> {
                 }
             }
             libc::SIGCHLD | libc::SIGALRM => {}
-            other => {
-                for worker in &self.workers {
-                    kill(worker.pid, other);
-                }
-            }
+            other => log::info(format_args!("signal {other} received and ignored")),
         }
     }
 
@@ -610,10 +607,12 @@ impl Supervisor<'_> {
             // The workers it would replace keep serving; try again later, not in a tight loop.
             let reason = worker.failed.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
             log::error(format_args!(
-                "new worker {} (pid {}) {how} before it was ready{reason}; keeping the current workers",
-                worker.id, worker.pid
+                "new worker {} (pid {}) {how} before it was ready{reason}; keeping the current workers and trying again in {} s",
+                worker.id,
+                worker.pid,
+                BACKOFF_CAP.as_secs()
             ));
-            self.replace.clear();
+            // The queue stays: the reload (or recycling) is tried again after the hold.
             self.replace_not_before = Some(now + BACKOFF_CAP);
             return;
         }
