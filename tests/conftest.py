@@ -26,6 +26,24 @@ def free_port():
         return s.getsockname()[1]
 
 
+def children(pid, zombies=True):
+    """Pids whose parent is ``pid``, from /proc (zombies too, unless ``zombies`` is false)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                stat = f.read()
+        except OSError:
+            continue
+        # The command name may hold spaces and parentheses: the fields start after the last ')'.
+        fields = stat[stat.rfind(b")") + 2 :].split()
+        if int(fields[1]) == pid and (zombies or fields[0] != b"Z"):
+            kids.append(int(entry))
+    return sorted(kids)
+
+
 def wait_for_port(port, proc, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -20,7 +20,7 @@ import time
 
 import pytest
 
-from conftest import APPS, free_port, wait_for_port
+from conftest import APPS, children, free_port, wait_for_port
 from test_http1 import RawConn, get
 from test_lifecycle import InFlight, try_connect, wait_exit, wait_for_file
 
@@ -60,23 +60,6 @@ def status(pid):
             return dict(line.rstrip("\n").split(":\t", 1) for line in f if ":\t" in line)
     except (FileNotFoundError, ProcessLookupError):
         return None
-
-
-def children(pid):
-    """Host pids of the processes whose parent is `pid`."""
-    kids = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        # The command name may hold spaces and parentheses: the fields start after the last ')'.
-        if int(stat[stat.rfind(b")") + 2 :].split()[1]) == pid:
-            kids.append(int(entry))
-    return sorted(kids)
 
 
 def ns_pid(host_pid):

@@ -6,29 +6,18 @@ import signal
 import socket
 import threading
 import time
-from pathlib import Path
 
 import pytest
 
 from conftest import Server, free_port
+from conftest import children as all_children
 
 APP = "supervisor_apps:app"
 
 
 def children(pid):
     """Pids of the live (not zombie) children of ``pid``."""
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            stat = Path(f"/proc/{entry}/stat").read_text()
-        except OSError:
-            continue
-        fields = stat.rsplit(")", 1)[1].split()
-        if int(fields[1]) == pid and fields[0] != "Z":
-            found.append(int(entry))
-    return sorted(found)
+    return all_children(pid, zombies=False)
 
 
 def wait_until(predicate, timeout=15.0, what="condition"):
