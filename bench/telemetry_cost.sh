@@ -1,0 +1,64 @@
+#!/usr/bin/env bash
+# What the access log and the metrics cost on the hello app, measured in one run.
+#
+#   bash bench/telemetry_cost.sh [ROUNDS] [CONNECTIONS] [SECONDS]   (defaults: 4 64 5)
+#
+# Each round starts coldbrew three times, interleaved so that noise from a shared machine falls
+# on every variant alike: plain, with --access-logfile (text, to a file), and with
+# --metrics-bind. The server is pinned to CPU 0 and wrk to CPU 1. Besides wrk's requests/s it
+# reports the server's CPU time per request (user + system, all threads, from /proc), which
+# the load on the other CPU barely moves. Uses the coldbrew on PATH (or $COLDBREW) and wrk.
+set -euo pipefail
+rounds=${1:-4}
+conns=${2:-64}
+seconds=${3:-5}
+here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+coldbrew=${COLDBREW:-$(command -v coldbrew || true)}
+[ -n "$coldbrew" ] || { echo "coldbrew not found: activate its virtualenv or set COLDBREW" >&2; exit 1; }
+command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk, or bash bench/run.sh)" >&2; exit 1; }
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+cd "$here/apps"
+
+cpu_ticks() { # user + system clock ticks of every thread of $1
+    local total=0 fields
+    for task in /proc/"$1"/task/*; do
+        read -r -a fields < "$task/stat" || continue
+        # Fields 14 and 15 (utime, stime), counted after the ')' that ends the command name.
+        total=$((total + fields[13] + fields[14]))
+    done
+    echo "$total"
+}
+
+free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
+
+printf '%-8s %12s %10s %14s\n' variant "requests/s" p99 "CPU us/req"
+for _ in $(seq "$rounds"); do
+    for variant in plain access metrics; do
+        port=$(free_port)
+        extra=()
+        case $variant in
+            access) extra=(--access-logfile "$work/access.log") ;;
+            metrics) extra=(--metrics-bind "127.0.0.1:$(free_port)") ;;
+        esac
+        WEB_CONCURRENCY=1 taskset -c 0 "$coldbrew" --bind "127.0.0.1:$port" --log-level warning "${extra[@]}" hello:app \
+            >/dev/null 2>&1 &
+        pid=$!
+        for _ in $(seq 200); do
+            curl -s -o /dev/null "http://127.0.0.1:$port/" && break
+            sleep 0.05
+        done
+        taskset -c 1 wrk -t1 -c"$conns" -d1s "http://127.0.0.1:$port/" >/dev/null
+        before=$(cpu_ticks "$pid")
+        out=$(taskset -c 1 wrk -t1 -c"$conns" -d"${seconds}s" --latency "http://127.0.0.1:$port/")
+        after=$(cpu_ticks "$pid")
+        requests=$(awk '/requests in/ {print $1}' <<<"$out")
+        rps=$(awk '/Requests\/sec/ {print $2}' <<<"$out")
+        p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
+        hz=$(getconf CLK_TCK)
+        cpu=$(awk -v a="$before" -v b="$after" -v n="$requests" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) * 1e6 / hz / n}')
+        printf '%-8s %12s %10s %14s\n' "$variant" "$rps" "$p99" "$cpu"
+        kill "$pid"
+        wait "$pid" 2>/dev/null || true
+    done
+done
