@@ -8,7 +8,11 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::http::forwarded::TrustedProxies;
 use crate::telemetry::log::{Format, Level};
+
+/// `--forwarded-allow-ips` when nothing sets it (and not on Cloud Run, where Python makes it `*`).
+pub const DEFAULT_FORWARDED_ALLOW_IPS: &str = "127.0.0.1,::1";
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -47,6 +51,8 @@ pub struct ServerConfig {
     pub workers_reason: String,
     /// Where the container's cgroup files are, when not found through the mount table.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Peers whose forwarding headers are applied (`--forwarded-allow-ips`).
+    pub forwarded_allow_ips: TrustedProxies,
 }
 
 impl ServerConfig {
@@ -104,6 +110,10 @@ impl ServerConfig {
             preload: optional(cfg, "preload")?.unwrap_or(false),
             workers_reason: optional(cfg, "workers_reason")?.unwrap_or_default(),
             cgroup_root: optional::<String>(cfg, "cgroup_root")?.map(Into::into),
+            forwarded_allow_ips: TrustedProxies::parse(
+                optional::<String>(cfg, "forwarded_allow_ips")?.as_deref().unwrap_or(DEFAULT_FORWARDED_ALLOW_IPS),
+            )
+            .map_err(|err| PyValueError::new_err(format!("--forwarded-allow-ips: {err}")))?,
         })
     }
 }

@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::forwarded::TrustedProxies;
 use super::{ConnInfo, Handler};
 use crate::telemetry::access::Observation;
 use crate::telemetry::log;
@@ -50,6 +51,8 @@ pub struct ServerOptions {
     /// Set once a stop begins; from then on responses close their connection. One flag per
     /// listener for the life of the process, hence `'static`.
     pub draining: &'static AtomicBool,
+    /// Peers whose forwarding headers are applied (`--forwarded-allow-ips`).
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves. On [`Stop::Graceful`] it
@@ -82,9 +85,15 @@ pub async fn serve<H: Handler>(
     let label = options.label;
     let serve_connection = |stream: TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo::new(peer, local);
+        let mut conn_info = ConnInfo::new(peer, local);
+        conn_info.trusted_proxy = options.trusted_proxies.trusts_peer(peer.ip());
+        let trusted = options.trusted_proxies.clone();
         let handler = handler.clone();
         let service = service_fn(move |mut req: super::Request| {
+            let (conn_info, refused) = match conn_info.for_request(req.headers(), &trusted) {
+                Ok(conn) => (conn, None),
+                Err(refusal) => (conn_info, Some(refusal)),
+            };
             let mut observation = None;
             if observe {
                 let trace = TraceContext::from_headers(req.headers());
@@ -95,9 +104,18 @@ pub async fn serve<H: Handler>(
                 observation = Observation::begin(&parts, conn_info.peer_ip, trace);
                 req = hyper::Request::from_parts(parts, body);
             }
-            let fut = handler.call(req, conn_info);
+            if let Some(refusal) = &refused {
+                log::info(format_args!("{label}{} {} from {peer}: {refusal}; answered 400", req.method(), req.uri().path()));
+            }
+            let fut = match refused {
+                None => Ok(handler.call(req, conn_info)),
+                Some(refusal) => Err(refusal),
+            };
             async move {
-                let mut response = fut.await;
+                let mut response = match fut {
+                    Ok(fut) => fut.await,
+                    Err(refusal) => super::bad_forwarding(&refusal),
+                };
                 response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
                 if draining.load(Ordering::Relaxed) {
                     // hyper closes the connection after a response that says so.
