@@ -11,6 +11,10 @@ use pyo3::prelude::*;
 use crate::http::forwarded::TrustedProxies;
 use crate::telemetry::log::{Format, Level};
 
+/// `--keep-alive`: longer than the 600 s idle timeout of common load balancers, which must
+/// always be the side that closes an idle connection.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(620);
+
 /// `--forwarded-allow-ips` when nothing sets it (and not on Cloud Run, where Python makes it `*`).
 pub const DEFAULT_FORWARDED_ALLOW_IPS: &str = "127.0.0.1,::1";
 
@@ -29,7 +33,10 @@ pub struct ServerConfig {
     pub log_level: Level,
     /// Requests that may wait for a free Python thread before new ones get 503.
     pub max_pending: usize,
-    pub header_read_timeout: Duration,
+    /// `--header-timeout`: a request head must arrive within this once begun; `None` when 0.
+    pub header_read_timeout: Option<Duration>,
+    /// `--keep-alive`: how long a connection may wait idle for its next request; 0 = off.
+    pub keep_alive: Duration,
     pub log_format: Format,
     /// Route the app's `logging` records through the JSON writer (JSON mode only).
     pub app_log_handler: bool,
@@ -88,7 +95,8 @@ impl ServerConfig {
                 Ok(value) if !value.is_none() => value.extract()?,
                 _ => 1024,
             },
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: seconds(cfg, "header_timeout")?.map_or(Some(Duration::from_secs(30)), |d| (!d.is_zero()).then_some(d)),
+            keep_alive: seconds(cfg, "keep_alive")?.unwrap_or(DEFAULT_KEEP_ALIVE),
             log_format: match optional::<String>(cfg, "log_format")?.as_deref() {
                 None | Some("text") => Format::Text,
                 Some("json") => Format::Json,
@@ -115,6 +123,15 @@ impl ServerConfig {
             )
             .map_err(|err| PyValueError::new_err(format!("--forwarded-allow-ips: {err}")))?,
         })
+    }
+}
+
+/// A number of seconds that may be missing or None; an error if negative or not finite.
+fn seconds(cfg: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<Duration>> {
+    match optional::<f64>(cfg, name)? {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s.min(1e9)))),
+        Some(_) => Err(PyValueError::new_err(format!("{name} must be a non-negative number"))),
     }
 }
 

@@ -42,6 +42,11 @@ DEFAULT_GRACEFUL_TIMEOUT = 8.0
 DEFAULT_RESPONSE_BUFFER = 1024 * 1024
 DEFAULT_REQUEST_BUFFER = 256 * 1024
 DEFAULT_BACKLOG = 2048
+# A request head must arrive within this once its first byte has (slowloris).
+DEFAULT_HEADER_TIMEOUT = 30.0
+# Idle keep-alive: longer than the 600 s idle timeout of common load balancers, so the proxy,
+# never coldbrew, closes an idle connection and never races a close into a 502.
+DEFAULT_KEEP_ALIVE = 620.0
 # Peers whose X-Forwarded-* and Forwarded headers are applied: a proxy on the same host.
 # On Cloud Run and Knative (K_SERVICE set) the default is "*": Google's front end is the only
 # peer a container has.
@@ -145,6 +150,8 @@ class Config(_Record):
     health_path: str | None
     cgroup_root: str | None
     forwarded_allow_ips: str
+    header_timeout: float
+    keep_alive: float
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
@@ -152,7 +159,7 @@ class Config(_Record):
         "log_format", "app_log_handler", "access_logfile", "access_logformat",
         "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
-        "health_path", "cgroup_root", "forwarded_allow_ips",
+        "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
     )
 
     def __init__(
@@ -185,6 +192,8 @@ class Config(_Record):
         health_path: str | None = None,
         cgroup_root: str | None = None,
         forwarded_allow_ips: str = DEFAULT_FORWARDED_ALLOW_IPS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        keep_alive: float = DEFAULT_KEEP_ALIVE,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -214,6 +223,8 @@ class Config(_Record):
         self.health_path = health_path
         self.cgroup_root = cgroup_root
         self.forwarded_allow_ips = forwarded_allow_ips
+        self.header_timeout = header_timeout
+        self.keep_alive = keep_alive
 
 
 class Invocation(_Record):
@@ -621,6 +632,12 @@ _OPTIONS = (
      f"(default: {_format_size(DEFAULT_REQUEST_BUFFER)})"),
     ("backlog", ("--backlog",), "N", parse_positive_int, False,
      f"maximum number of pending connections (default: {DEFAULT_BACKLOG})"),
+    ("header_timeout", ("--header-timeout",), "SECONDS", parse_seconds, False,
+     "close a connection whose request head has not fully arrived SECONDS after its first byte "
+     f"(default: {DEFAULT_HEADER_TIMEOUT:g}; 0: no limit)"),
+    ("keep_alive", ("--keep-alive",), "SECONDS", parse_seconds, False,
+     "close a connection that has waited SECONDS for its next request "
+     f"(default: {DEFAULT_KEEP_ALIVE:g}, above load balancers' 600; 0: no keep-alive)"),
     ("timeout", ("-t", "--timeout"), "SECONDS", parse_seconds, False,
      "per-request deadline: past it the client gets 504 and the log shows where the app is "
      "stuck (default: 0, none; an idle or CPU-throttled worker is never killed)"),
@@ -972,6 +989,8 @@ def parse(argv=None, environ=None):
         health_path=values.get("health_path"),
         cgroup_root=values.get("cgroup_root"),
         forwarded_allow_ips=forwarded_allow_ips,
+        header_timeout=float(values.get("header_timeout", DEFAULT_HEADER_TIMEOUT)),
+        keep_alive=float(values.get("keep_alive", DEFAULT_KEEP_ALIVE)),
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 

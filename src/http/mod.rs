@@ -7,6 +7,7 @@
 mod body;
 pub mod forwarded;
 mod server;
+mod watchdog;
 
 use std::future::Future;
 use std::net::SocketAddr;

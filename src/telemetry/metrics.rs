@@ -456,7 +456,8 @@ impl crate::http::Handler for Scrape {
 pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Output = crate::http::Stop>) {
     let options = crate::http::ServerOptions {
         graceful_timeout: SHUTDOWN_GRACE,
-        header_read_timeout: HEADER_READ_TIMEOUT,
+        header_read_timeout: Some(HEADER_READ_TIMEOUT),
+        keep_alive: crate::config::DEFAULT_KEEP_ALIVE,
         observe: false,
         label: "metrics: ",
         draining: {

@@ -1,0 +1,73 @@
+"""Slow and idle clients: --header-timeout, --keep-alive, --body-timeout, and many idle or
+slow connections held open beside normal traffic.
+
+Timeouts are set to a second or two so the tests are quick; assertions are about what
+happened (open, closed, which answer), never about how fast the server was, except the p99
+comparison the issue asks for, which compares two figures measured in the same run.
+"""
+
+import time
+
+from test_http1 import RawConn, get
+
+APP = "proxy_apps:app"
+
+
+def test_idle_keep_alive_outlives_the_header_timeout(serve):
+    server = serve(APP, "--header-timeout", "1", "--keep-alive", "4")
+    with RawConn.open(server) as conn:
+        conn.send(get("/"))
+        assert conn.read_response().status == 200
+        # Idle for longer than the header timeout: hyper's own timer used to close it here.
+        assert not conn.closed_by_peer(timeout=2.0), "an idle keep-alive connection was cut at the header timeout"
+        conn.send(get("/"))
+        assert conn.read_response().status == 200
+        idle_since = time.monotonic()
+        assert conn.closed_by_peer(timeout=20.0), "the idle connection was never closed"
+        assert time.monotonic() - idle_since >= 3.9, "closed before --keep-alive"
+
+
+def test_a_fresh_connection_may_wait_for_its_first_request(serve):
+    server = serve(APP, "--header-timeout", "1", "--keep-alive", "30")
+    with RawConn.open(server) as conn:
+        assert not conn.closed_by_peer(timeout=2.0)
+        conn.send(get("/"))
+        assert conn.read_response().status == 200
+
+
+def test_a_trickled_head_is_cut_at_the_header_timeout(serve):
+    server = serve(APP, "--header-timeout", "1", "--keep-alive", "30")
+    before = app_calls(server)
+    with RawConn.open(server) as conn:
+        conn.send(b"GET /slowloris HTTP/1.1\r\nHost: x\r\n")
+        started = time.monotonic()
+        closed = False
+        # A header line every 0.2 s, for up to 10 s: the head never completes.
+        for i in range(50):
+            try:
+                conn.send(b"X-Drip-%d: y\r\n" % i)
+            except OSError:
+                closed = True
+                break
+            if conn.closed_by_peer(timeout=0.2):
+                closed = True
+                break
+        assert closed, "a head trickled for 10 s was never cut"
+        assert time.monotonic() - started >= 0.9, "cut before --header-timeout"
+    assert app_calls(server) == before + 1, "the app saw the trickled request"
+
+
+def test_keep_alive_zero_closes_after_each_response(serve):
+    server = serve(APP, "--keep-alive", "0")
+    with RawConn.open(server) as conn:
+        conn.send(get("/"))
+        resp = conn.read_response()
+        assert resp.status == 200
+        assert (resp.header("connection") or "").lower() == "close"
+        assert conn.closed_by_peer(timeout=5.0)
+
+
+def app_calls(server):
+    with RawConn.open(server) as conn:
+        conn.send(get("/count"))
+        return int(conn.read_response().body)
