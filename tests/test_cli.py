@@ -47,7 +47,7 @@ ALL_FLAGS = [
     "--access-logformat", "--gcp-project", "--metrics-bind", "--version", "--help",
     "-w", "--workers", "-t", "--timeout", "--preload", "--post-fork", "--warmup",
     "--max-requests", "--max-requests-jitter", "--health-path", "--cgroup-root",
-    "--forwarded-allow-ips", "--header-timeout", "--keep-alive",
+    "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout",
 ]
 
 CONFIG_FIELDS = [
@@ -56,7 +56,7 @@ CONFIG_FIELDS = [
     "log_format", "app_log_handler", "access_logfile", "access_logformat", "gcp_project",
     "metrics_host", "metrics_port", "workers_reason", "preload", "post_fork", "max_requests",
     "max_requests_jitter", "timeout", "warmup", "health_path", "cgroup_root",
-    "forwarded_allow_ips", "header_timeout", "keep_alive",
+    "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout",
 ]
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -377,6 +377,7 @@ def test_defaults():
         forwarded_allow_ips="127.0.0.1,::1",
         header_timeout=30.0,
         keep_alive=620.0,
+        body_timeout=60.0,
     )
     assert cfg == Config("main:app")
     assert isinstance(cfg.graceful_timeout, float)
@@ -492,6 +493,7 @@ def test_repeatable_env_from_every_source_in_precedence_order():
         ("COLDBREW_FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", "*"),
         ("COLDBREW_HEADER_TIMEOUT", "7.5", "header_timeout", 7.5),
         ("COLDBREW_KEEP_ALIVE", "0", "keep_alive", 0.0),
+        ("COLDBREW_BODY_TIMEOUT", "12", "body_timeout", 12.0),
         ("COLDBREW_APP", "other:app", "app_spec", "other:app"),
     ],
 )

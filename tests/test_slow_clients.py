@@ -71,3 +71,58 @@ def app_calls(server):
     with RawConn.open(server) as conn:
         conn.send(get("/count"))
         return int(conn.read_response().body)
+
+
+def post_head(path, length, extra=()):
+    return get(path, method="POST", headers=[f"Content-Length: {length}", *extra])
+
+
+def test_a_stalled_body_read_ahead_gets_408_without_the_app(serve):
+    server = serve(APP, "--body-timeout", "1")
+    before = app_calls(server)
+    with RawConn.open(server) as conn:
+        conn.send(post_head("/body", 100) + b"x" * 10)
+        resp = conn.read_response()
+        assert resp.status == 408
+        assert (resp.header("connection") or "").lower() == "close"
+        assert conn.closed_by_peer(timeout=5.0)
+    assert app_calls(server) == before + 1, "the app was called for a body that never arrived"
+    server.stop()
+    assert "POST /body: no request body bytes arrived for 1 s (--body-timeout); answered 408" in server.stderr
+
+
+def test_a_stalled_streamed_body_fails_the_read_and_gets_408(serve):
+    # Larger than --request-buffer: the app reads it from the connection itself.
+    server = serve(APP, "--body-timeout", "1", "--request-buffer", "1K")
+    with RawConn.open(server) as conn:
+        conn.send(post_head("/body", 100_000) + b"x" * 2000)
+        resp = conn.read_response()
+        assert resp.status == 408
+        assert (resp.header("connection") or "").lower() == "close"
+    server.stop()
+    assert "and the app raised TimeoutError; answered 408" in server.stderr, server.stderr
+    assert "Traceback" not in server.stderr, "the client's stall was logged as an app error"
+
+
+def test_the_app_sees_a_timeout_error_it_may_handle(serve):
+    server = serve(APP, "--body-timeout", "1", "--request-buffer", "1K")
+    with RawConn.open(server) as conn:
+        conn.send(post_head("/catch", 100_000) + b"x" * 2000)
+        resp = conn.read_response()
+        assert resp.status == 200
+        assert resp.body == b"TimeoutError: no request body bytes arrived for 1 s (--body-timeout)"
+
+
+def test_the_body_timeout_is_per_gap_not_per_body(serve):
+    # Ten pieces 0.3 s apart: 2.7 s in all, but never a 1 s gap. Read ahead, then streamed.
+    for request_buffer in ("256K", "1K"):
+        server = serve(APP, "--body-timeout", "1", "--request-buffer", request_buffer)
+        piece = b"y" * 500
+        with RawConn.open(server) as conn:
+            conn.send(post_head("/body", 10 * len(piece)))
+            for _ in range(10):
+                time.sleep(0.3)
+                conn.send(piece)
+            resp = conn.read_response()
+            assert resp.status == 200, (request_buffer, resp)
+            assert resp.body == b"5000"

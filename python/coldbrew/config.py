@@ -47,6 +47,8 @@ DEFAULT_HEADER_TIMEOUT = 30.0
 # Idle keep-alive: longer than the 600 s idle timeout of common load balancers, so the proxy,
 # never coldbrew, closes an idle connection and never races a close into a 502.
 DEFAULT_KEEP_ALIVE = 620.0
+# The longest gap between two pieces of a request body.
+DEFAULT_BODY_TIMEOUT = 60.0
 # Peers whose X-Forwarded-* and Forwarded headers are applied: a proxy on the same host.
 # On Cloud Run and Knative (K_SERVICE set) the default is "*": Google's front end is the only
 # peer a container has.
@@ -152,6 +154,7 @@ class Config(_Record):
     forwarded_allow_ips: str
     header_timeout: float
     keep_alive: float
+    body_timeout: float
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
@@ -160,6 +163,7 @@ class Config(_Record):
         "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
         "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
+        "body_timeout",
     )
 
     def __init__(
@@ -194,6 +198,7 @@ class Config(_Record):
         forwarded_allow_ips: str = DEFAULT_FORWARDED_ALLOW_IPS,
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         keep_alive: float = DEFAULT_KEEP_ALIVE,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -225,6 +230,7 @@ class Config(_Record):
         self.forwarded_allow_ips = forwarded_allow_ips
         self.header_timeout = header_timeout
         self.keep_alive = keep_alive
+        self.body_timeout = body_timeout
 
 
 class Invocation(_Record):
@@ -638,6 +644,9 @@ _OPTIONS = (
     ("keep_alive", ("--keep-alive",), "SECONDS", parse_seconds, False,
      "close a connection that has waited SECONDS for its next request "
      f"(default: {DEFAULT_KEEP_ALIVE:g}, above load balancers' 600; 0: no keep-alive)"),
+    ("body_timeout", ("--body-timeout",), "SECONDS", parse_seconds, False,
+     "answer 408 (or fail the app's wsgi.input read) when no request body bytes arrive for "
+     f"SECONDS (default: {DEFAULT_BODY_TIMEOUT:g}; 0: no limit)"),
     ("timeout", ("-t", "--timeout"), "SECONDS", parse_seconds, False,
      "per-request deadline: past it the client gets 504 and the log shows where the app is "
      "stuck (default: 0, none; an idle or CPU-throttled worker is never killed)"),
@@ -991,6 +1000,7 @@ def parse(argv=None, environ=None):
         forwarded_allow_ips=forwarded_allow_ips,
         header_timeout=float(values.get("header_timeout", DEFAULT_HEADER_TIMEOUT)),
         keep_alive=float(values.get("keep_alive", DEFAULT_KEEP_ALIVE)),
+        body_timeout=float(values.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 
