@@ -15,6 +15,10 @@ use crate::telemetry::log::{Format, Level};
 /// always be the side that closes an idle connection.
 pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(620);
 
+/// `--max-pending`: with the default 8 threads, enough for Cloud Run's highest per-instance
+/// concurrency (1000), so the platform's limit decides there, not this one.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+
 /// `--body-timeout`: as nginx's client_body_timeout.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
@@ -96,9 +100,10 @@ impl ServerConfig {
             request_buffer: cfg.getattr("request_buffer")?.extract()?,
             backlog: cfg.getattr("backlog")?.extract()?,
             log_level,
-            max_pending: match cfg.getattr("max_pending") {
-                Ok(value) if !value.is_none() => value.extract()?,
-                _ => 1024,
+            max_pending: match optional::<usize>(cfg, "max_pending")? {
+                None => DEFAULT_MAX_PENDING,
+                Some(0) => return Err(PyValueError::new_err("max_pending must be at least 1")),
+                Some(n) => n,
             },
             header_read_timeout: seconds(cfg, "header_timeout")?.map_or(Some(Duration::from_secs(30)), |d| (!d.is_zero()).then_some(d)),
             keep_alive: seconds(cfg, "keep_alive")?.unwrap_or(DEFAULT_KEEP_ALIVE),

@@ -47,7 +47,7 @@ ALL_FLAGS = [
     "--access-logformat", "--gcp-project", "--metrics-bind", "--version", "--help",
     "-w", "--workers", "-t", "--timeout", "--preload", "--post-fork", "--warmup",
     "--max-requests", "--max-requests-jitter", "--health-path", "--cgroup-root",
-    "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout",
+    "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout", "--max-pending",
 ]
 
 CONFIG_FIELDS = [
@@ -56,7 +56,7 @@ CONFIG_FIELDS = [
     "log_format", "app_log_handler", "access_logfile", "access_logformat", "gcp_project",
     "metrics_host", "metrics_port", "workers_reason", "preload", "post_fork", "max_requests",
     "max_requests_jitter", "timeout", "warmup", "health_path", "cgroup_root",
-    "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout",
+    "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout", "max_pending",
 ]
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -378,6 +378,7 @@ def test_defaults():
         header_timeout=30.0,
         keep_alive=620.0,
         body_timeout=60.0,
+        max_pending=1024,
     )
     assert cfg == Config("main:app")
     assert isinstance(cfg.graceful_timeout, float)
@@ -494,6 +495,7 @@ def test_repeatable_env_from_every_source_in_precedence_order():
         ("COLDBREW_HEADER_TIMEOUT", "7.5", "header_timeout", 7.5),
         ("COLDBREW_KEEP_ALIVE", "0", "keep_alive", 0.0),
         ("COLDBREW_BODY_TIMEOUT", "12", "body_timeout", 12.0),
+        ("COLDBREW_MAX_PENDING", "2", "max_pending", 2),
         ("COLDBREW_APP", "other:app", "app_spec", "other:app"),
     ],
 )
@@ -520,6 +522,7 @@ def test_chdir_and_env_from_env():
         ("COLDBREW_GRACEFUL_TIMEOUT", "-1", "COLDBREW_GRACEFUL_TIMEOUT: must be at least 0 (got '-1')"),
         ("COLDBREW_GRACEFUL_TIMEOUT", "nan", "COLDBREW_GRACEFUL_TIMEOUT: must be a finite number of seconds (got 'nan')"),
         ("COLDBREW_KEEP_ALIVE", "-1", "COLDBREW_KEEP_ALIVE: must be at least 0 (got '-1')"),
+        ("COLDBREW_MAX_PENDING", "0", "COLDBREW_MAX_PENDING: must be at least 1 (got 0)"),
         ("COLDBREW_HEADER_TIMEOUT", "inf", "COLDBREW_HEADER_TIMEOUT: must be a finite number of seconds (got 'inf')"),
         ("COLDBREW_ROOT_PATH", "api", "COLDBREW_ROOT_PATH: must start with '/' (got 'api')"),
         ("COLDBREW_LOG_LEVEL", "loud", "COLDBREW_LOG_LEVEL: invalid choice: 'loud' (choose from debug, info, warning, error, critical)"),

@@ -42,6 +42,10 @@ DEFAULT_GRACEFUL_TIMEOUT = 8.0
 DEFAULT_RESPONSE_BUFFER = 1024 * 1024
 DEFAULT_REQUEST_BUFFER = 256 * 1024
 DEFAULT_BACKLOG = 2048
+# Requests (not connections) that may wait for a free Python thread before new ones get 503.
+# With the default 8 threads, 8 + 1024 covers Cloud Run's highest per-instance concurrency
+# (1000), so the platform's own limit, not this one, decides there.
+DEFAULT_MAX_PENDING = 1024
 # A request head must arrive within this once its first byte has (slowloris).
 DEFAULT_HEADER_TIMEOUT = 30.0
 # Idle keep-alive: longer than the 600 s idle timeout of common load balancers, so the proxy,
@@ -155,6 +159,7 @@ class Config(_Record):
     header_timeout: float
     keep_alive: float
     body_timeout: float
+    max_pending: int
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
@@ -163,7 +168,7 @@ class Config(_Record):
         "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
         "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
-        "body_timeout",
+        "body_timeout", "max_pending",
     )
 
     def __init__(
@@ -199,6 +204,7 @@ class Config(_Record):
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         keep_alive: float = DEFAULT_KEEP_ALIVE,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -231,6 +237,7 @@ class Config(_Record):
         self.header_timeout = header_timeout
         self.keep_alive = keep_alive
         self.body_timeout = body_timeout
+        self.max_pending = max_pending
 
 
 class Invocation(_Record):
@@ -638,6 +645,9 @@ _OPTIONS = (
      f"(default: {_format_size(DEFAULT_REQUEST_BUFFER)})"),
     ("backlog", ("--backlog",), "N", parse_positive_int, False,
      f"maximum number of pending connections (default: {DEFAULT_BACKLOG})"),
+    ("max_pending", ("--max-pending",), "N", parse_positive_int, False,
+     "requests that may wait for a free Python thread; beyond them new requests get 503 "
+     f"with Retry-After at once (default: {DEFAULT_MAX_PENDING}); idle connections never count"),
     ("header_timeout", ("--header-timeout",), "SECONDS", parse_seconds, False,
      "close a connection whose request head has not fully arrived SECONDS after its first byte "
      f"(default: {DEFAULT_HEADER_TIMEOUT:g}; 0: no limit)"),
@@ -1001,6 +1011,7 @@ def parse(argv=None, environ=None):
         header_timeout=float(values.get("header_timeout", DEFAULT_HEADER_TIMEOUT)),
         keep_alive=float(values.get("keep_alive", DEFAULT_KEEP_ALIVE)),
         body_timeout=float(values.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
+        max_pending=values.get("max_pending", DEFAULT_MAX_PENDING),
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 
