@@ -2,9 +2,13 @@
 with Retry-After at once; idle keep-alive connections (a proxy's pool) never count."""
 
 import resource
+import shutil
 import socket
 import time
 
+import pytest
+
+from conftest import Server
 from test_http1 import RawConn, get
 from test_lifecycle import wait_for_file
 
@@ -70,3 +74,24 @@ def test_idle_keep_alive_connections_do_not_use_capacity(serve):
         for conn in pool:
             conn.close()
 
+
+def test_the_server_raises_its_open_files_limit(tmp_path):
+    """Started with a soft limit of 256 descriptors (hard 4096), it still holds 600 connections."""
+    if not shutil.which("prlimit"):
+        pytest.skip("prlimit (util-linux) is not installed")
+    assert raise_fd_limit(1000) >= 1000
+    server = Server(APP, "--threads", "1", prefix=["prlimit", "--nofile=256:4096", "--"]).wait_ready()
+    conns = []
+    try:
+        for i in range(600):
+            conn = RawConn(socket.create_connection(("127.0.0.1", server.port), timeout=10.0))
+            conns.append(conn)
+            conn.send(get(f"/n/{i}"))
+            assert conn.read_response().status == 200, i
+        limits = open(f"/proc/{server.proc.pid}/limits").read()
+        line = next(l for l in limits.splitlines() if l.startswith("Max open files"))
+        assert line.split()[3:5] == ["4096", "4096"], line
+    finally:
+        for conn in conns:
+            conn.close()
+        server.stop()
