@@ -6,7 +6,15 @@ happened (open, closed, which answer), never about how fast the server was, exce
 comparison the issue asks for, which compares two figures measured in the same run.
 """
 
+import resource
+import socket
+import subprocess
+import sys
+import threading
 import time
+from pathlib import Path
+
+import pytest
 
 from test_http1 import RawConn, get
 
@@ -126,3 +134,120 @@ def test_the_body_timeout_is_per_gap_not_per_body(serve):
             resp = conn.read_response()
             assert resp.status == 200, (request_buffer, resp)
             assert resp.body == b"5000"
+
+
+# --------------------------------------------------------------------------------------
+# Many slow and idle connections beside normal clients.
+# --------------------------------------------------------------------------------------
+
+HOLDER = Path(__file__).resolve().parent / "slow_holder.py"
+
+
+def raise_fd_limit(needed):
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < needed:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (min(needed, hard), hard))
+    if resource.getrlimit(resource.RLIMIT_NOFILE)[0] < needed:
+        pytest.skip(f"cannot open {needed} files in this process")
+
+
+def rss_kib(pid):
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    raise AssertionError("no VmRSS")
+
+
+def latencies(port, clients=4, per_client=1500, seconds=None):
+    """Seconds per request of `clients` threads, each sending GETs one after another on its
+    own keep-alive connection: `per_client` requests each, or as many as fit in `seconds`."""
+    results = []
+    lock = threading.Lock()
+    barrier = threading.Barrier(clients)
+
+    def client(n):
+        conn = RawConn(socket.create_connection(("127.0.0.1", port), timeout=10.0))
+        request = get(f"/normal/{n}")
+        mine = []
+        barrier.wait()
+        stop = time.perf_counter() + seconds if seconds else None
+        while (len(mine) < per_client) if stop is None else (time.perf_counter() < stop):
+            start = time.perf_counter()
+            conn.send(request)
+            resp = conn.read_response()
+            mine.append(time.perf_counter() - start)
+            assert resp.status == 200
+        conn.close()
+        with lock:
+            results.extend(mine)
+
+    threads = [threading.Thread(target=client, args=(n,)) for n in range(clients)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert len(results) >= (1000 if seconds else clients * per_client)
+    return sorted(results)
+
+
+def p99(values):
+    return values[int(len(values) * 0.99) - 1]
+
+
+def test_p99_beside_1000_slow_and_idle_connections(serve):
+    raise_fd_limit(4000)
+    server = serve(APP)
+    latencies(server.port, per_client=200)  # warm up
+    before = p99(latencies(server.port, seconds=3))
+    holder = subprocess.Popen(
+        [sys.executable, str(HOLDER), str(server.port), "1000"],
+        stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True,
+    )
+    try:
+        ready = holder.stdout.readline().split()
+        assert ready == ["READY", "1000"], ready
+        loaded = p99(latencies(server.port, seconds=3))
+        holder.stdin.close()
+        done = holder.stdout.readline().split()
+        assert holder.wait(timeout=30) == 0
+    finally:
+        if holder.poll() is None:
+            holder.kill()
+    # Every slow connection was still open at the end: they were really held during the run.
+    assert done == ["DONE", "1000", "0"], done
+    after = p99(latencies(server.port, seconds=3))
+    without = max(before, after)
+    print(
+        f"\nnormal clients' p99: {before * 1e3:.2f} ms before, {loaded * 1e3:.2f} ms beside 1000 slow "
+        f"and idle connections, {after * 1e3:.2f} ms after; ratio {loaded / without:.2f}"
+    )
+    assert loaded <= 2 * without, f"p99 {loaded * 1e3:.2f} ms beside slow clients vs {without * 1e3:.2f} ms without"
+
+
+def test_memory_per_idle_connection_is_bounded(serve):
+    raise_fd_limit(3000)
+    server = serve(APP)
+    latencies(server.port, per_client=200)
+    time.sleep(0.5)
+    before = rss_kib(server.proc.pid)
+    conns = []
+    try:
+        # Idle keep-alive connections, as a proxy's pool leaves them: each served a request.
+        for i in range(1000):
+            conn = RawConn(socket.create_connection(("127.0.0.1", server.port), timeout=10.0))
+            conns.append(conn)
+            conn.send(get(f"/pool/{i}"))
+            assert conn.read_response().status == 200
+        time.sleep(0.5)
+        after = rss_kib(server.proc.pid)
+        per_connection = (after - before) / 1000
+        print(f"\nserver RSS {before} KiB -> {after} KiB with 1000 idle keep-alive connections: "
+              f"{per_connection:.1f} KiB per connection")
+        assert per_connection < 64, f"{per_connection:.1f} KiB per idle connection"
+        for conn in conns[::50]:
+            conn.send(get("/still-there"))
+            assert conn.read_response().status == 200
+    finally:
+        for conn in conns:
+            conn.close()
