@@ -8,6 +8,8 @@
 mod deadline;
 mod doorbell;
 mod environ;
+#[cfg(test)]
+mod fuzz;
 mod input;
 mod pool;
 mod response;
