@@ -5,8 +5,8 @@
 //! once per connection ([`TrustedProxies::trusts_peer`]); only requests on such connections
 //! are looked at, and [`resolve`] is a pure function of the headers and the list.
 //!
-//! The client is found by walking the forwarded addresses from the right (the hop the peer
-//! itself added) to the left, skipping addresses that are on the allow-list as IPs or networks:
+//! The client is found by walking the forwarded addresses (`X-Forwarded-For` if present, else
+//! the `for=` of `Forwarded`) from the right (the hop the peer itself added) to the left, skipping addresses that are on the allow-list as IPs or networks:
 //! the first address that is not is the client. `*` trusts every *peer* but no address inside
 //! the chain, so with `*` the client is the right-most address, the one the peer saw. A hop that
 //! is not an IP address (`unknown`, an obfuscated name, garbage) ends the walk without a client:
@@ -157,31 +157,29 @@ impl std::fmt::Display for Refusal {
 
 /// Reads the forwarding headers of a request from a trusted peer.
 ///
-/// - The client comes from `X-Forwarded-For` and from the `for=` parameters of `Forwarded`,
-///   each walked from the right as the module documentation says. If both name a client and
-///   the clients differ, one of them was forged or the proxies disagree: refused.
+/// - The client comes from `X-Forwarded-For` when the request has one, else from the `for=`
+///   parameters of `Forwarded`, walked from the right as the module documentation says.
+///   `X-Forwarded-For` wins because it is the header nearly every proxy appends to (Google's
+///   front end, cloud load balancers, nginx, Envoy): a `Forwarded` header beside it was most
+///   likely written by the client or by a proxy outside the chain of trust, and a chain that
+///   mixes proxies writing one header or the other cannot be compared hop by hop.
 /// - The scheme comes from `X-Forwarded-Proto` (every value must name the same scheme) and
-///   from the `proto=` of the `Forwarded` element the walk stopped at. Each must be `http` or
+///   from the `proto=` of the `Forwarded` element its walk stopped at. Each must be `http` or
 ///   `https`, and if both are present they must agree: else refused.
 /// - A `Forwarded` header that does not parse (RFC 7239 syntax) is refused.
 pub fn resolve(headers: &HeaderMap, trusted: &TrustedProxies) -> Result<Forwarded, Refusal> {
     let xff = headers.get_all(X_FORWARDED_FOR);
     let xfp = headers.get_all(X_FORWARDED_PROTO);
     let fwd = headers.get_all(FORWARDED);
-    let mut result = Forwarded::default();
-    let (mut xff_seen, mut xfp_seen, mut fwd_seen) = (false, false, false);
-
-    let mut xff_client = None;
-    if xff.iter().next().is_some() {
-        xff_seen = true;
-        // Header lines in order, each a comma-separated list: walk both from the end.
-        let hops = xff.iter().rev().flat_map(|line| line.as_bytes().rsplit(|&b| b == b',')).map(trim);
-        xff_client = walk(hops, trusted);
+    let has_xff = xff.iter().next().is_some();
+    let has_xfp = xfp.iter().next().is_some();
+    let has_fwd = fwd.iter().next().is_some();
+    if !(has_xff || has_xfp || has_fwd) {
+        return Ok(Forwarded::default());
     }
 
     let mut xfp_scheme = None;
     for line in xfp.iter() {
-        xfp_seen = true;
         for value in line.as_bytes().split(|&b| b == b',').map(trim).filter(|v| !v.is_empty()) {
             let scheme = std::str::from_utf8(value)
                 .ok()
@@ -195,8 +193,7 @@ pub fn resolve(headers: &HeaderMap, trusted: &TrustedProxies) -> Result<Forwarde
     }
 
     let (mut fwd_client, mut fwd_scheme) = (None, None);
-    if fwd.iter().next().is_some() {
-        fwd_seen = true;
+    if has_fwd {
         let mut elements = Vec::new();
         for line in fwd.iter() {
             parse_forwarded(line.as_bytes(), &mut elements)?;
@@ -217,21 +214,17 @@ pub fn resolve(headers: &HeaderMap, trusted: &TrustedProxies) -> Result<Forwarde
         }
     }
 
-    if !(xff_seen || xfp_seen || fwd_seen) {
-        return Ok(result);
-    }
-    result.client = match (xff_client, fwd_client) {
-        (Some(a), Some(b)) if a.0.to_canonical() != b.0.to_canonical() => {
-            return Err(Refusal("X-Forwarded-For and Forwarded name different clients"));
-        }
-        (Some((ip, port)), other) => Some((ip, port.or(other.and_then(|o| o.1)))),
-        (None, other) => other,
+    let client = if has_xff {
+        // Header lines in order, each a comma-separated list: walk both from the end.
+        walk(xff.iter().rev().flat_map(|line| line.as_bytes().rsplit(|&b| b == b',')).map(trim), trusted)
+    } else {
+        fwd_client
     };
-    result.scheme = match (xfp_scheme, fwd_scheme) {
+    let scheme = match (xfp_scheme, fwd_scheme) {
         (Some(a), Some(b)) if a != b => return Err(Refusal("X-Forwarded-Proto and Forwarded name different schemes")),
         (a, b) => a.or(b),
     };
-    Ok(result)
+    Ok(Forwarded { client, scheme })
 }
 
 /// Walks hops from the right; see the module documentation.
@@ -507,14 +500,29 @@ mod tests {
     }
 
     #[test]
+    fn x_forwarded_for_names_the_client_when_present() {
+        let list = "127.0.0.1,10.0.0.0/8";
+        // A Forwarded beside it does not count, whatever it says...
+        assert_eq!(client(&[("x-forwarded-for", "192.0.2.1"), ("forwarded", "for=192.0.2.2")], list), Ok(Some("192.0.2.1".into())));
+        // ... even when X-Forwarded-For names no usable client.
+        assert_eq!(client(&[("x-forwarded-for", "unknown"), ("forwarded", "for=192.0.2.2")], list), Ok(None));
+        // A chain where an outer proxy wrote only X-Forwarded-For and an inner one both: the
+        // headers' walks differ, and X-Forwarded-For has the longer, right answer.
+        assert_eq!(
+            client(&[("x-forwarded-for", "198.51.100.9, 10.0.0.7"), ("forwarded", "for=10.0.0.7;proto=https")], list),
+            Ok(Some("198.51.100.9".into()))
+        );
+        assert_eq!(client(&[("forwarded", "for=192.0.2.2")], list), Ok(Some("192.0.2.2".into())));
+    }
+
+    #[test]
     fn contradictions_are_refused() {
         let list = "127.0.0.1";
         assert!(client(&[("x-forwarded-proto", "http"), ("forwarded", "proto=https")], list).is_err());
         assert!(client(&[("x-forwarded-proto", "https, http")], list).is_err());
         assert!(client(&[("x-forwarded-proto", "https"), ("x-forwarded-proto", "http")], list).is_err());
         assert!(client(&[("x-forwarded-proto", "ftp")], list).is_err());
-        assert!(client(&[("x-forwarded-for", "192.0.2.1"), ("forwarded", "for=192.0.2.2")], list).is_err());
-        // Agreeing headers are fine, and an IPv4-mapped spelling is the same client.
+        assert!(client(&[("forwarded", "for=192.0.2.1;proto=ftp")], list).is_err());
         let trusted = TrustedProxies::parse(list).unwrap();
         let both = resolve(
             &headers(&[
@@ -525,7 +533,7 @@ mod tests {
             &trusted,
         )
         .unwrap();
-        assert_eq!(both, Forwarded { client: Some((ip("192.0.2.1"), Some(5000))), scheme: Some(Scheme::Https) });
+        assert_eq!(both, Forwarded { client: Some((ip("192.0.2.1"), None)), scheme: Some(Scheme::Https) });
         assert_eq!(resolve(&HeaderMap::new(), &trusted).unwrap(), Forwarded::default());
     }
 }
