@@ -1487,6 +1487,8 @@ def test_fast_parser_matches_argparse_on_random_command_lines(capsys):
         "--log-format", "json", "TEXT", "--app-log-handler", "off", "--access-logfile", "--access-logfile=-",
         "--access-logformat", "%(h)s %(r)s", "%(x)s", "%(h", "--gcp-project", "p", "--metrics-bind",
         "--metrics-bind=:9090", "localhost",
+        "--forwarded-allow-ips", "*", "10.0.0.0/8, ::1", "--forwarded-allow-ips=*", "--max-pending", "--keep-alive",
+        "--header-timeout=0", "--body-timeout", "620",
     ]
     rng = random.Random(1234)
     fast_count = 0
