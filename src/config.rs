@@ -8,7 +8,22 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::http::forwarded::TrustedProxies;
 use crate::telemetry::log::{Format, Level};
+
+/// `--keep-alive`: longer than the 600 s idle timeout of common load balancers, which must
+/// always be the side that closes an idle connection.
+pub const DEFAULT_KEEP_ALIVE: Duration = Duration::from_secs(620);
+
+/// `--max-pending`: with the default 8 threads, enough for Cloud Run's highest per-instance
+/// concurrency (1000), so the platform's limit decides there, not this one.
+pub const DEFAULT_MAX_PENDING: usize = 1024;
+
+/// `--body-timeout`: as nginx's client_body_timeout.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// `--forwarded-allow-ips` when nothing sets it (and not on Cloud Run, where Python makes it `*`).
+pub const DEFAULT_FORWARDED_ALLOW_IPS: &str = "127.0.0.1,::1";
 
 #[derive(Clone, Debug)]
 pub struct ServerConfig {
@@ -25,7 +40,12 @@ pub struct ServerConfig {
     pub log_level: Level,
     /// Requests that may wait for a free Python thread before new ones get 503.
     pub max_pending: usize,
-    pub header_read_timeout: Duration,
+    /// `--header-timeout`: a request head must arrive within this once begun; `None` when 0.
+    pub header_read_timeout: Option<Duration>,
+    /// `--keep-alive`: how long a connection may wait idle for its next request; 0 = off.
+    pub keep_alive: Duration,
+    /// `--body-timeout`: the longest gap between pieces of a request body; `None` when 0.
+    pub body_timeout: Option<Duration>,
     pub log_format: Format,
     /// Route the app's `logging` records through the JSON writer (JSON mode only).
     pub app_log_handler: bool,
@@ -47,6 +67,8 @@ pub struct ServerConfig {
     pub workers_reason: String,
     /// Where the container's cgroup files are, when not found through the mount table.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// Peers whose forwarding headers are applied (`--forwarded-allow-ips`).
+    pub forwarded_allow_ips: TrustedProxies,
 }
 
 impl ServerConfig {
@@ -78,11 +100,14 @@ impl ServerConfig {
             request_buffer: cfg.getattr("request_buffer")?.extract()?,
             backlog: cfg.getattr("backlog")?.extract()?,
             log_level,
-            max_pending: match cfg.getattr("max_pending") {
-                Ok(value) if !value.is_none() => value.extract()?,
-                _ => 1024,
+            max_pending: match optional::<usize>(cfg, "max_pending")? {
+                None => DEFAULT_MAX_PENDING,
+                Some(0) => return Err(PyValueError::new_err("max_pending must be at least 1")),
+                Some(n) => n,
             },
-            header_read_timeout: Duration::from_secs(30),
+            header_read_timeout: seconds(cfg, "header_timeout")?.map_or(Some(Duration::from_secs(30)), |d| (!d.is_zero()).then_some(d)),
+            keep_alive: seconds(cfg, "keep_alive")?.unwrap_or(DEFAULT_KEEP_ALIVE),
+            body_timeout: seconds(cfg, "body_timeout")?.map_or(Some(DEFAULT_BODY_TIMEOUT), |d| (!d.is_zero()).then_some(d)),
             log_format: match optional::<String>(cfg, "log_format")?.as_deref() {
                 None | Some("text") => Format::Text,
                 Some("json") => Format::Json,
@@ -104,7 +129,20 @@ impl ServerConfig {
             preload: optional(cfg, "preload")?.unwrap_or(false),
             workers_reason: optional(cfg, "workers_reason")?.unwrap_or_default(),
             cgroup_root: optional::<String>(cfg, "cgroup_root")?.map(Into::into),
+            forwarded_allow_ips: TrustedProxies::parse(
+                optional::<String>(cfg, "forwarded_allow_ips")?.as_deref().unwrap_or(DEFAULT_FORWARDED_ALLOW_IPS),
+            )
+            .map_err(|err| PyValueError::new_err(format!("--forwarded-allow-ips: {err}")))?,
         })
+    }
+}
+
+/// A number of seconds that may be missing or None; an error if negative or not finite.
+fn seconds(cfg: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<Duration>> {
+    match optional::<f64>(cfg, name)? {
+        None => Ok(None),
+        Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s.min(1e9)))),
+        Some(_) => Err(PyValueError::new_err(format!("{name} must be a non-negative number"))),
     }
 }
 

@@ -47,6 +47,7 @@ ALL_FLAGS = [
     "--access-logformat", "--gcp-project", "--metrics-bind", "--version", "--help",
     "-w", "--workers", "-t", "--timeout", "--preload", "--post-fork", "--warmup",
     "--max-requests", "--max-requests-jitter", "--health-path", "--cgroup-root",
+    "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout", "--max-pending",
 ]
 
 CONFIG_FIELDS = [
@@ -55,12 +56,13 @@ CONFIG_FIELDS = [
     "log_format", "app_log_handler", "access_logfile", "access_logformat", "gcp_project",
     "metrics_host", "metrics_port", "workers_reason", "preload", "post_fork", "max_requests",
     "max_requests_jitter", "timeout", "warmup", "health_path", "cgroup_root",
+    "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout", "max_pending",
 ]
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 
 # Variables outside COLDBREW_* that feed coldbrew's defaults.
-PLATFORM_ENV = ("PORT", "SCRIPT_NAME", "K_SERVICE", "GOOGLE_CLOUD_PROJECT")
+PLATFORM_ENV = ("PORT", "SCRIPT_NAME", "K_SERVICE", "GOOGLE_CLOUD_PROJECT", "FORWARDED_ALLOW_IPS")
 
 
 def clean_env(extra=None):
@@ -372,6 +374,11 @@ def test_defaults():
         warmup=(),
         health_path=None,
         cgroup_root=None,
+        forwarded_allow_ips="127.0.0.1,::1",
+        header_timeout=30.0,
+        keep_alive=620.0,
+        body_timeout=60.0,
+        max_pending=1024,
     )
     assert cfg == Config("main:app")
     assert isinstance(cfg.graceful_timeout, float)
@@ -483,6 +490,12 @@ def test_repeatable_env_from_every_source_in_precedence_order():
         ("COLDBREW_MAX_REQUESTS_JITTER", "50", "max_requests_jitter", 50),
         ("COLDBREW_HEALTH_PATH", "/healthz", "health_path", "/healthz"),
         ("COLDBREW_CGROUP_ROOT", "/tmp/cg", "cgroup_root", "/tmp/cg"),
+        ("COLDBREW_FORWARDED_ALLOW_IPS", " 10.0.0.0/8, ::1 ", "forwarded_allow_ips", "10.0.0.0/8,::1"),
+        ("COLDBREW_FORWARDED_ALLOW_IPS", "*", "forwarded_allow_ips", "*"),
+        ("COLDBREW_HEADER_TIMEOUT", "7.5", "header_timeout", 7.5),
+        ("COLDBREW_KEEP_ALIVE", "0", "keep_alive", 0.0),
+        ("COLDBREW_BODY_TIMEOUT", "12", "body_timeout", 12.0),
+        ("COLDBREW_MAX_PENDING", "2", "max_pending", 2),
         ("COLDBREW_APP", "other:app", "app_spec", "other:app"),
     ],
 )
@@ -508,6 +521,9 @@ def test_chdir_and_env_from_env():
         ("COLDBREW_GRACEFUL_TIMEOUT", "soon", "COLDBREW_GRACEFUL_TIMEOUT: invalid float value: 'soon'"),
         ("COLDBREW_GRACEFUL_TIMEOUT", "-1", "COLDBREW_GRACEFUL_TIMEOUT: must be at least 0 (got '-1')"),
         ("COLDBREW_GRACEFUL_TIMEOUT", "nan", "COLDBREW_GRACEFUL_TIMEOUT: must be a finite number of seconds (got 'nan')"),
+        ("COLDBREW_KEEP_ALIVE", "-1", "COLDBREW_KEEP_ALIVE: must be at least 0 (got '-1')"),
+        ("COLDBREW_MAX_PENDING", "0", "COLDBREW_MAX_PENDING: must be at least 1 (got 0)"),
+        ("COLDBREW_HEADER_TIMEOUT", "inf", "COLDBREW_HEADER_TIMEOUT: must be a finite number of seconds (got 'inf')"),
         ("COLDBREW_ROOT_PATH", "api", "COLDBREW_ROOT_PATH: must start with '/' (got 'api')"),
         ("COLDBREW_LOG_LEVEL", "loud", "COLDBREW_LOG_LEVEL: invalid choice: 'loud' (choose from debug, info, warning, error, critical)"),
         ("COLDBREW_ENV", "NOEQUALS", "COLDBREW_ENV: expected KEY=VALUE, got 'NOEQUALS' (missing '=')"),
@@ -637,6 +653,48 @@ def test_log_format_defaults_to_json_on_cloud_run():
     inv = parse(["main:app"], {})
     assert inv.config.log_format == "text"
     assert "log_format" not in inv.sources
+
+
+@pytest.mark.parametrize(
+    "argv, environ, expected, source",
+    [
+        (["main:app"], {}, "127.0.0.1,::1", None),
+        (["main:app"], {"K_SERVICE": "svc"}, "*", "K_SERVICE"),
+        (["main:app"], {"K_SERVICE": ""}, "127.0.0.1,::1", None),
+        (["main:app"], {"K_SERVICE": "svc", "FORWARDED_ALLOW_IPS": "10.0.0.1"}, "10.0.0.1", "FORWARDED_ALLOW_IPS"),
+        (["main:app"], {"FORWARDED_ALLOW_IPS": "", "K_SERVICE": "svc"}, "", "FORWARDED_ALLOW_IPS"),
+        (["main:app"], {"FORWARDED_ALLOW_IPS": "10.0.0.1", "COLDBREW_FORWARDED_ALLOW_IPS": "10.0.0.2"}, "10.0.0.2",
+         "COLDBREW_FORWARDED_ALLOW_IPS"),
+        (["--forwarded-allow-ips", "[fd00::]/8, 192.168.0.0/16", "main:app"], {"K_SERVICE": "svc"},
+         "[fd00::]/8,192.168.0.0/16", "argument --forwarded-allow-ips"),
+    ],
+)
+def test_forwarded_allow_ips_sources(argv, environ, expected, source):
+    inv = parse(argv, environ)
+    assert inv.config.forwarded_allow_ips == expected
+    assert inv.sources.get("forwarded_allow_ips") == source
+
+
+@pytest.mark.parametrize(
+    "value, message",
+    [
+        ("localhost", "not an IP address or network: 'localhost'"),
+        ("10.0.0.256", "not an IP address or network: '10.0.0.256'"),
+        ("010.0.0.1", "not an IP address or network: '010.0.0.1'"),
+        ("10.0.0.0/33", "invalid prefix length in '10.0.0.0/33' (0-32)"),
+        ("::/129", "invalid prefix length in '::/129' (0-128)"),
+        ("10.0.0.0/", "invalid prefix length in '10.0.0.0/' (0-32)"),
+        ("fe80::1%eth0", "not an IP address or network: 'fe80::1%eth0'"),
+        ("127.0.0.1 ::1", "not an IP address or network: '127.0.0.1 ::1'"),
+    ],
+)
+def test_bad_forwarded_allow_ips(value, message):
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["--forwarded-allow-ips", value, "main:app"], {})
+    assert exc.value.message == f"argument --forwarded-allow-ips: {message}"
+    with pytest.raises(ConfigError) as exc:
+        parse_args(["main:app"], {"FORWARDED_ALLOW_IPS": value})
+    assert exc.value.message == f"FORWARDED_ALLOW_IPS: {message}"
 
 
 def test_empty_k_service_does_not_switch_to_json():
@@ -1429,6 +1487,8 @@ def test_fast_parser_matches_argparse_on_random_command_lines(capsys):
         "--log-format", "json", "TEXT", "--app-log-handler", "off", "--access-logfile", "--access-logfile=-",
         "--access-logformat", "%(h)s %(r)s", "%(x)s", "%(h", "--gcp-project", "p", "--metrics-bind",
         "--metrics-bind=:9090", "localhost",
+        "--forwarded-allow-ips", "*", "10.0.0.0/8, ::1", "--forwarded-allow-ips=*", "--max-pending", "--keep-alive",
+        "--header-timeout=0", "--body-timeout", "620",
     ]
     rng = random.Random(1234)
     fast_count = 0
@@ -1480,6 +1540,10 @@ PARSE_CASES = [
     (["main:app"], {"COLDBREW_METRICS_BIND": "localhost"}),
     (["main:app"], {"GOOGLE_CLOUD_PROJECT": "a b"}),
     (["--access-logformat", "%(nope)s", "main:app"], {}),
+    (["main:app"], {"K_SERVICE": "svc", "FORWARDED_ALLOW_IPS": "10.0.0.1"}),
+    (["--forwarded-allow-ips", "*", "main:app"], {"FORWARDED_ALLOW_IPS": "bad"}),
+    (["main:app"], {"FORWARDED_ALLOW_IPS": "bad"}),
+    (["--forwarded-allow-ips", "10.0.0.0/99", "main:app"], {}),
 ]
 
 

@@ -6,9 +6,10 @@ an environment mapping into a :class:`Config` without touching the process
 
 Sources, lowest to highest precedence:
 
-1. built-in defaults (``PORT``, ``SCRIPT_NAME``, ``K_SERVICE`` and
-   ``GOOGLE_CLOUD_PROJECT`` feed the defaults of ``--bind``, ``--root-path``,
-   ``--log-format`` and ``--gcp-project``);
+1. built-in defaults (``PORT``, ``SCRIPT_NAME``, ``K_SERVICE``,
+   ``GOOGLE_CLOUD_PROJECT`` and ``FORWARDED_ALLOW_IPS`` feed the defaults of
+   ``--bind``, ``--root-path``, ``--log-format``, ``--gcp-project`` and
+   ``--forwarded-allow-ips``);
 2. ``COLDBREW_<OPTION>`` environment variables, dashes as underscores
    (``COLDBREW_THREADS=4``; ``COLDBREW_APP`` for the positional APP);
 3. ``COLDBREW_CMD_ARGS``, extra flags split like a shell would;
@@ -41,6 +42,21 @@ DEFAULT_GRACEFUL_TIMEOUT = 8.0
 DEFAULT_RESPONSE_BUFFER = 1024 * 1024
 DEFAULT_REQUEST_BUFFER = 256 * 1024
 DEFAULT_BACKLOG = 2048
+# Requests (not connections) that may wait for a free Python thread before new ones get 503.
+# With the default 8 threads, 8 + 1024 covers Cloud Run's highest per-instance concurrency
+# (1000), so the platform's own limit, not this one, decides there.
+DEFAULT_MAX_PENDING = 1024
+# A request head must arrive within this once its first byte has (slowloris).
+DEFAULT_HEADER_TIMEOUT = 30.0
+# Idle keep-alive: longer than the 600 s idle timeout of common load balancers, so the proxy,
+# never coldbrew, closes an idle connection and never races a close into a 502.
+DEFAULT_KEEP_ALIVE = 620.0
+# The longest gap between two pieces of a request body.
+DEFAULT_BODY_TIMEOUT = 60.0
+# Peers whose X-Forwarded-* and Forwarded headers are applied: a proxy on the same host.
+# On Cloud Run and Knative (K_SERVICE set) the default is "*": Google's front end is the only
+# peer a container has.
+DEFAULT_FORWARDED_ALLOW_IPS = "127.0.0.1,::1"
 DEFAULT_LOG_LEVEL = "info"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_LOG_FORMAT = "text"
@@ -139,6 +155,11 @@ class Config(_Record):
     warmup: tuple
     health_path: str | None
     cgroup_root: str | None
+    forwarded_allow_ips: str
+    header_timeout: float
+    keep_alive: float
+    body_timeout: float
+    max_pending: int
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
@@ -146,7 +167,8 @@ class Config(_Record):
         "log_format", "app_log_handler", "access_logfile", "access_logformat",
         "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
-        "health_path", "cgroup_root",
+        "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
+        "body_timeout", "max_pending",
     )
 
     def __init__(
@@ -178,6 +200,11 @@ class Config(_Record):
         warmup: tuple = (),
         health_path: str | None = None,
         cgroup_root: str | None = None,
+        forwarded_allow_ips: str = DEFAULT_FORWARDED_ALLOW_IPS,
+        header_timeout: float = DEFAULT_HEADER_TIMEOUT,
+        keep_alive: float = DEFAULT_KEEP_ALIVE,
+        body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        max_pending: int = DEFAULT_MAX_PENDING,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -206,6 +233,11 @@ class Config(_Record):
         self.warmup = tuple(warmup)
         self.health_path = health_path
         self.cgroup_root = cgroup_root
+        self.forwarded_allow_ips = forwarded_allow_ips
+        self.header_timeout = header_timeout
+        self.keep_alive = keep_alive
+        self.body_timeout = body_timeout
+        self.max_pending = max_pending
 
 
 class Invocation(_Record):
@@ -519,6 +551,60 @@ def parse_dir(text):
     return text
 
 
+def _ipv4_ok(text):
+    # Dotted decimal, no leading zeros: what the core's parser takes.
+    parts = text.split(".")
+    if len(parts) != 4:
+        return False
+    for part in parts:
+        if not part or len(part) > 3 or not all(c in _DIGITS for c in part):
+            return False
+        if (len(part) > 1 and part[0] == "0") or int(part) > 255:
+            return False
+    return True
+
+
+def _ipv6_ok(text):
+    if not text or not all(c in "0123456789abcdefABCDEF:." for c in text):
+        return False
+    # _socket, not socket: the option is rare and this keeps the import small.
+    import _socket
+
+    try:
+        _socket.inet_pton(_socket.AF_INET6, text)
+    except OSError:
+        return False
+    return True
+
+
+def parse_forwarded_allow_ips(text):
+    """Comma-separated IP addresses and CIDR networks, or ``*``; '' trusts no peer.
+
+    Returns the entries joined by commas, without spaces.
+    """
+    entries = []
+    for raw in text.split(","):
+        entry = raw.strip()
+        if not entry:
+            continue
+        if entry != "*":
+            address, slash, prefix = entry.partition("/")
+            if address.startswith("[") and address.endswith("]"):
+                address = address[1:-1]
+            if _ipv4_ok(address):
+                longest = 32
+            elif _ipv6_ok(address):
+                longest = 128
+            else:
+                raise _bad(f"not an IP address or network: {entry!r}")
+            if slash and not (
+                prefix and len(prefix) <= 3 and all(c in _DIGITS for c in prefix) and int(prefix) <= longest
+            ):
+                raise _bad(f"invalid prefix length in {entry!r} (0-{longest})")
+        entries.append(entry)
+    return ",".join(entries)
+
+
 def parse_app(text):
     spec = text.strip()
     if not spec:
@@ -559,6 +645,18 @@ _OPTIONS = (
      f"(default: {_format_size(DEFAULT_REQUEST_BUFFER)})"),
     ("backlog", ("--backlog",), "N", parse_positive_int, False,
      f"maximum number of pending connections (default: {DEFAULT_BACKLOG})"),
+    ("max_pending", ("--max-pending",), "N", parse_positive_int, False,
+     "requests that may wait for a free Python thread; beyond them new requests get 503 "
+     f"with Retry-After at once (default: {DEFAULT_MAX_PENDING}); idle connections never count"),
+    ("header_timeout", ("--header-timeout",), "SECONDS", parse_seconds, False,
+     "close a connection whose request head has not fully arrived SECONDS after its first byte "
+     f"(default: {DEFAULT_HEADER_TIMEOUT:g}; 0: no limit)"),
+    ("keep_alive", ("--keep-alive",), "SECONDS", parse_seconds, False,
+     "close a connection that has waited SECONDS for its next request "
+     f"(default: {DEFAULT_KEEP_ALIVE:g}, above load balancers' 600; 0: no keep-alive)"),
+    ("body_timeout", ("--body-timeout",), "SECONDS", parse_seconds, False,
+     "answer 408 (or fail the app's wsgi.input read) when no request body bytes arrive for "
+     f"SECONDS (default: {DEFAULT_BODY_TIMEOUT:g}; 0: no limit)"),
     ("timeout", ("-t", "--timeout"), "SECONDS", parse_seconds, False,
      "per-request deadline: past it the client gets 504 and the log shows where the app is "
      "stuck (default: 0, none; an idle or CPU-throttled worker is never killed)"),
@@ -581,6 +679,10 @@ _OPTIONS = (
     ("cgroup_root", ("--cgroup-root",), "DIR", parse_dir, False,
      "where to read the container's CPU and memory limits (default: found through "
      "/proc/self/mountinfo)"),
+    ("forwarded_allow_ips", ("--forwarded-allow-ips",), "IPS", parse_forwarded_allow_ips, False,
+     "peers (IP addresses, CIDR networks, or * for all) whose X-Forwarded-For, "
+     "X-Forwarded-Proto and Forwarded headers set REMOTE_ADDR and wsgi.url_scheme "
+     f"(default: $FORWARDED_ALLOW_IPS, else * on Cloud Run, else {DEFAULT_FORWARDED_ALLOW_IPS})"),
     ("chdir", ("--chdir",), "DIR", parse_dir, False,
      "change to DIR before importing the app"),
     ("env", ("-e", "--env"), "KEY=VALUE", parse_env_pair, True,
@@ -859,6 +961,22 @@ def parse(argv=None, environ=None):
         if gcp_project:
             sources["gcp_project"] = "GOOGLE_CLOUD_PROJECT"
 
+    # gunicorn's variable first; then Cloud Run and Knative, where Google's front end (or the
+    # Knative queue-proxy) is the only peer the container ever has.
+    if "forwarded_allow_ips" in values:
+        forwarded_allow_ips = values["forwarded_allow_ips"]
+    elif "FORWARDED_ALLOW_IPS" in environ:
+        try:
+            forwarded_allow_ips = parse_forwarded_allow_ips(environ["FORWARDED_ALLOW_IPS"])
+        except _type_error() as err:
+            raise ConfigError(f"FORWARDED_ALLOW_IPS: {err}") from None
+        sources["forwarded_allow_ips"] = "FORWARDED_ALLOW_IPS"
+    elif environ.get("K_SERVICE"):
+        forwarded_allow_ips = "*"
+        sources["forwarded_allow_ips"] = "K_SERVICE"
+    else:
+        forwarded_allow_ips = DEFAULT_FORWARDED_ALLOW_IPS
+
     metrics_host, metrics_port = values.get("metrics_bind", (None, None))
 
     config = Config(
@@ -889,6 +1007,11 @@ def parse(argv=None, environ=None):
         warmup=tuple(values.get("warmup", ())),
         health_path=values.get("health_path"),
         cgroup_root=values.get("cgroup_root"),
+        forwarded_allow_ips=forwarded_allow_ips,
+        header_timeout=float(values.get("header_timeout", DEFAULT_HEADER_TIMEOUT)),
+        keep_alive=float(values.get("keep_alive", DEFAULT_KEEP_ALIVE)),
+        body_timeout=float(values.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
+        max_pending=values.get("max_pending", DEFAULT_MAX_PENDING),
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 

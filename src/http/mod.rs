@@ -5,7 +5,9 @@
 //! is a [`ResponseBody`].
 
 mod body;
+pub mod forwarded;
 mod server;
+mod watchdog;
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -21,15 +23,44 @@ pub type Response = hyper::Response<ResponseBody>;
 pub struct ConnInfo {
     pub peer: SocketAddr,
     pub local: SocketAddr,
-    /// The peer's address and port as text, formatted once per connection instead of once
-    /// per request.
+    /// The client's address and port as text: the peer's, formatted once per connection
+    /// instead of once per request, or what a trusted proxy forwarded for this request (the
+    /// port is then empty unless the proxy gave one).
     pub peer_ip: AddrText,
     pub peer_port: AddrText,
+    /// The peer is on `--forwarded-allow-ips`: its forwarding headers are applied.
+    pub trusted_proxy: bool,
+    /// A trusted proxy said the client used https.
+    pub https: bool,
 }
 
 impl ConnInfo {
     pub fn new(peer: SocketAddr, local: SocketAddr) -> Self {
-        ConnInfo { peer, local, peer_ip: AddrText::format(peer.ip()), peer_port: AddrText::format(peer.port()) }
+        ConnInfo {
+            peer,
+            local,
+            peer_ip: AddrText::format(peer.ip()),
+            peer_port: AddrText::format(peer.port()),
+            trusted_proxy: false,
+            https: false,
+        }
+    }
+
+    /// This connection's view of one request: with a trusted peer, the client and scheme its
+    /// forwarding headers name. Refused when those headers contradict each other.
+    #[inline]
+    pub fn for_request(&self, headers: &http::HeaderMap, trusted: &forwarded::TrustedProxies) -> Result<ConnInfo, forwarded::Refusal> {
+        if !self.trusted_proxy {
+            return Ok(*self);
+        }
+        let found = forwarded::resolve(headers, trusted)?;
+        let mut conn = *self;
+        if let Some((ip, port)) = found.client {
+            conn.peer_ip = AddrText::format(ip.to_canonical());
+            conn.peer_port = port.map_or(AddrText::EMPTY, AddrText::format);
+        }
+        conn.https = found.scheme == Some(forwarded::Scheme::Https);
+        Ok(conn)
     }
 }
 
@@ -41,6 +72,8 @@ pub struct AddrText {
 }
 
 impl AddrText {
+    pub const EMPTY: AddrText = AddrText { buf: [0; 46], len: 0 };
+
     fn format(value: impl std::fmt::Display) -> Self {
         use std::io::Write;
         let mut buf = [0u8; 46];
@@ -78,6 +111,12 @@ pub fn plain(status: http::StatusCode, text: impl Into<bytes::Bytes>) -> Respons
         .headers_mut()
         .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("text/plain; charset=utf-8"));
     response
+}
+
+/// 400 for forwarding headers from a trusted proxy that cannot be believed. The message is
+/// well framed, so the connection (often a proxy's pooled one) stays open.
+pub fn bad_forwarding(refusal: &forwarded::Refusal) -> Response {
+    plain(http::StatusCode::BAD_REQUEST, format!("Bad Request: {refusal}\n"))
 }
 
 /// 503 with `Retry-After`, for load the server sheds instead of queueing without bound.

@@ -13,6 +13,8 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::forwarded::TrustedProxies;
+use super::watchdog::{self, ConnClock, Limits, Tracked, Watched};
 use super::{ConnInfo, Handler};
 use crate::telemetry::access::Observation;
 use crate::telemetry::log;
@@ -40,8 +42,12 @@ pub enum Stop {
 pub struct ServerOptions {
     /// How long in-flight requests may run after a shutdown begins.
     pub graceful_timeout: Duration,
-    /// Wait for a full request head at most this long (slowloris guard).
-    pub header_read_timeout: Duration,
+    /// Wait for a full request head at most this long once its first byte arrived (slowloris
+    /// guard); `None`: no limit.
+    pub header_read_timeout: Option<Duration>,
+    /// How long a connection may wait, idle, for its next request; zero turns keep-alive off
+    /// (and then a new connection waits for its first request at most `header_read_timeout`).
+    pub keep_alive: Duration,
     /// Trace context, access log and request metrics: off for the server's own side ports
     /// (metrics), whose requests are not the app's traffic.
     pub observe: bool,
@@ -50,6 +56,8 @@ pub struct ServerOptions {
     /// Set once a stop begins; from then on responses close their connection. One flag per
     /// listener for the life of the process, hence `'static`.
     pub draining: &'static AtomicBool,
+    /// Peers whose forwarding headers are applied (`--forwarded-allow-ips`).
+    pub trusted_proxies: Arc<TrustedProxies>,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves. On [`Stop::Graceful`] it
@@ -67,12 +75,18 @@ pub async fn serve<H: Handler>(
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
-        .keep_alive(true)
+        .keep_alive(!options.keep_alive.is_zero())
         // Vectored writes queue the body next to the head. hyper's pipeline_flush would
         // switch to copying every body into one per-connection buffer that keeps its largest
         // size: 1 MiB responses at 64 connections held 74 MiB instead of 8 MiB.
         .writev(true)
-        .header_read_timeout(options.header_read_timeout);
+        // Timed per connection by the watchdog instead: hyper's timer would cost one per
+        // request and would also cut idle keep-alive connections at the header timeout.
+        .header_read_timeout(None);
+    let limits = Limits {
+        idle: if options.keep_alive.is_zero() { options.header_read_timeout } else { Some(options.keep_alive) },
+        head: options.header_read_timeout,
+    };
 
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -82,9 +96,19 @@ pub async fn serve<H: Handler>(
     let label = options.label;
     let serve_connection = |stream: TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
-        let conn_info = ConnInfo::new(peer, local);
+        let mut conn_info = ConnInfo::new(peer, local);
+        conn_info.trusted_proxy = options.trusted_proxies.trusts_peer(peer.ip());
+        let trusted = options.trusted_proxies.clone();
         let handler = handler.clone();
+        let clock = ConnClock::new();
+        let service_clock = clock.clone();
         let service = service_fn(move |mut req: super::Request| {
+            service_clock.request_started();
+            let clock = service_clock.clone();
+            let (conn_info, refused) = match conn_info.for_request(req.headers(), &trusted) {
+                Ok(conn) => (conn, None),
+                Err(refusal) => (conn_info, Some(refusal)),
+            };
             let mut observation = None;
             if observe {
                 let trace = TraceContext::from_headers(req.headers());
@@ -95,9 +119,18 @@ pub async fn serve<H: Handler>(
                 observation = Observation::begin(&parts, conn_info.peer_ip, trace);
                 req = hyper::Request::from_parts(parts, body);
             }
-            let fut = handler.call(req, conn_info);
+            if let Some(refusal) = &refused {
+                log::info(format_args!("{label}{} {} from {peer}: {refusal}; answered 400", req.method(), req.uri().path()));
+            }
+            let fut = match refused {
+                None => Ok(handler.call(req, conn_info)),
+                Some(refusal) => Err(refusal),
+            };
             async move {
-                let mut response = fut.await;
+                let mut response = match fut {
+                    Ok(fut) => fut.await,
+                    Err(refusal) => super::bad_forwarding(&refusal),
+                };
                 response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
                 if draining.load(Ordering::Relaxed) {
                     // hyper closes the connection after a response that says so.
@@ -107,14 +140,21 @@ pub async fn serve<H: Handler>(
                     observation.respond(response.status(), response.headers());
                     response.body_mut().observe(observation);
                 }
-                Ok::<_, Infallible>(response)
+                Ok::<_, Infallible>(response.map(|body| Tracked::new(body, clock)))
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(stream), service);
+        let conn = builder.serve_connection(TokioIo::new(Watched::new(stream, clock.clone())), service);
         let conn = graceful.watch(conn);
         tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                log::debug(format_args!("{label}connection from {peer} ended: {err}"));
+            tokio::select! {
+                biased;
+                ended = conn => if let Err(err) = ended {
+                    log::debug(format_args!("{label}connection from {peer} ended: {err}"));
+                },
+                // Dropping the connection closes it.
+                expiry = watchdog::expired(&clock, limits) => {
+                    log::debug(format_args!("{label}connection from {peer} closed: {expiry}"));
+                }
             }
         });
     };

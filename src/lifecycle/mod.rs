@@ -45,6 +45,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
         metrics::use_shared(shared.0, shared.1);
     }
     start_telemetry(&config)?;
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
@@ -108,9 +109,11 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
     let options = ServerOptions {
         graceful_timeout: config.graceful_timeout,
         header_read_timeout: config.header_read_timeout,
+        keep_alive: config.keep_alive,
         observe: true,
         label: "",
         draining,
+        trusted_proxies: Arc::new(config.forwarded_allow_ips.clone()),
     };
     let finished = py.detach(move || {
         let served = runtime.block_on(async move {
@@ -261,6 +264,24 @@ fn start_telemetry(config: &ServerConfig) -> PyResult<()> {
     }
     sink::start(access_file);
     Ok(())
+}
+
+/// Raises the soft limit on open files to the hard limit, as Go programs and nginx do: every
+/// connection is a descriptor, idle keep-alive connections from a proxy included, and a soft
+/// limit of 1024 (still common) would refuse connections long before memory runs short.
+fn raise_fd_limit() {
+    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed.
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) != 0 || limit.rlim_cur >= limit.rlim_max {
+            return;
+        }
+        let before = limit.rlim_cur;
+        limit.rlim_cur = limit.rlim_max;
+        if libc::setrlimit(libc::RLIMIT_NOFILE, &limit) == 0 {
+            log::debug(format_args!("open files limit raised from {before} to {}", limit.rlim_max));
+        }
+    }
 }
 
 /// Time since this process was exec'd, from /proc (10 ms resolution).

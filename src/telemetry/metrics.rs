@@ -456,13 +456,15 @@ impl crate::http::Handler for Scrape {
 pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Output = crate::http::Stop>) {
     let options = crate::http::ServerOptions {
         graceful_timeout: SHUTDOWN_GRACE,
-        header_read_timeout: HEADER_READ_TIMEOUT,
+        header_read_timeout: Some(HEADER_READ_TIMEOUT),
+        keep_alive: crate::config::DEFAULT_KEEP_ALIVE,
         observe: false,
         label: "metrics: ",
         draining: {
             static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             &DRAINING
         },
+        trusted_proxies: Default::default(),
     };
     crate::http::serve(listener, std::sync::Arc::new(Scrape), options, shutdown).await;
 }

@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::doorbell::Doorbell;
 use super::response::RequestLine;
-use super::{enqueue, incomplete_body, no_answer, read_body, RequestBody, RequestJob};
+use super::{enqueue, no_answer, read_body, ReadAhead, RequestBody, RequestJob};
 use crate::http::{self as proto, ConnInfo};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::TraceContext;
@@ -95,7 +95,7 @@ pub(super) async fn dispatch(
     conn: ConnInfo,
     queue: Sender<RequestJob>,
     doorbell: Arc<Doorbell>,
-    read_ahead: usize,
+    read_ahead: ReadAhead,
 ) -> proto::Response {
     let started = Instant::now();
     let timer = tokio::time::sleep(limit);
@@ -108,7 +108,7 @@ pub(super) async fn dispatch(
         biased;
         body = read_body(&parts, incoming, read_ahead) => match body {
             Ok(body) => body,
-            Err(_) => return incomplete_body(),
+            Err(err) => return err.response(&parts),
         },
         () = &mut timer => return body_too_slow(&line, trace, limit),
     };

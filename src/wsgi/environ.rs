@@ -36,6 +36,7 @@ keys! {
     remote_addr = "REMOTE_ADDR",
     remote_port = "REMOTE_PORT",
     wsgi_input = "wsgi.input",
+    url_scheme = "wsgi.url_scheme",
     trace_id = "coldbrew.trace_id",
 }
 
@@ -72,6 +73,7 @@ pub(crate) struct EnvironBuilder {
     http10: Py<PyString>,
     http11: Py<PyString>,
     http2: Py<PyString>,
+    https: Py<PyString>,
     root_path: Vec<u8>,
 }
 
@@ -130,6 +132,7 @@ impl EnvironBuilder {
             http10: PyString::intern(py, "HTTP/1.0").unbind(),
             http11: PyString::intern(py, "HTTP/1.1").unbind(),
             http2: PyString::intern(py, "HTTP/2").unbind(),
+            https: PyString::intern(py, "https").unbind(),
             root_path: constants.root_path.as_bytes().to_vec(),
         })
     }
@@ -164,7 +167,13 @@ impl EnvironBuilder {
         };
         env.set_item(k.server_protocol.bind(py), protocol.bind(py))?;
         env.set_item(k.remote_addr.bind(py), PyString::new(py, conn.peer_ip.as_str()))?;
-        env.set_item(k.remote_port.bind(py), PyString::new(py, conn.peer_port.as_str()))?;
+        // Empty when a trusted proxy named the client without its port.
+        if !conn.peer_port.as_str().is_empty() {
+            env.set_item(k.remote_port.bind(py), PyString::new(py, conn.peer_port.as_str()))?;
+        }
+        if conn.https {
+            env.set_item(k.url_scheme.bind(py), self.https.bind(py))?;
+        }
 
         let headers = &parts.headers;
         for name in headers.keys() {

@@ -3,22 +3,27 @@
 //! It streams from the connection: data that was read ahead is served first, and the rest is
 //! pulled frame by frame with the GIL released while the network is waited on.
 
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
-use http_body::Body;
 use hyper::body::Incoming;
-use pyo3::exceptions::{PyOSError, PyRuntimeError};
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTimeoutError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::runtime::Handle;
 
-use super::RequestBody;
+use super::{next_frame, BodyError, RequestBody};
 use crate::telemetry::metrics;
 
 #[pyclass(frozen, module = "coldbrew._coldbrew")]
 pub struct InputStream {
     state: Mutex<State>,
+    /// `--body-timeout`: the longest wait for the next piece of the body.
+    timeout: Option<Duration>,
+    /// The client stopped sending the body: the request gets 408 if the app has not answered.
+    timed_out: AtomicBool,
 }
 
 struct State {
@@ -35,17 +40,26 @@ enum Source {
 }
 
 impl InputStream {
-    pub(crate) fn new(body: RequestBody, runtime: &Handle) -> InputStream {
+    pub(crate) fn new(body: RequestBody, runtime: &Handle, timeout: Option<Duration>) -> InputStream {
         let (buf, source) = match body {
             RequestBody::Empty => (Bytes::new(), Source::Exhausted),
             RequestBody::Complete(data) => (data, Source::Exhausted),
             RequestBody::Streaming { head, rest } => (head, Source::Network(rest, runtime.clone())),
         };
-        InputStream { state: Mutex::new(State { buf, source }) }
+        InputStream { state: Mutex::new(State { buf, source }), timeout, timed_out: AtomicBool::new(false) }
     }
 
     pub(crate) fn empty() -> InputStream {
-        InputStream { state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted }) }
+        InputStream {
+            state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted }),
+            timeout: None,
+            timed_out: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether a read gave up because the client stopped sending the body.
+    pub(crate) fn timed_out(&self) -> bool {
+        self.timed_out.load(Ordering::Relaxed)
     }
 
     /// Pulls the next chunk from the network into the buffer. False at the end of the body.
@@ -63,7 +77,8 @@ impl InputStream {
                 }
             }
         };
-        let next = py.detach(|| runtime.block_on(next_data(&mut body)));
+        let timeout = self.timeout;
+        let next = py.detach(|| runtime.block_on(next_data(&mut body, timeout)));
         let mut state = self.state.lock().unwrap();
         match next {
             Ok(Some(data)) => {
@@ -83,9 +98,14 @@ impl InputStream {
                 state.source = Source::Exhausted;
                 Ok(false)
             }
+            Err(err @ BodyError::TooSlow(_)) => {
+                state.source = Source::Exhausted;
+                self.timed_out.store(true, Ordering::Relaxed);
+                Err(PyTimeoutError::new_err(err.to_string()))
+            }
             Err(err) => {
                 state.source = Source::Exhausted;
-                Err(PyOSError::new_err(format!("error reading the request body: {err}")))
+                Err(PyOSError::new_err(err.to_string()))
             }
         }
     }
@@ -127,12 +147,11 @@ impl InputStream {
     }
 }
 
-async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
+async fn next_data(body: &mut Incoming, timeout: Option<Duration>) -> Result<Option<Bytes>, BodyError> {
     loop {
-        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await {
+        match next_frame(body, timeout).await? {
             None => return Ok(None),
-            Some(Err(err)) => return Err(err),
-            Some(Ok(frame)) => {
+            Some(frame) => {
                 if let Ok(data) = frame.into_data() {
                     if !data.is_empty() {
                         return Ok(Some(data));

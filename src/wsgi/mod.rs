@@ -8,6 +8,8 @@
 mod deadline;
 mod doorbell;
 mod environ;
+#[cfg(test)]
+mod fuzz;
 mod input;
 mod pool;
 mod response;
@@ -61,6 +63,7 @@ pub struct WsgiHandler {
     doorbell: Arc<Doorbell>,
     read_ahead: usize,
     timeout: Option<Duration>,
+    body_timeout: Option<Duration>,
 }
 
 impl Drop for WsgiHandler {
@@ -71,8 +74,14 @@ impl Drop for WsgiHandler {
 }
 
 impl WsgiHandler {
-    pub(crate) fn new(queue: Sender<RequestJob>, doorbell: Arc<Doorbell>, read_ahead: usize, timeout: Option<Duration>) -> Self {
-        WsgiHandler { queue, doorbell, read_ahead, timeout }
+    pub(crate) fn new(
+        queue: Sender<RequestJob>,
+        doorbell: Arc<Doorbell>,
+        read_ahead: usize,
+        timeout: Option<Duration>,
+        body_timeout: Option<Duration>,
+    ) -> Self {
+        WsgiHandler { queue, doorbell, read_ahead, timeout, body_timeout }
     }
 }
 
@@ -80,7 +89,7 @@ impl Handler for WsgiHandler {
     fn call(&self, request: proto::Request, conn: ConnInfo) -> impl Future<Output = proto::Response> + Send + use<> {
         let queue = self.queue.clone();
         let doorbell = self.doorbell.clone();
-        let read_ahead = self.read_ahead;
+        let read_ahead = ReadAhead { limit: self.read_ahead, timeout: self.body_timeout };
         let timeout = self.timeout;
         async move {
             if let Some(limit) = timeout {
@@ -91,7 +100,7 @@ impl Handler for WsgiHandler {
             let (parts, incoming) = request.into_parts();
             let body = match read_body(&parts, incoming, read_ahead).await {
                 Ok(body) => body,
-                Err(_) => return incomplete_body(),
+                Err(err) => return err.response(&parts),
             };
             let (reply, answer) = oneshot::channel();
             if !enqueue(&queue, &doorbell, RequestJob { parts, body, conn, reply, claim: None }) {
@@ -123,10 +132,79 @@ fn no_answer() -> proto::Response {
     proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n")
 }
 
+/// How much of a body is read before the app runs, and how long a gap between its pieces may be.
+#[derive(Clone, Copy)]
+pub(crate) struct ReadAhead {
+    pub limit: usize,
+    pub timeout: Option<Duration>,
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// The connection broke or the body's framing was bad.
+    Broken(hyper::Error),
+    /// No body bytes arrived for this long (`--body-timeout`).
+    TooSlow(Duration),
+}
+
+impl BodyError {
+    /// The answer when reading ahead failed, before the app was called.
+    pub(crate) fn response(&self, parts: &http::request::Parts) -> proto::Response {
+        match self {
+            BodyError::Broken(_) => incomplete_body(),
+            BodyError::TooSlow(limit) => {
+                crate::telemetry::log::info(format_args!(
+                    "{} {}: {self}; answered 408 and the app was not called",
+                    parts.method,
+                    parts.uri.path()
+                ));
+                body_timed_out(*limit)
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            BodyError::Broken(err) => write!(f, "error reading the request body: {err}"),
+            BodyError::TooSlow(limit) => write!(f, "no request body bytes arrived for {} s (--body-timeout)", limit.as_secs_f64()),
+        }
+    }
+}
+
+/// 408 for a body that stopped arriving; the rest of it is still on the connection, so the
+/// connection closes.
+pub(crate) fn body_timed_out(limit: Duration) -> proto::Response {
+    let mut response = proto::plain(
+        StatusCode::REQUEST_TIMEOUT,
+        format!("Request Timeout: no request body bytes arrived for {} s\n", limit.as_secs_f64()),
+    );
+    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    response
+}
+
+/// The next frame of a body, waiting at most `limit` for it. The timer is only made when the
+/// frame is not already there, so a body that came with its head costs none.
+pub(crate) async fn next_frame(body: &mut Incoming, limit: Option<Duration>) -> Result<Option<http_body::Frame<Bytes>>, BodyError> {
+    let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
+    std::future::poll_fn(|cx| {
+        if let std::task::Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
+            return std::task::Poll::Ready(frame.transpose().map_err(BodyError::Broken));
+        }
+        let Some(limit) = limit else { return std::task::Poll::Pending };
+        let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
+        timer.as_mut().poll(cx).map(|()| Err(BodyError::TooSlow(limit)))
+    })
+    .await
+}
+
 /// Reads up to `limit` bytes of the body before the app runs. A client that sent
 /// `Expect: 100-continue` is never read ahead: the interim response goes out only when the app
 /// asks for the body.
-async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, limit: usize) -> Result<RequestBody, hyper::Error> {
+async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, ahead: ReadAhead) -> Result<RequestBody, BodyError> {
+    let limit = ahead.limit;
     if incoming.is_end_stream() {
         return Ok(RequestBody::Empty);
     }
@@ -146,11 +224,9 @@ async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, limit: 
             metrics::body_bytes_in(total as u64);
             return Ok(RequestBody::Streaming { head: concat(chunks, total), rest: incoming });
         }
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut incoming).poll_frame(cx)).await;
-        match frame {
+        match next_frame(&mut incoming, ahead.timeout).await? {
             None => break,
-            Some(Err(err)) => return Err(err),
-            Some(Ok(frame)) => {
+            Some(frame) => {
                 if let Ok(data) = frame.into_data() {
                     if !data.is_empty() {
                         total += data.len();

@@ -53,6 +53,8 @@ pub(crate) struct WorkerContext {
     pub environ: EnvironBuilder,
     pub runtime: Handle,
     pub response_buffer: usize,
+    /// `--body-timeout`, for bodies the app streams from the connection.
+    pub body_timeout: Option<std::time::Duration>,
     pub empty_input: Py<InputStream>,
     /// `coldbrew.cloud_logging.current_trace`, set per request when the app's log records go
     /// through coldbrew's JSON writer.
@@ -117,6 +119,7 @@ impl Pool {
             environ,
             runtime,
             response_buffer: config.response_buffer,
+            body_timeout: config.body_timeout,
             empty_input: Py::new(py, InputStream::empty())?,
             trace_var,
         });
@@ -135,7 +138,7 @@ impl Pool {
                 .map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot start a Python thread: {err}")))?;
             threads.push(thread);
         }
-        Ok((Pool { threads }, WsgiHandler::new(sender, doorbell, config.request_buffer, config.timeout)))
+        Ok((Pool { threads }, WsgiHandler::new(sender, doorbell, config.request_buffer, config.timeout, config.body_timeout)))
     }
 
     /// Waits for the threads to finish what they hold. The handler (the queue's only sender)

@@ -43,10 +43,15 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         },
         None => None,
     };
+    // Kept to tell, if the app fails, whether the client stopped sending the body.
+    let mut stream = None;
     let input = match body {
         RequestBody::Empty => ctx.empty_input.bind(py).clone().into_any(),
-        body => match Bound::new(py, InputStream::new(body, &ctx.runtime)) {
-            Ok(input) => input.into_any(),
+        body => match Bound::new(py, InputStream::new(body, &ctx.runtime, ctx.body_timeout)) {
+            Ok(input) => {
+                stream = Some(input.clone());
+                input.into_any()
+            }
             Err(err) => return internal_error(py, ctx, &parts, err, reply),
         },
     };
@@ -73,7 +78,11 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         .call1((environ, &exchange))
         .and_then(|iterable| respond(py, exchange.get(), &iterable));
     if let Err(err) = outcome {
-        exchange.get().fail(py, ctx, err);
+        if stream.is_some_and(|s| s.get().timed_out()) {
+            exchange.get().fail_slow_body(py, ctx, err);
+        } else {
+            exchange.get().fail(py, ctx, err);
+        }
     }
     metrics::python_busy(-1);
     log::set_current_trace(None);
@@ -409,6 +418,25 @@ impl StartResponse {
             if let Some(stream) = state.stream.take() {
                 stream.abort("the application raised");
             }
+        }
+    }
+
+    /// The app failed after the client stopped sending the body (`--body-timeout`): the
+    /// client, not the app, is at fault, so it gets 408 if nothing was sent yet.
+    fn fail_slow_body(&self, py: Python<'_>, ctx: &WorkerContext, err: PyErr) {
+        let limit = ctx.body_timeout.unwrap_or_default();
+        let reply = self.state.lock().unwrap().reply.take();
+        match reply {
+            Some(reply) => {
+                log::info(format_args!(
+                    "{}: no request body bytes arrived for {} s (--body-timeout) and the app raised {}; answered 408",
+                    self.request,
+                    limit.as_secs_f64(),
+                    err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default()
+                ));
+                let _ = reply.send(super::body_timed_out(limit));
+            }
+            None => self.fail(py, ctx, err),
         }
     }
 

@@ -1,0 +1,280 @@
+//! Connection deadlines without a timer per request: `--keep-alive` (how long a connection may
+//! wait, idle, for the first byte of its next request) and `--header-timeout` (how long a
+//! request head may take once its first byte has arrived).
+//!
+//! hyper's own `header_read_timeout` arms a timer for every request and starts it as soon as
+//! the connection goes idle, so it also cuts idle keep-alive connections at the header timeout
+//! (30 s), well before the 600 s for which load balancers keep theirs: they then race the close
+//! and answer 502. Here each connection has one phase word, updated with plain stores on the
+//! I/O thread (a clock read when a request starts arriving and when its response is done),
+//! and one timer that wakes rarely, looks at the phase, and closes the connection once a limit
+//! has passed:
+//!
+//! - idle: from the accept or the end of the previous response, until a byte arrives;
+//! - head: from that byte until hyper hands the complete head to the service;
+//! - busy: from then until the response body is done (or dropped). No connection limit applies;
+//!   the body read has its own timeout (`--body-timeout`) and the app `--timeout`.
+//!
+//! A closed idle connection gets no response (there is no request to answer); neither does a
+//! head that did not arrive in time, as with hyper's own timeout.
+
+use std::io;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, OnceLock};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body::{Body, Frame, SizeHint};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+
+const IDLE: u64 = 0;
+const HEAD: u64 = 1;
+const BUSY: u64 = 2;
+const PHASE: u64 = 3;
+
+/// Milliseconds since the first call, on the monotonic clock.
+fn now_ms() -> u64 {
+    base().elapsed().as_millis() as u64
+}
+
+fn base() -> Instant {
+    static BASE: OnceLock<Instant> = OnceLock::new();
+    *BASE.get_or_init(Instant::now)
+}
+
+/// The phase of one connection and when it began: `(ms << 2) | phase`.
+pub(super) struct ConnClock(AtomicU64);
+
+impl ConnClock {
+    pub fn new() -> Arc<Self> {
+        Arc::new(ConnClock(AtomicU64::new(now_ms() << 2 | IDLE)))
+    }
+
+    /// Bytes arrived from the client: an idle connection starts receiving a request head.
+    #[inline]
+    fn bytes_arrived(&self) {
+        if self.0.load(Relaxed) & PHASE == IDLE {
+            self.0.store(now_ms() << 2 | HEAD, Relaxed);
+        }
+    }
+
+    /// hyper has the complete head and calls the service.
+    #[inline]
+    pub fn request_started(&self) {
+        self.0.store(BUSY, Relaxed);
+    }
+
+    /// The response body is done: the connection waits for the next request.
+    #[inline]
+    fn response_done(&self) {
+        self.0.store(now_ms() << 2 | IDLE, Relaxed);
+    }
+
+    fn load(&self) -> (u64, u64) {
+        let v = self.0.load(Relaxed);
+        (v & PHASE, v >> 2)
+    }
+}
+
+/// The limits a connection is held to; `None` is no limit.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct Limits {
+    pub idle: Option<Duration>,
+    pub head: Option<Duration>,
+}
+
+/// Why a connection was closed.
+#[derive(Debug, PartialEq, Eq)]
+pub(super) enum Expiry {
+    Idle(Duration),
+    Head(Duration),
+}
+
+impl std::fmt::Display for Expiry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Expiry::Idle(d) => write!(f, "idle for {} s (--keep-alive)", d.as_secs_f64()),
+            Expiry::Head(d) => write!(f, "no complete request head within {} s (--header-timeout)", d.as_secs_f64()),
+        }
+    }
+}
+
+/// Resolves once the connection has been idle, or receiving a request head, past its limit.
+/// Never resolves without limits. One timer per connection, which wakes at most once per
+/// `min(limits)` while nothing is due: in the idle phase it must look again within the head
+/// limit, since a head may start at any moment.
+pub(super) async fn expired(clock: &ConnClock, limits: Limits) -> Expiry {
+    let tick = match (limits.idle, limits.head) {
+        (Some(a), Some(b)) => a.min(b),
+        (Some(a), None) | (None, Some(a)) => a,
+        (None, None) => return std::future::pending().await,
+    };
+    let tick_ms = (tick.as_millis() as u64).max(1);
+    let sleep = tokio::time::sleep(tick);
+    tokio::pin!(sleep);
+    loop {
+        sleep.as_mut().await;
+        let now = now_ms();
+        let (phase, since) = clock.load();
+        let limit = match phase {
+            IDLE => limits.idle.map(|d| (d, Expiry::Idle(d))),
+            HEAD => limits.head.map(|d| (d, Expiry::Head(d))),
+            _ => None,
+        };
+        let mut next = now + tick_ms;
+        if let Some((limit, expiry)) = limit {
+            let due = since + limit.as_millis() as u64;
+            if now >= due {
+                return expiry;
+            }
+            next = next.min(due);
+        }
+        let at = base() + Duration::from_millis(next);
+        sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+    }
+}
+
+/// The socket, reporting to the clock when bytes arrive.
+pub(super) struct Watched {
+    stream: TcpStream,
+    clock: Arc<ConnClock>,
+}
+
+impl Watched {
+    pub fn new(stream: TcpStream, clock: Arc<ConnClock>) -> Self {
+        Watched { stream, clock }
+    }
+}
+
+impl AsyncRead for Watched {
+    #[inline]
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
+        if buf.filled().len() > before {
+            self.clock.bytes_arrived();
+        }
+        polled
+    }
+}
+
+impl AsyncWrite for Watched {
+    #[inline]
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write(cx, buf)
+    }
+
+    #[inline]
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+    }
+
+    #[inline]
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    #[inline]
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_flush(cx)
+    }
+
+    #[inline]
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.stream).poll_shutdown(cx)
+    }
+}
+
+/// A response body that tells the clock when it is done: hyper drops it once the body has been
+/// written (or at once for HEAD, 204 and 304), or when the connection ends.
+pub struct Tracked<B> {
+    body: B,
+    clock: Arc<ConnClock>,
+}
+
+impl<B> Tracked<B> {
+    pub(super) fn new(body: B, clock: Arc<ConnClock>) -> Self {
+        Tracked { body, clock }
+    }
+}
+
+impl<B> Drop for Tracked<B> {
+    fn drop(&mut self) {
+        self.clock.response_done();
+    }
+}
+
+impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+    type Data = Bytes;
+    type Error = B::Error;
+
+    #[inline]
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+        Pin::new(&mut self.body).poll_frame(cx)
+    }
+
+    #[inline]
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    #[inline]
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_follow_the_request() {
+        let clock = ConnClock::new();
+        assert_eq!(clock.load().0, IDLE);
+        clock.bytes_arrived();
+        let (phase, head_since) = clock.load();
+        assert_eq!(phase, HEAD);
+        std::thread::sleep(Duration::from_millis(5));
+        clock.bytes_arrived();
+        assert_eq!(clock.load(), (HEAD, head_since), "more bytes of the head do not restart its clock");
+        clock.request_started();
+        assert_eq!(clock.load().0, BUSY);
+        clock.bytes_arrived();
+        assert_eq!(clock.load().0, BUSY, "body bytes are not a new head");
+        clock.response_done();
+        assert_eq!(clock.load().0, IDLE);
+    }
+
+    #[tokio::test]
+    async fn head_limit_applies_from_the_first_byte_and_idle_limit_between_requests() {
+        let limits = Limits { idle: Some(Duration::from_millis(300)), head: Some(Duration::from_millis(60)) };
+        // Idle, then a head starts and stalls: closed at the head limit after its first byte.
+        let clock = ConnClock::new();
+        let started = Instant::now();
+        let stall = async {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            clock.bytes_arrived();
+            Instant::now()
+        };
+        let (expiry, head_at) = tokio::join!(expired(&clock, limits), stall);
+        assert_eq!(expiry, Expiry::Head(Duration::from_millis(60)));
+        assert!(head_at.elapsed() >= Duration::from_millis(60));
+        assert!(started.elapsed() >= Duration::from_millis(160));
+
+        // A busy connection is never closed; once idle, the idle limit counts from then.
+        let clock = ConnClock::new();
+        clock.request_started();
+        let started = Instant::now();
+        let finish = async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            clock.response_done();
+        };
+        let (expiry, ()) = tokio::join!(expired(&clock, limits), finish);
+        assert_eq!(expiry, Expiry::Idle(Duration::from_millis(300)));
+        assert!(started.elapsed() >= Duration::from_millis(700));
+    }
+}
