@@ -165,7 +165,7 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
                 Ok(job) => {
                     metrics::requests_waiting(-1);
                     if searching {
-                        doorbell.found();
+                        doorbell.found(!jobs.is_empty());
                         searching = false;
                     }
                     response::handle(py, &context, job);
