@@ -8,6 +8,7 @@ use std::time::Duration;
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
+use crate::http::Limits;
 use crate::telemetry::log::{Format, Level};
 
 #[derive(Clone, Debug)]
@@ -47,6 +48,9 @@ pub struct ServerConfig {
     pub workers_reason: String,
     /// Where the container's cgroup files are, when not found through the mount table.
     pub cgroup_root: Option<std::path::PathBuf>,
+    /// `--limit-request-line`, `--limit-request-fields`, `--limit-request-field-size` and
+    /// `--limit-request-body`.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
@@ -104,8 +108,24 @@ impl ServerConfig {
             preload: optional(cfg, "preload")?.unwrap_or(false),
             workers_reason: optional(cfg, "workers_reason")?.unwrap_or_default(),
             cgroup_root: optional::<String>(cfg, "cgroup_root")?.map(Into::into),
+            limits: limits(cfg)?,
         })
     }
+}
+
+/// The request limits; a missing attribute keeps its default.
+fn limits(cfg: &Bound<'_, PyAny>) -> PyResult<Limits> {
+    let default = Limits::default();
+    let limits = Limits {
+        request_line: optional(cfg, "limit_request_line")?.unwrap_or(default.request_line),
+        fields: optional(cfg, "limit_request_fields")?.unwrap_or(default.fields),
+        field_size: optional(cfg, "limit_request_field_size")?.unwrap_or(default.field_size),
+        body: optional(cfg, "limit_request_body")?.unwrap_or(default.body),
+    };
+    if limits.fields == 0 {
+        return Err(PyValueError::new_err("limit_request_fields must be at least 1"));
+    }
+    Ok(limits)
 }
 
 /// An attribute that may be missing or None.

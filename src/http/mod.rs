@@ -5,12 +5,14 @@
 //! is a [`ResponseBody`].
 
 mod body;
+mod checks;
 mod server;
 
 use std::future::Future;
 use std::net::SocketAddr;
 
 pub use body::{ChunkSender, Closed, ResponseBody};
+pub use checks::{log_refused, too_large, Limits, Rejection};
 pub use server::{serve, ServerOptions, Stop};
 
 pub type Request = hyper::Request<hyper::body::Incoming>;

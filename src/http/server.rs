@@ -13,6 +13,7 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::checks::{self, Limits};
 use super::{ConnInfo, Handler};
 use crate::telemetry::access::Observation;
 use crate::telemetry::log;
@@ -50,6 +51,8 @@ pub struct ServerOptions {
     /// Set once a stop begins; from then on responses close their connection. One flag per
     /// listener for the life of the process, hence `'static`.
     pub draining: &'static AtomicBool,
+    /// `--limit-request-*`.
+    pub limits: Limits,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves. On [`Stop::Graceful`] it
@@ -73,6 +76,13 @@ pub async fn serve<H: Handler>(
         // size: 1 MiB responses at 64 connections held 74 MiB instead of 8 MiB.
         .writev(true)
         .header_read_timeout(options.header_read_timeout);
+    // hyper's own cap on a head is its read buffer, which a head that arrives in one large
+    // read can overshoot; this one holds whatever the reads.
+    builder.max_header_size(checks::MAX_HEAD);
+    if options.limits.fields != checks::HYPER_MAX_HEADERS {
+        // Other than hyper's default, the header array is allocated for every request head.
+        builder.max_headers(options.limits.fields);
+    }
 
     let graceful = GracefulShutdown::new();
     tokio::pin!(shutdown);
@@ -80,6 +90,7 @@ pub async fn serve<H: Handler>(
     let draining: &'static AtomicBool = options.draining;
     let observe = options.observe;
     let label = options.label;
+    let limits = options.limits;
     let serve_connection = |stream: TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
         let conn_info = ConnInfo::new(peer, local);
@@ -95,9 +106,20 @@ pub async fn serve<H: Handler>(
                 observation = Observation::begin(&parts, conn_info.peer_ip, trace);
                 req = hyper::Request::from_parts(parts, body);
             }
-            let fut = handler.call(req, conn_info);
+            let declared = http_body::Body::size_hint(req.body()).exact();
+            let refused = checks::check(req.method(), req.uri(), req.version(), req.headers(), declared, &limits)
+                .map_err(|refused| {
+                    checks::log_refused(label, &conn_info, req.method(), req.uri(), &refused);
+                    refused.response()
+                })
+                .err();
+            let fut = refused.is_none().then(|| handler.call(req, conn_info));
             async move {
-                let mut response = fut.await;
+                let mut response = match (refused, fut) {
+                    (Some(refused), _) => refused,
+                    (None, Some(fut)) => fut.await,
+                    (None, None) => unreachable!("either refused or passed on"),
+                };
                 response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
                 if draining.load(Ordering::Relaxed) {
                     // hyper closes the connection after a response that says so.

@@ -107,6 +107,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
         observe: true,
         label: "",
         draining,
+        limits: config.limits,
     };
     let finished = py.detach(move || {
         let served = runtime.block_on(async move {

@@ -463,6 +463,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Outp
             static DRAINING: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
             &DRAINING
         },
+        limits: crate::http::Limits::default(),
     };
     crate::http::serve(listener, std::sync::Arc::new(Scrape), options, shutdown).await;
 }
