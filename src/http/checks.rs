@@ -191,6 +191,37 @@ pub fn log_refused(label: &str, conn: &ConnInfo, method: &Method, uri: &Uri, ref
     ));
 }
 
+/// Writes a 400 to a connection hyper gave up on without answering (the client ended its side
+/// inside a request head), in one non-blocking write: a client that does not read gets
+/// nothing, and the connection is closed either way.
+pub fn answer_unparsed(stream: &tokio::net::TcpStream) {
+    const TEXT: &str = "Bad Request: the connection ended inside the request head\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nserver: coldbrew\r\ndate: {}\r\n\r\n{TEXT}",
+        TEXT.len(),
+        http_date(std::time::SystemTime::now()),
+    );
+    let _ = stream.try_write(answer.as_bytes());
+}
+
+/// `Wed, 25 Nov 2026 23:52:47 GMT` (RFC 9110 section 5.6.7).
+fn http_date(time: std::time::SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = log::civil_from_days(days as i64);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[month as usize - 1],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
 /// 413 for a body over `--limit-request-body`.
 pub fn too_large(limit: u64) -> Rejection {
     Rejection::new(
@@ -312,6 +343,13 @@ mod tests {
         assert_eq!(status("POST", "/", &[("expect", "foo")]), Err(StatusCode::EXPECTATION_FAILED));
         let (method, uri, map) = head("POST", "/", &[("expect", "foo")]);
         assert_eq!(check(&method, &uri, Version::HTTP_10, &map, None, &Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn http_dates() {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_650_767);
+        assert_eq!(http_date(time), "Wed, 25 Nov 2026 23:52:47 GMT");
+        assert_eq!(http_date(std::time::UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
     }
 
     #[test]

@@ -6,6 +6,7 @@
 
 mod body;
 mod checks;
+mod connection;
 mod server;
 
 use std::future::Future;

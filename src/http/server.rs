@@ -10,10 +10,10 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
 use super::checks::{self, Limits};
+use super::connection::{self, Graceful};
 use super::{ConnInfo, Handler};
 use crate::telemetry::access::Observation;
 use crate::telemetry::log;
@@ -84,7 +84,7 @@ pub async fn serve<H: Handler>(
         builder.max_headers(options.limits.fields);
     }
 
-    let graceful = GracefulShutdown::new();
+    let graceful = Graceful::new();
     tokio::pin!(shutdown);
 
     let draining: &'static AtomicBool = options.draining;
@@ -133,12 +133,7 @@ pub async fn serve<H: Handler>(
             }
         });
         let conn = builder.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(err) = conn.await {
-                log::debug(format_args!("{label}connection from {peer} ended: {err}"));
-            }
-        });
+        tokio::spawn(connection::drive(conn, graceful.watch(), label, peer));
     };
 
     let stop = loop {
