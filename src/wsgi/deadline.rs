@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::doorbell::Doorbell;
 use super::response::RequestLine;
-use super::{enqueue, incomplete_body, no_answer, read_body, RequestBody, RequestJob};
+use super::{enqueue, no_answer, read_body, refuse_body, RequestBody, RequestJob};
 use crate::http::{self as proto, ConnInfo};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::TraceContext;
@@ -96,6 +96,7 @@ pub(super) async fn dispatch(
     queue: Sender<RequestJob>,
     doorbell: Arc<Doorbell>,
     read_ahead: usize,
+    body_limit: u64,
 ) -> proto::Response {
     let started = Instant::now();
     let timer = tokio::time::sleep(limit);
@@ -106,9 +107,9 @@ pub(super) async fn dispatch(
 
     let body = tokio::select! {
         biased;
-        body = read_body(&parts, incoming, read_ahead) => match body {
+        body = read_body(&parts, incoming, read_ahead, body_limit) => match body {
             Ok(body) => body,
-            Err(_) => return incomplete_body(),
+            Err(err) => return refuse_body(&parts, &conn, err),
         },
         () = &mut timer => return body_too_slow(&line, trace, limit),
     };

@@ -6,14 +6,13 @@
 use std::sync::Mutex;
 
 use bytes::{Bytes, BytesMut};
-use http_body::Body;
 use hyper::body::Incoming;
 use pyo3::exceptions::{PyOSError, PyRuntimeError};
 use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::runtime::Handle;
 
-use super::RequestBody;
+use super::{next_data, BodyError, RequestBody};
 use crate::telemetry::metrics;
 
 #[pyclass(frozen, module = "coldbrew._coldbrew")]
@@ -25,11 +24,14 @@ struct State {
     /// Received but not yet handed to the app.
     buf: Bytes,
     source: Source,
+    /// Set once the body went over `--limit-request-body` (the limit).
+    too_large: Option<u64>,
 }
 
 enum Source {
     Exhausted,
-    Network(Incoming, Handle),
+    /// The rest of the body, and how many more bytes of it `--limit-request-body` allows.
+    Network { body: Incoming, runtime: Handle, allowed: u64, limit: u64 },
     /// Another thread is waiting on the network for this body.
     InUse,
 }
@@ -39,21 +41,28 @@ impl InputStream {
         let (buf, source) = match body {
             RequestBody::Empty => (Bytes::new(), Source::Exhausted),
             RequestBody::Complete(data) => (data, Source::Exhausted),
-            RequestBody::Streaming { head, rest } => (head, Source::Network(rest, runtime.clone())),
+            RequestBody::Streaming { head, rest, allowed, limit } => {
+                (head, Source::Network { body: rest, runtime: runtime.clone(), allowed, limit })
+            }
         };
-        InputStream { state: Mutex::new(State { buf, source }) }
+        InputStream { state: Mutex::new(State { buf, source, too_large: None }) }
     }
 
     pub(crate) fn empty() -> InputStream {
-        InputStream { state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted }) }
+        InputStream { state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted, too_large: None }) }
+    }
+
+    /// `Some(limit)` once reading went over `--limit-request-body`.
+    pub(crate) fn too_large(&self) -> Option<u64> {
+        self.state.lock().unwrap().too_large
     }
 
     /// Pulls the next chunk from the network into the buffer. False at the end of the body.
     fn fill(&self, py: Python<'_>) -> PyResult<bool> {
-        let (mut body, runtime) = {
+        let (mut body, runtime, mut allowed, limit) = {
             let mut state = self.state.lock().unwrap();
             match std::mem::replace(&mut state.source, Source::InUse) {
-                Source::Network(body, runtime) => (body, runtime),
+                Source::Network { body, runtime, allowed, limit } => (body, runtime, allowed, limit),
                 Source::Exhausted => {
                     state.source = Source::Exhausted;
                     return Ok(false);
@@ -63,7 +72,7 @@ impl InputStream {
                 }
             }
         };
-        let next = py.detach(|| runtime.block_on(next_data(&mut body)));
+        let next = py.detach(|| runtime.block_on(next_data(&mut body, &mut allowed, limit)));
         let mut state = self.state.lock().unwrap();
         match next {
             Ok(Some(data)) => {
@@ -76,7 +85,7 @@ impl InputStream {
                     joined.extend_from_slice(&data);
                     joined.freeze()
                 };
-                state.source = Source::Network(body, runtime);
+                state.source = Source::Network { body, runtime, allowed, limit };
                 Ok(true)
             }
             Ok(None) => {
@@ -84,7 +93,12 @@ impl InputStream {
                 Ok(false)
             }
             Err(err) => {
+                // The rest of the body is dropped unread, so the connection closes after the
+                // response.
                 state.source = Source::Exhausted;
+                if let BodyError::TooLarge(limit) = err {
+                    state.too_large = Some(limit);
+                }
                 Err(PyOSError::new_err(format!("error reading the request body: {err}")))
             }
         }
@@ -123,22 +137,6 @@ impl InputStream {
                 scanned = window;
             }
             self.fill(py)?;
-        }
-    }
-}
-
-async fn next_data(body: &mut Incoming) -> Result<Option<Bytes>, hyper::Error> {
-    loop {
-        match std::future::poll_fn(|cx| std::pin::Pin::new(&mut *body).poll_frame(cx)).await {
-            None => return Ok(None),
-            Some(Err(err)) => return Err(err),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if !data.is_empty() {
-                        return Ok(Some(data));
-                    }
-                }
-            }
         }
     }
 }

@@ -23,7 +23,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use doorbell::Doorbell;
-use http::header::{CONTENT_LENGTH, EXPECT};
+use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::StatusCode;
 use http_body::Body;
 use hyper::body::Incoming;
@@ -51,8 +51,84 @@ pub(crate) struct RequestJob {
 pub(crate) enum RequestBody {
     Empty,
     Complete(Bytes),
-    /// `head` was read ahead; the rest is still on the connection.
-    Streaming { head: Bytes, rest: Incoming },
+    /// `head` was read ahead; the rest is still on the connection, and at most `allowed`
+    /// more bytes of it may come (`limit` is `--limit-request-body`, 0 for none).
+    Streaming { head: Bytes, rest: Incoming, allowed: u64, limit: u64 },
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Malformed chunked framing, or the client went away mid-body.
+    Read(hyper::Error),
+    /// Longer than `--limit-request-body`.
+    TooLarge(u64),
+    /// A chunked trailer carried a field that frames or routes the message.
+    Trailer(http::HeaderName),
+}
+
+impl BodyError {
+    /// What the client is answered when the app has not been called yet.
+    fn rejection(&self) -> proto::Rejection {
+        match self {
+            BodyError::Read(err) => proto::Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!("malformed or incomplete request body ({})", error_chain(err)),
+            ),
+            BodyError::TooLarge(limit) => proto::too_large(*limit),
+            BodyError::Trailer(name) => {
+                proto::Rejection::new(StatusCode::BAD_REQUEST, format!("{name} is not allowed in a chunked trailer"))
+            }
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.rejection().reason)
+    }
+}
+
+/// An error and its causes, `outer: inner: innermost`.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Fields a chunked trailer must not carry: they frame or route the message (RFC 9110
+/// section 6.5.1). The app never sees trailers; one with these fields is malformed, most
+/// likely an attempt to get framing past a front end that merges trailers into the head.
+fn forbidden_trailer(trailers: &http::HeaderMap) -> Option<http::HeaderName> {
+    [CONTENT_LENGTH, TRANSFER_ENCODING, HOST].into_iter().find(|name| trailers.contains_key(name))
+}
+
+/// The next data chunk of a body, `None` at its end. At most `allowed` bytes may still come;
+/// `allowed` is decreased by what arrives.
+pub(crate) async fn next_data(body: &mut Incoming, allowed: &mut u64, limit: u64) -> Result<Option<Bytes>, BodyError> {
+    loop {
+        match std::future::poll_fn(|cx| Pin::new(&mut *body).poll_frame(cx)).await {
+            None => return Ok(None),
+            Some(Err(err)) => return Err(BodyError::Read(err)),
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => {
+                    *allowed = allowed.checked_sub(data.len() as u64).ok_or(BodyError::TooLarge(limit))?;
+                    return Ok(Some(data));
+                }
+                Ok(_) => {}
+                Err(frame) => {
+                    if let Some(name) = frame.trailers_ref().and_then(forbidden_trailer) {
+                        return Err(BodyError::Trailer(name));
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// Hands requests from the I/O thread to the Python thread pool.
@@ -61,6 +137,8 @@ pub struct WsgiHandler {
     doorbell: Arc<Doorbell>,
     read_ahead: usize,
     timeout: Option<Duration>,
+    /// `--limit-request-body`; 0 = none.
+    body_limit: u64,
 }
 
 impl Drop for WsgiHandler {
@@ -71,8 +149,14 @@ impl Drop for WsgiHandler {
 }
 
 impl WsgiHandler {
-    pub(crate) fn new(queue: Sender<RequestJob>, doorbell: Arc<Doorbell>, read_ahead: usize, timeout: Option<Duration>) -> Self {
-        WsgiHandler { queue, doorbell, read_ahead, timeout }
+    pub(crate) fn new(
+        queue: Sender<RequestJob>,
+        doorbell: Arc<Doorbell>,
+        read_ahead: usize,
+        timeout: Option<Duration>,
+        body_limit: u64,
+    ) -> Self {
+        WsgiHandler { queue, doorbell, read_ahead, timeout, body_limit }
     }
 }
 
@@ -82,16 +166,17 @@ impl Handler for WsgiHandler {
         let doorbell = self.doorbell.clone();
         let read_ahead = self.read_ahead;
         let timeout = self.timeout;
+        let body_limit = self.body_limit;
         async move {
             if let Some(limit) = timeout {
                 // Boxed: inline, its timer and state would more than double the size of every
                 // request's future, with or without --timeout.
-                return Box::pin(deadline::dispatch(limit, request, conn, queue, doorbell, read_ahead)).await;
+                return Box::pin(deadline::dispatch(limit, request, conn, queue, doorbell, read_ahead, body_limit)).await;
             }
             let (parts, incoming) = request.into_parts();
-            let body = match read_body(&parts, incoming, read_ahead).await {
+            let body = match read_body(&parts, incoming, read_ahead, body_limit).await {
                 Ok(body) => body,
-                Err(_) => return incomplete_body(),
+                Err(err) => return refuse_body(&parts, &conn, err),
             };
             let (reply, answer) = oneshot::channel();
             if !enqueue(&queue, &doorbell, RequestJob { parts, body, conn, reply, claim: None }) {
@@ -114,8 +199,12 @@ fn enqueue(queue: &Sender<RequestJob>, doorbell: &Doorbell, job: RequestJob) -> 
     true
 }
 
-fn incomplete_body() -> proto::Response {
-    proto::plain(StatusCode::BAD_REQUEST, "Bad Request: incomplete body\n")
+/// The answer to a body that could not be read ahead: the app is not called, one line is
+/// logged, and the connection closes.
+fn refuse_body(parts: &http::request::Parts, conn: &ConnInfo, err: BodyError) -> proto::Response {
+    let refused = err.rejection();
+    proto::log_refused("", conn, &parts.method, &parts.uri, &refused);
+    refused.response()
 }
 
 /// The Python side dropped the request without a response.
@@ -125,38 +214,35 @@ fn no_answer() -> proto::Response {
 
 /// Reads up to `limit` bytes of the body before the app runs. A client that sent
 /// `Expect: 100-continue` is never read ahead: the interim response goes out only when the app
-/// asks for the body.
-async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, limit: usize) -> Result<RequestBody, hyper::Error> {
+/// asks for the body. A body over `body_limit` (0: none) is refused here if it gets that far;
+/// one with a `Content-Length` over it never reaches this point.
+async fn read_body(
+    parts: &http::request::Parts,
+    mut incoming: Incoming,
+    limit: usize,
+    body_limit: u64,
+) -> Result<RequestBody, BodyError> {
     if incoming.is_end_stream() {
         return Ok(RequestBody::Empty);
     }
-    let declared: Option<u64> = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
+    let mut allowed = if body_limit == 0 { u64::MAX } else { body_limit };
+    let declared = incoming.size_hint().exact();
     let expects_continue = parts.headers.contains_key(EXPECT);
     if expects_continue || declared.is_some_and(|n| n > limit as u64) {
-        return Ok(RequestBody::Streaming { head: Bytes::new(), rest: incoming });
+        return Ok(RequestBody::Streaming { head: Bytes::new(), rest: incoming, allowed, limit: body_limit });
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     loop {
         if total > limit {
             metrics::body_bytes_in(total as u64);
-            return Ok(RequestBody::Streaming { head: concat(chunks, total), rest: incoming });
+            return Ok(RequestBody::Streaming { head: concat(chunks, total), rest: incoming, allowed, limit: body_limit });
         }
-        let frame = std::future::poll_fn(|cx| Pin::new(&mut incoming).poll_frame(cx)).await;
-        match frame {
+        match next_data(&mut incoming, &mut allowed, body_limit).await? {
             None => break,
-            Some(Err(err)) => return Err(err),
-            Some(Ok(frame)) => {
-                if let Ok(data) = frame.into_data() {
-                    if !data.is_empty() {
-                        total += data.len();
-                        chunks.push(data);
-                    }
-                }
+            Some(data) => {
+                total += data.len();
+                chunks.push(data);
             }
         }
     }

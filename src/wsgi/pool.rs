@@ -135,7 +135,7 @@ impl Pool {
                 .map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot start a Python thread: {err}")))?;
             threads.push(thread);
         }
-        Ok((Pool { threads }, WsgiHandler::new(sender, doorbell, config.request_buffer, config.timeout)))
+        Ok((Pool { threads }, WsgiHandler::new(sender, doorbell, config.request_buffer, config.timeout, config.limits.body)))
     }
 
     /// Waits for the threads to finish what they hold. The handler (the queue's only sender)

@@ -43,10 +43,14 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         },
         None => None,
     };
+    let mut streamed = None;
     let input = match body {
         RequestBody::Empty => ctx.empty_input.bind(py).clone().into_any(),
         body => match Bound::new(py, InputStream::new(body, &ctx.runtime)) {
-            Ok(input) => input.into_any(),
+            Ok(input) => {
+                streamed = Some(input.clone());
+                input.into_any()
+            }
             Err(err) => return internal_error(py, ctx, &parts, err, reply),
         },
     };
@@ -73,7 +77,8 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         .call1((environ, &exchange))
         .and_then(|iterable| respond(py, exchange.get(), &iterable));
     if let Err(err) = outcome {
-        exchange.get().fail(py, ctx, err);
+        let too_large = streamed.and_then(|input| input.get().too_large());
+        exchange.get().fail(py, ctx, err, too_large);
     }
     metrics::python_busy(-1);
     log::set_current_trace(None);
@@ -391,12 +396,23 @@ impl StartResponse {
     }
 
     /// The app raised: a 500 if nothing was sent yet, otherwise the connection is aborted.
-    fn fail(&self, py: Python<'_>, ctx: &WorkerContext, err: PyErr) {
+    /// If reading the body went over `--limit-request-body` (`too_large`), which is why an app
+    /// usually raises then, the answer is 413 instead of 500.
+    fn fail(&self, py: Python<'_>, ctx: &WorkerContext, err: PyErr, too_large: Option<u64>) {
         let mut state = self.state.lock().unwrap();
         let parts = &self.request;
         if state.client_gone {
             log::debug(format_args!("client went away during {parts}"));
             return;
+        }
+        if let Some(limit) = too_large {
+            if let Some(reply) = state.reply.take_if(|reply| !reply.is_closed()) {
+                log::info(format_args!(
+                    "{parts}: the request body went over --limit-request-body ({limit} bytes) while the app read it; answered 413"
+                ));
+                let _ = reply.send(proto::too_large(limit).response());
+                return;
+            }
         }
         let traceback = ctx.format_traceback(py, &err);
         if let Some(reply) = state.reply.take() {
