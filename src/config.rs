@@ -9,6 +9,7 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 
 use crate::http::forwarded::TrustedProxies;
+use crate::http::Limits;
 use crate::telemetry::log::{Format, Level};
 
 /// `--keep-alive`: longer than the 600 s idle timeout of common load balancers, which must
@@ -69,6 +70,9 @@ pub struct ServerConfig {
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Peers whose forwarding headers are applied (`--forwarded-allow-ips`).
     pub forwarded_allow_ips: TrustedProxies,
+    /// `--limit-request-line`, `--limit-request-fields`, `--limit-request-field-size` and
+    /// `--limit-request-body`.
+    pub limits: Limits,
 }
 
 impl ServerConfig {
@@ -133,6 +137,7 @@ impl ServerConfig {
                 optional::<String>(cfg, "forwarded_allow_ips")?.as_deref().unwrap_or(DEFAULT_FORWARDED_ALLOW_IPS),
             )
             .map_err(|err| PyValueError::new_err(format!("--forwarded-allow-ips: {err}")))?,
+            limits: limits(cfg)?,
         })
     }
 }
@@ -144,6 +149,21 @@ fn seconds(cfg: &Bound<'_, PyAny>, name: &str) -> PyResult<Option<Duration>> {
         Some(s) if s.is_finite() && s >= 0.0 => Ok(Some(Duration::from_secs_f64(s.min(1e9)))),
         Some(_) => Err(PyValueError::new_err(format!("{name} must be a non-negative number"))),
     }
+}
+
+/// The request limits; a missing attribute keeps its default.
+fn limits(cfg: &Bound<'_, PyAny>) -> PyResult<Limits> {
+    let default = Limits::default();
+    let limits = Limits {
+        request_line: optional(cfg, "limit_request_line")?.unwrap_or(default.request_line),
+        fields: optional(cfg, "limit_request_fields")?.unwrap_or(default.fields),
+        field_size: optional(cfg, "limit_request_field_size")?.unwrap_or(default.field_size),
+        body: optional(cfg, "limit_request_body")?.unwrap_or(default.body),
+    };
+    if limits.fields == 0 {
+        return Err(PyValueError::new_err("limit_request_fields must be at least 1"));
+    }
+    Ok(limits)
 }
 
 /// An attribute that may be missing or None.

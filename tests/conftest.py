@@ -124,6 +124,15 @@ def serve():
         server.stop()
 
 
+# Lines a test module wants shown at the end of the run (test_conformance.py's counts).
+TERMINAL_SUMMARY = []
+
+
+def pytest_terminal_summary(terminalreporter):
+    for line in TERMINAL_SUMMARY:
+        terminalreporter.write_line(line)
+
+
 def recv_until_closed(sock, timeout=10.0):
     """Read everything the server sends until it closes the connection."""
     sock.settimeout(timeout)

@@ -41,6 +41,13 @@ DEFAULT_THREADS = 8
 DEFAULT_GRACEFUL_TIMEOUT = 8.0
 DEFAULT_RESPONSE_BUFFER = 1024 * 1024
 DEFAULT_REQUEST_BUFFER = 256 * 1024
+# gunicorn's names and defaults for the request head limits.
+DEFAULT_LIMIT_REQUEST_LINE = 4094
+DEFAULT_LIMIT_REQUEST_FIELDS = 100
+DEFAULT_LIMIT_REQUEST_FIELD_SIZE = 8190
+MAX_LIMIT_REQUEST_FIELDS = 32768
+# Cloud Run refuses HTTP/1 requests over 32 MiB before they reach the container.
+DEFAULT_LIMIT_REQUEST_BODY = 32 * 1024 * 1024
 DEFAULT_BACKLOG = 2048
 # Requests (not connections) that may wait for a free Python thread before new ones get 503.
 # With the default 8 threads, 8 + 1024 covers Cloud Run's highest per-instance concurrency
@@ -136,6 +143,10 @@ class Config(_Record):
     root_path: str
     response_buffer: int
     request_buffer: int
+    limit_request_line: int
+    limit_request_fields: int
+    limit_request_field_size: int
+    limit_request_body: int
     backlog: int
     log_level: str
     workers: int
@@ -163,7 +174,8 @@ class Config(_Record):
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
-        "response_buffer", "request_buffer", "backlog", "log_level", "workers",
+        "response_buffer", "request_buffer", "limit_request_line", "limit_request_fields",
+        "limit_request_field_size", "limit_request_body", "backlog", "log_level", "workers",
         "log_format", "app_log_handler", "access_logfile", "access_logformat",
         "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
@@ -181,6 +193,10 @@ class Config(_Record):
         root_path: str = "",
         response_buffer: int = DEFAULT_RESPONSE_BUFFER,
         request_buffer: int = DEFAULT_REQUEST_BUFFER,
+        limit_request_line: int = DEFAULT_LIMIT_REQUEST_LINE,
+        limit_request_fields: int = DEFAULT_LIMIT_REQUEST_FIELDS,
+        limit_request_field_size: int = DEFAULT_LIMIT_REQUEST_FIELD_SIZE,
+        limit_request_body: int = DEFAULT_LIMIT_REQUEST_BODY,
         backlog: int = DEFAULT_BACKLOG,
         log_level: str = DEFAULT_LOG_LEVEL,
         workers: int | None = None,
@@ -214,6 +230,10 @@ class Config(_Record):
         self.root_path = root_path
         self.response_buffer = response_buffer
         self.request_buffer = request_buffer
+        self.limit_request_line = limit_request_line
+        self.limit_request_fields = limit_request_fields
+        self.limit_request_field_size = limit_request_field_size
+        self.limit_request_body = limit_request_body
         self.backlog = backlog
         self.log_level = log_level
         self.workers = workers
@@ -522,6 +542,14 @@ def parse_count(text):
     return _int_in_range(text, 0)
 
 
+def parse_header_count(text):
+    """The most header fields in a request: 1 to 32768, as gunicorn allows."""
+    value = _int_in_range(text, 1)
+    if value > MAX_LIMIT_REQUEST_FIELDS:
+        raise _bad(f"must be at most {MAX_LIMIT_REQUEST_FIELDS} (got {value})")
+    return value
+
+
 def parse_hook(text):
     """MODULE:FUNCTION, a function imported and called by the server."""
     spec = text.strip()
@@ -643,6 +671,18 @@ _OPTIONS = (
     ("request_buffer", ("--request-buffer",), "SIZE", parse_size, False,
      f"request bodies up to SIZE are read in full before the app is called "
      f"(default: {_format_size(DEFAULT_REQUEST_BUFFER)})"),
+    ("limit_request_line", ("--limit-request-line",), "SIZE", parse_size, False,
+     f"longest request line; longer ones get 414 (default: {DEFAULT_LIMIT_REQUEST_LINE} bytes; "
+     "0: no limit of its own)"),
+    ("limit_request_fields", ("--limit-request-fields",), "N", parse_header_count, False,
+     f"most header fields in a request; more get 431 (default: {DEFAULT_LIMIT_REQUEST_FIELDS}, "
+     f"at most {MAX_LIMIT_REQUEST_FIELDS})"),
+    ("limit_request_field_size", ("--limit-request-field-size",), "SIZE", parse_size, False,
+     f"longest header field, name and value; longer ones get 431 "
+     f"(default: {DEFAULT_LIMIT_REQUEST_FIELD_SIZE} bytes; 0: no limit of its own)"),
+    ("limit_request_body", ("--limit-request-body",), "SIZE", parse_size, False,
+     f"largest request body; larger ones get 413 "
+     f"(default: {_format_size(DEFAULT_LIMIT_REQUEST_BODY)}, Cloud Run's HTTP/1 cap; 0: no limit)"),
     ("backlog", ("--backlog",), "N", parse_positive_int, False,
      f"maximum number of pending connections (default: {DEFAULT_BACKLOG})"),
     ("max_pending", ("--max-pending",), "N", parse_positive_int, False,
@@ -988,6 +1028,10 @@ def parse(argv=None, environ=None):
         root_path=root_path,
         response_buffer=values.get("response_buffer", DEFAULT_RESPONSE_BUFFER),
         request_buffer=values.get("request_buffer", DEFAULT_REQUEST_BUFFER),
+        limit_request_line=values.get("limit_request_line", DEFAULT_LIMIT_REQUEST_LINE),
+        limit_request_fields=values.get("limit_request_fields", DEFAULT_LIMIT_REQUEST_FIELDS),
+        limit_request_field_size=values.get("limit_request_field_size", DEFAULT_LIMIT_REQUEST_FIELD_SIZE),
+        limit_request_body=values.get("limit_request_body", DEFAULT_LIMIT_REQUEST_BODY),
         backlog=values.get("backlog", DEFAULT_BACKLOG),
         log_level=values.get("log_level", DEFAULT_LOG_LEVEL),
         workers=values.get("workers"),

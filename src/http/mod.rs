@@ -6,6 +6,8 @@
 
 mod body;
 pub mod forwarded;
+mod checks;
+mod connection;
 mod server;
 mod watchdog;
 
@@ -13,6 +15,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use body::{ChunkSender, Closed, ResponseBody};
+pub use checks::{log_refused, too_large, Limits, Rejection};
 pub use server::{serve, ServerOptions, Stop};
 
 pub type Request = hyper::Request<hyper::body::Incoming>;

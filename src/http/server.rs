@@ -10,11 +10,12 @@ use std::time::Duration;
 use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
-use hyper_util::server::graceful::GracefulShutdown;
 use tokio::net::{TcpListener, TcpStream};
 
+use super::checks::{self, Limits};
+use super::connection::{self, Graceful};
 use super::forwarded::TrustedProxies;
-use super::watchdog::{self, ConnClock, Limits, Tracked, Watched};
+use super::watchdog::{self, ConnClock, Tracked, Watched};
 use super::{ConnInfo, Handler};
 use crate::telemetry::access::Observation;
 use crate::telemetry::log;
@@ -58,6 +59,8 @@ pub struct ServerOptions {
     pub draining: &'static AtomicBool,
     /// Peers whose forwarding headers are applied (`--forwarded-allow-ips`).
     pub trusted_proxies: Arc<TrustedProxies>,
+    /// `--limit-request-*`.
+    pub limits: Limits,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves. On [`Stop::Graceful`] it
@@ -83,17 +86,25 @@ pub async fn serve<H: Handler>(
         // Timed per connection by the watchdog instead: hyper's timer would cost one per
         // request and would also cut idle keep-alive connections at the header timeout.
         .header_read_timeout(None);
-    let limits = Limits {
+    let deadlines = watchdog::Limits {
         idle: if options.keep_alive.is_zero() { options.header_read_timeout } else { Some(options.keep_alive) },
         head: options.header_read_timeout,
     };
+    // hyper's own cap on a head is its read buffer, which a head that arrives in one large
+    // read can overshoot; this one holds whatever the reads.
+    builder.max_header_size(checks::MAX_HEAD);
+    if options.limits.fields != checks::HYPER_MAX_HEADERS {
+        // Other than hyper's default, the header array is allocated for every request head.
+        builder.max_headers(options.limits.fields);
+    }
 
-    let graceful = GracefulShutdown::new();
+    let graceful = Graceful::new();
     tokio::pin!(shutdown);
 
     let draining: &'static AtomicBool = options.draining;
     let observe = options.observe;
     let label = options.label;
+    let limits = options.limits;
     let serve_connection = |stream: TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
         let mut conn_info = ConnInfo::new(peer, local);
@@ -119,17 +130,25 @@ pub async fn serve<H: Handler>(
                 observation = Observation::begin(&parts, conn_info.peer_ip, trace);
                 req = hyper::Request::from_parts(parts, body);
             }
-            if let Some(refusal) = &refused {
-                log::info(format_args!("{label}{} {} from {peer}: {refusal}; answered 400", req.method(), req.uri().path()));
-            }
-            let fut = match refused {
-                None => Ok(handler.call(req, conn_info)),
-                Some(refusal) => Err(refusal),
+            let declared = http_body::Body::size_hint(req.body()).exact();
+            let refused = match refused {
+                Some(refusal) => {
+                    log::info(format_args!("{label}{} {} from {peer}: {refusal}; answered 400", req.method(), req.uri().path()));
+                    Some(super::bad_forwarding(&refusal))
+                }
+                None => checks::check(req.method(), req.uri(), req.version(), req.headers(), declared, &limits)
+                    .map_err(|refused| {
+                        checks::log_refused(label, &conn_info, req.method(), req.uri(), &refused);
+                        refused.response()
+                    })
+                    .err(),
             };
+            let fut = refused.is_none().then(|| handler.call(req, conn_info));
             async move {
-                let mut response = match fut {
-                    Ok(fut) => fut.await,
-                    Err(refusal) => super::bad_forwarding(&refusal),
+                let mut response = match (refused, fut) {
+                    (Some(refused), _) => refused,
+                    (None, Some(fut)) => fut.await,
+                    (None, None) => unreachable!("either refused or passed on"),
                 };
                 response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
                 if draining.load(Ordering::Relaxed) {
@@ -144,15 +163,13 @@ pub async fn serve<H: Handler>(
             }
         });
         let conn = builder.serve_connection(TokioIo::new(Watched::new(stream, clock.clone())), service);
-        let conn = graceful.watch(conn);
+        let stop = graceful.watch();
         tokio::spawn(async move {
             tokio::select! {
                 biased;
-                ended = conn => if let Err(err) = ended {
-                    log::debug(format_args!("{label}connection from {peer} ended: {err}"));
-                },
+                () = connection::drive(conn, stop, label, peer) => {}
                 // Dropping the connection closes it.
-                expiry = watchdog::expired(&clock, limits) => {
+                expiry = watchdog::expired(&clock, deadlines) => {
                     log::debug(format_args!("{label}connection from {peer} closed: {expiry}"));
                 }
             }

@@ -147,6 +147,10 @@ impl Watched {
     pub fn new(stream: TcpStream, clock: Arc<ConnClock>) -> Self {
         Watched { stream, clock }
     }
+
+    pub fn stream(&self) -> &TcpStream {
+        &self.stream
+    }
 }
 
 impl AsyncRead for Watched {

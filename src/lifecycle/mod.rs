@@ -114,6 +114,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
         label: "",
         draining,
         trusted_proxies: Arc::new(config.forwarded_allow_ips.clone()),
+        limits: config.limits,
     };
     let finished = py.detach(move || {
         let served = runtime.block_on(async move {

@@ -465,6 +465,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Outp
             &DRAINING
         },
         trusted_proxies: Default::default(),
+        limits: crate::http::Limits::default(),
     };
     crate::http::serve(listener, std::sync::Arc::new(Scrape), options, shutdown).await;
 }

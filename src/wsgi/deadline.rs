@@ -20,7 +20,7 @@ use tokio::sync::oneshot;
 
 use super::doorbell::Doorbell;
 use super::response::RequestLine;
-use super::{enqueue, no_answer, read_body, ReadAhead, RequestBody, RequestJob};
+use super::{enqueue, no_answer, read_body, refuse_body, ReadAhead, RequestBody, RequestJob};
 use crate::http::{self as proto, ConnInfo};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::TraceContext;
@@ -108,7 +108,7 @@ pub(super) async fn dispatch(
         biased;
         body = read_body(&parts, incoming, read_ahead) => match body {
             Ok(body) => body,
-            Err(err) => return err.response(&parts),
+            Err(err) => return refuse_body(&parts, &conn, err),
         },
         () = &mut timer => return body_too_slow(&line, trace, limit),
     };

@@ -56,9 +56,14 @@ impl Doorbell {
         self.searching.fetch_add(1, SeqCst);
     }
 
-    /// A searching thread took a request.
-    pub fn found(&self) {
+    /// A searching thread took a request. A ring that came while it searched woke nobody, so
+    /// if more requests are waiting another thread is woken for them: the request just taken
+    /// may keep this one busy for long (an app reading a slow upload).
+    pub fn found(&self, more_waiting: bool) {
         self.searching.fetch_sub(1, SeqCst);
+        if more_waiting {
+            self.ring();
+        }
     }
 
     /// Sleeps until rung, unless `has_work` turns true first; called by a thread that found
@@ -137,7 +142,7 @@ mod tests {
                     loop {
                         if work.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
                             if searching {
-                                bell.found();
+                                bell.found(work.load(SeqCst) > 0);
                                 searching = false;
                             }
                             woke.fetch_add(1, SeqCst);
@@ -165,5 +170,46 @@ mod tests {
             t.join().unwrap();
         }
         assert_eq!(woke.load(SeqCst), 10);
+    }
+
+    #[test]
+    fn a_ring_during_a_search_is_passed_on_when_the_searcher_finds_work() {
+        let bell = Arc::new(Doorbell::new());
+        let work = Arc::new(AtomicU32::new(0));
+        // One thread asleep on the bell, taking one request when woken.
+        let sleeper = {
+            let (bell, work) = (bell.clone(), work.clone());
+            std::thread::spawn(move || {
+                bell.start_searching();
+                let mut searching = true;
+                while bell.wait(searching, || work.load(SeqCst) > 0) {
+                    searching = true;
+                    if work.fetch_update(SeqCst, SeqCst, |n| n.checked_sub(1)).is_ok() {
+                        bell.found(work.load(SeqCst) > 0);
+                        searching = false;
+                    }
+                }
+            })
+        };
+        while bell.sleeping.load(SeqCst) == 0 {
+            std::thread::yield_now();
+        }
+        // This thread is searching when two requests come: the rings wake nobody.
+        bell.start_searching();
+        work.fetch_add(1, SeqCst);
+        bell.ring();
+        work.fetch_add(1, SeqCst);
+        bell.ring();
+        assert_eq!(bell.sleeping.load(SeqCst), 1, "no thread was woken while one searched");
+        // It takes one request and is then busy with it for good: the other is still taken.
+        work.fetch_sub(1, SeqCst);
+        bell.found(work.load(SeqCst) > 0);
+        let deadline = std::time::Instant::now() + Duration::from_secs(10);
+        while work.load(SeqCst) > 0 {
+            assert!(std::time::Instant::now() < deadline, "the second request was never taken");
+            std::thread::yield_now();
+        }
+        bell.close();
+        sleeper.join().unwrap();
     }
 }

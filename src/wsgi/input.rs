@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::runtime::Handle;
 
-use super::{next_frame, BodyError, RequestBody};
+use super::{next_data, BodyError, RequestBody};
 use crate::telemetry::metrics;
 
 #[pyclass(frozen, module = "coldbrew._coldbrew")]
@@ -30,11 +30,14 @@ struct State {
     /// Received but not yet handed to the app.
     buf: Bytes,
     source: Source,
+    /// Set once the body went over `--limit-request-body` (the limit).
+    too_large: Option<u64>,
 }
 
 enum Source {
     Exhausted,
-    Network(Incoming, Handle),
+    /// The rest of the body, and how many more bytes of it `--limit-request-body` allows.
+    Network { body: Incoming, runtime: Handle, allowed: u64, limit: u64 },
     /// Another thread is waiting on the network for this body.
     InUse,
 }
@@ -44,14 +47,16 @@ impl InputStream {
         let (buf, source) = match body {
             RequestBody::Empty => (Bytes::new(), Source::Exhausted),
             RequestBody::Complete(data) => (data, Source::Exhausted),
-            RequestBody::Streaming { head, rest } => (head, Source::Network(rest, runtime.clone())),
+            RequestBody::Streaming { head, rest, allowed, limit } => {
+                (head, Source::Network { body: rest, runtime: runtime.clone(), allowed, limit })
+            }
         };
-        InputStream { state: Mutex::new(State { buf, source }), timeout, timed_out: AtomicBool::new(false) }
+        InputStream { state: Mutex::new(State { buf, source, too_large: None }), timeout, timed_out: AtomicBool::new(false) }
     }
 
     pub(crate) fn empty() -> InputStream {
         InputStream {
-            state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted }),
+            state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted, too_large: None }),
             timeout: None,
             timed_out: AtomicBool::new(false),
         }
@@ -62,12 +67,17 @@ impl InputStream {
         self.timed_out.load(Ordering::Relaxed)
     }
 
+    /// `Some(limit)` once reading went over `--limit-request-body`.
+    pub(crate) fn too_large(&self) -> Option<u64> {
+        self.state.lock().unwrap().too_large
+    }
+
     /// Pulls the next chunk from the network into the buffer. False at the end of the body.
     fn fill(&self, py: Python<'_>) -> PyResult<bool> {
-        let (mut body, runtime) = {
+        let (mut body, runtime, mut allowed, limit) = {
             let mut state = self.state.lock().unwrap();
             match std::mem::replace(&mut state.source, Source::InUse) {
-                Source::Network(body, runtime) => (body, runtime),
+                Source::Network { body, runtime, allowed, limit } => (body, runtime, allowed, limit),
                 Source::Exhausted => {
                     state.source = Source::Exhausted;
                     return Ok(false);
@@ -78,7 +88,7 @@ impl InputStream {
             }
         };
         let timeout = self.timeout;
-        let next = py.detach(|| runtime.block_on(next_data(&mut body, timeout)));
+        let next = py.detach(|| runtime.block_on(next_data(&mut body, &mut allowed, limit, timeout)));
         let mut state = self.state.lock().unwrap();
         match next {
             Ok(Some(data)) => {
@@ -91,7 +101,7 @@ impl InputStream {
                     joined.extend_from_slice(&data);
                     joined.freeze()
                 };
-                state.source = Source::Network(body, runtime);
+                state.source = Source::Network { body, runtime, allowed, limit };
                 Ok(true)
             }
             Ok(None) => {
@@ -104,8 +114,13 @@ impl InputStream {
                 Err(PyTimeoutError::new_err(err.to_string()))
             }
             Err(err) => {
+                // The rest of the body is dropped unread, so the connection closes after the
+                // response.
                 state.source = Source::Exhausted;
-                Err(PyOSError::new_err(err.to_string()))
+                if let BodyError::TooLarge(limit) = err {
+                    state.too_large = Some(limit);
+                }
+                Err(PyOSError::new_err(format!("error reading the request body: {err}")))
             }
         }
     }
@@ -143,21 +158,6 @@ impl InputStream {
                 scanned = window;
             }
             self.fill(py)?;
-        }
-    }
-}
-
-async fn next_data(body: &mut Incoming, timeout: Option<Duration>) -> Result<Option<Bytes>, BodyError> {
-    loop {
-        match next_frame(body, timeout).await? {
-            None => return Ok(None),
-            Some(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    if !data.is_empty() {
-                        return Ok(Some(data));
-                    }
-                }
-            }
         }
     }
 }

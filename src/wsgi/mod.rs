@@ -25,7 +25,7 @@ use std::sync::Arc;
 
 use crossbeam_channel::Sender;
 use doorbell::Doorbell;
-use http::header::{CONTENT_LENGTH, EXPECT};
+use http::header::{CONTENT_LENGTH, EXPECT, HOST, TRANSFER_ENCODING};
 use http::StatusCode;
 use http_body::Body;
 use hyper::body::Incoming;
@@ -53,8 +53,94 @@ pub(crate) struct RequestJob {
 pub(crate) enum RequestBody {
     Empty,
     Complete(Bytes),
-    /// `head` was read ahead; the rest is still on the connection.
-    Streaming { head: Bytes, rest: Incoming },
+    /// `head` was read ahead; the rest is still on the connection, and at most `allowed`
+    /// more bytes of it may come (`limit` is `--limit-request-body`, 0 for none).
+    Streaming { head: Bytes, rest: Incoming, allowed: u64, limit: u64 },
+}
+
+/// Why a request body could not be read.
+#[derive(Debug)]
+pub(crate) enum BodyError {
+    /// Malformed chunked framing, or the client went away mid-body.
+    Read(hyper::Error),
+    /// Longer than `--limit-request-body`.
+    TooLarge(u64),
+    /// A chunked trailer carried a field that frames or routes the message.
+    Trailer(http::HeaderName),
+    /// No body bytes arrived for this long (`--body-timeout`).
+    TooSlow(Duration),
+}
+
+impl BodyError {
+    /// What the client is answered when the app has not been called yet.
+    fn rejection(&self) -> proto::Rejection {
+        match self {
+            BodyError::Read(err) => proto::Rejection::new(
+                StatusCode::BAD_REQUEST,
+                format!("malformed or incomplete request body ({})", error_chain(err)),
+            ),
+            BodyError::TooLarge(limit) => proto::too_large(*limit),
+            BodyError::Trailer(name) => {
+                proto::Rejection::new(StatusCode::BAD_REQUEST, format!("{name} is not allowed in a chunked trailer"))
+            }
+            BodyError::TooSlow(limit) => proto::Rejection::new(
+                StatusCode::REQUEST_TIMEOUT,
+                format!("no request body bytes arrived for {} s (--body-timeout)", limit.as_secs_f64()),
+            ),
+        }
+    }
+}
+
+impl std::fmt::Display for BodyError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.rejection().reason)
+    }
+}
+
+/// An error and its causes, `outer: inner: innermost`.
+fn error_chain(err: &dyn std::error::Error) -> String {
+    let mut text = err.to_string();
+    let mut source = err.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
+}
+
+/// Fields a chunked trailer must not carry: they frame or route the message (RFC 9110
+/// section 6.5.1). The app never sees trailers; one with these fields is malformed, most
+/// likely an attempt to get framing past a front end that merges trailers into the head.
+fn forbidden_trailer(trailers: &http::HeaderMap) -> Option<http::HeaderName> {
+    [CONTENT_LENGTH, TRANSFER_ENCODING, HOST].into_iter().find(|name| trailers.contains_key(name))
+}
+
+/// The next data chunk of a body, `None` at its end. At most `allowed` bytes may still come;
+/// `allowed` is decreased by what arrives.
+pub(crate) async fn next_data(
+    body: &mut Incoming,
+    allowed: &mut u64,
+    limit: u64,
+    timeout: Option<Duration>,
+) -> Result<Option<Bytes>, BodyError> {
+    loop {
+        match next_frame(body, timeout).await? {
+            None => return Ok(None),
+            Some(frame) => match frame.into_data() {
+                Ok(data) if !data.is_empty() => {
+                    *allowed = allowed.checked_sub(data.len() as u64).ok_or(BodyError::TooLarge(limit))?;
+                    return Ok(Some(data));
+                }
+                Ok(_) => {}
+                Err(frame) => {
+                    if let Some(name) = frame.trailers_ref().and_then(forbidden_trailer) {
+                        return Err(BodyError::Trailer(name));
+                    }
+                }
+            },
+        }
+    }
 }
 
 /// Hands requests from the I/O thread to the Python thread pool.
@@ -64,6 +150,8 @@ pub struct WsgiHandler {
     read_ahead: usize,
     timeout: Option<Duration>,
     body_timeout: Option<Duration>,
+    /// `--limit-request-body`; 0 = none.
+    body_limit: u64,
 }
 
 impl Drop for WsgiHandler {
@@ -80,8 +168,9 @@ impl WsgiHandler {
         read_ahead: usize,
         timeout: Option<Duration>,
         body_timeout: Option<Duration>,
+        body_limit: u64,
     ) -> Self {
-        WsgiHandler { queue, doorbell, read_ahead, timeout, body_timeout }
+        WsgiHandler { queue, doorbell, read_ahead, timeout, body_timeout, body_limit }
     }
 }
 
@@ -89,7 +178,7 @@ impl Handler for WsgiHandler {
     fn call(&self, request: proto::Request, conn: ConnInfo) -> impl Future<Output = proto::Response> + Send + use<> {
         let queue = self.queue.clone();
         let doorbell = self.doorbell.clone();
-        let read_ahead = ReadAhead { limit: self.read_ahead, timeout: self.body_timeout };
+        let read_ahead = ReadAhead { limit: self.read_ahead, timeout: self.body_timeout, body_limit: self.body_limit };
         let timeout = self.timeout;
         async move {
             if let Some(limit) = timeout {
@@ -100,7 +189,7 @@ impl Handler for WsgiHandler {
             let (parts, incoming) = request.into_parts();
             let body = match read_body(&parts, incoming, read_ahead).await {
                 Ok(body) => body,
-                Err(err) => return err.response(&parts),
+                Err(err) => return refuse_body(&parts, &conn, err),
             };
             let (reply, answer) = oneshot::channel();
             if !enqueue(&queue, &doorbell, RequestJob { parts, body, conn, reply, claim: None }) {
@@ -123,8 +212,12 @@ fn enqueue(queue: &Sender<RequestJob>, doorbell: &Doorbell, job: RequestJob) -> 
     true
 }
 
-fn incomplete_body() -> proto::Response {
-    proto::plain(StatusCode::BAD_REQUEST, "Bad Request: incomplete body\n")
+/// The answer to a body that could not be read ahead: the app is not called, one line is
+/// logged, and the connection closes.
+fn refuse_body(parts: &http::request::Parts, conn: &ConnInfo, err: BodyError) -> proto::Response {
+    let refused = err.rejection();
+    proto::log_refused("", conn, &parts.method, &parts.uri, &refused);
+    refused.response()
 }
 
 /// The Python side dropped the request without a response.
@@ -137,41 +230,8 @@ fn no_answer() -> proto::Response {
 pub(crate) struct ReadAhead {
     pub limit: usize,
     pub timeout: Option<Duration>,
-}
-
-/// Why a request body could not be read.
-#[derive(Debug)]
-pub(crate) enum BodyError {
-    /// The connection broke or the body's framing was bad.
-    Broken(hyper::Error),
-    /// No body bytes arrived for this long (`--body-timeout`).
-    TooSlow(Duration),
-}
-
-impl BodyError {
-    /// The answer when reading ahead failed, before the app was called.
-    pub(crate) fn response(&self, parts: &http::request::Parts) -> proto::Response {
-        match self {
-            BodyError::Broken(_) => incomplete_body(),
-            BodyError::TooSlow(limit) => {
-                crate::telemetry::log::info(format_args!(
-                    "{} {}: {self}; answered 408 and the app was not called",
-                    parts.method,
-                    parts.uri.path()
-                ));
-                body_timed_out(*limit)
-            }
-        }
-    }
-}
-
-impl std::fmt::Display for BodyError {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self {
-            BodyError::Broken(err) => write!(f, "error reading the request body: {err}"),
-            BodyError::TooSlow(limit) => write!(f, "no request body bytes arrived for {} s (--body-timeout)", limit.as_secs_f64()),
-        }
-    }
+    /// `--limit-request-body`; 0 = none.
+    pub body_limit: u64,
 }
 
 /// 408 for a body that stopped arriving; the rest of it is still on the connection, so the
@@ -191,7 +251,7 @@ pub(crate) async fn next_frame(body: &mut Incoming, limit: Option<Duration>) -> 
     let mut timer: Option<Pin<Box<tokio::time::Sleep>>> = None;
     std::future::poll_fn(|cx| {
         if let std::task::Poll::Ready(frame) = Pin::new(&mut *body).poll_frame(cx) {
-            return std::task::Poll::Ready(frame.transpose().map_err(BodyError::Broken));
+            return std::task::Poll::Ready(frame.transpose().map_err(BodyError::Read));
         }
         let Some(limit) = limit else { return std::task::Poll::Pending };
         let timer = timer.get_or_insert_with(|| Box::pin(tokio::time::sleep(limit)));
@@ -202,37 +262,32 @@ pub(crate) async fn next_frame(body: &mut Incoming, limit: Option<Duration>) -> 
 
 /// Reads up to `limit` bytes of the body before the app runs. A client that sent
 /// `Expect: 100-continue` is never read ahead: the interim response goes out only when the app
-/// asks for the body.
+/// asks for the body. A body over `ahead.body_limit` (0: none) is refused here if it gets that
+/// far; one with a `Content-Length` over it never reaches this point.
 async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, ahead: ReadAhead) -> Result<RequestBody, BodyError> {
     let limit = ahead.limit;
+    let body_limit = ahead.body_limit;
     if incoming.is_end_stream() {
         return Ok(RequestBody::Empty);
     }
-    let declared: Option<u64> = parts
-        .headers
-        .get(CONTENT_LENGTH)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.trim().parse().ok());
+    let mut allowed = if body_limit == 0 { u64::MAX } else { body_limit };
+    let declared = incoming.size_hint().exact();
     let expects_continue = parts.headers.contains_key(EXPECT);
     if expects_continue || declared.is_some_and(|n| n > limit as u64) {
-        return Ok(RequestBody::Streaming { head: Bytes::new(), rest: incoming });
+        return Ok(RequestBody::Streaming { head: Bytes::new(), rest: incoming, allowed, limit: body_limit });
     }
     let mut chunks: Vec<Bytes> = Vec::new();
     let mut total = 0usize;
     loop {
         if total > limit {
             metrics::body_bytes_in(total as u64);
-            return Ok(RequestBody::Streaming { head: concat(chunks, total), rest: incoming });
+            return Ok(RequestBody::Streaming { head: concat(chunks, total), rest: incoming, allowed, limit: body_limit });
         }
-        match next_frame(&mut incoming, ahead.timeout).await? {
+        match next_data(&mut incoming, &mut allowed, body_limit, ahead.timeout).await? {
             None => break,
-            Some(frame) => {
-                if let Ok(data) = frame.into_data() {
-                    if !data.is_empty() {
-                        total += data.len();
-                        chunks.push(data);
-                    }
-                }
+            Some(data) => {
+                total += data.len();
+                chunks.push(data);
             }
         }
     }

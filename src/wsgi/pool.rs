@@ -138,7 +138,7 @@ impl Pool {
                 .map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot start a Python thread: {err}")))?;
             threads.push(thread);
         }
-        Ok((Pool { threads }, WsgiHandler::new(sender, doorbell, config.request_buffer, config.timeout, config.body_timeout)))
+        Ok((Pool { threads }, WsgiHandler::new(sender, doorbell, config.request_buffer, config.timeout, config.body_timeout, config.limits.body)))
     }
 
     /// Waits for the threads to finish what they hold. The handler (the queue's only sender)
@@ -168,7 +168,7 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
                 Ok(job) => {
                     metrics::requests_waiting(-1);
                     if searching {
-                        doorbell.found();
+                        doorbell.found(!jobs.is_empty());
                         searching = false;
                     }
                     response::handle(py, &context, job);

@@ -43,13 +43,12 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         },
         None => None,
     };
-    // Kept to tell, if the app fails, whether the client stopped sending the body.
-    let mut stream = None;
+    let mut streamed = None;
     let input = match body {
         RequestBody::Empty => ctx.empty_input.bind(py).clone().into_any(),
         body => match Bound::new(py, InputStream::new(body, &ctx.runtime, ctx.body_timeout)) {
             Ok(input) => {
-                stream = Some(input.clone());
+                streamed = Some(input.clone());
                 input.into_any()
             }
             Err(err) => return internal_error(py, ctx, &parts, err, reply),
@@ -78,10 +77,11 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         .call1((environ, &exchange))
         .and_then(|iterable| respond(py, exchange.get(), &iterable));
     if let Err(err) = outcome {
-        if stream.is_some_and(|s| s.get().timed_out()) {
+        if streamed.as_ref().is_some_and(|s| s.get().timed_out()) {
             exchange.get().fail_slow_body(py, ctx, err);
         } else {
-            exchange.get().fail(py, ctx, err);
+            let too_large = streamed.and_then(|input| input.get().too_large());
+            exchange.get().fail(py, ctx, err, too_large);
         }
     }
     metrics::python_busy(-1);
@@ -400,12 +400,23 @@ impl StartResponse {
     }
 
     /// The app raised: a 500 if nothing was sent yet, otherwise the connection is aborted.
-    fn fail(&self, py: Python<'_>, ctx: &WorkerContext, err: PyErr) {
+    /// If reading the body went over `--limit-request-body` (`too_large`), which is why an app
+    /// usually raises then, the answer is 413 instead of 500.
+    fn fail(&self, py: Python<'_>, ctx: &WorkerContext, err: PyErr, too_large: Option<u64>) {
         let mut state = self.state.lock().unwrap();
         let parts = &self.request;
         if state.client_gone {
             log::debug(format_args!("client went away during {parts}"));
             return;
+        }
+        if let Some(limit) = too_large {
+            if let Some(reply) = state.reply.take_if(|reply| !reply.is_closed()) {
+                log::info(format_args!(
+                    "{parts}: the request body went over --limit-request-body ({limit} bytes) while the app read it; answered 413"
+                ));
+                let _ = reply.send(proto::too_large(limit).response());
+                return;
+            }
         }
         let traceback = ctx.format_traceback(py, &err);
         if let Some(reply) = state.reply.take() {
@@ -436,7 +447,7 @@ impl StartResponse {
                 ));
                 let _ = reply.send(super::body_timed_out(limit));
             }
-            None => self.fail(py, ctx, err),
+            None => self.fail(py, ctx, err, None),
         }
     }
 

@@ -1,0 +1,365 @@
+//! What coldbrew checks on a request head after hyper has parsed it and before any app sees
+//! it: the size limits (`--limit-request-*`), and the requests hyper's parser lets through
+//! that coldbrew refuses (docs/http.md lists each decision and why).
+//!
+//! The checks read the parsed head once, in one pass over the headers, and allocate nothing
+//! unless the request is refused.
+
+use std::borrow::Cow;
+
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, StatusCode, Uri, Version};
+
+use super::ConnInfo;
+use crate::telemetry::log;
+
+/// Size limits on requests, with gunicorn's names and defaults where gunicorn has them.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Limits {
+    /// Longest request line (method, target and version with their two spaces, without the
+    /// CRLF), in bytes; 0 = no limit of coldbrew's own.
+    pub request_line: usize,
+    /// Most header fields in a request head (hyper's `max_headers`).
+    pub fields: usize,
+    /// Longest header field, counted as `Name: value` plus its CRLF (name + value + 4 bytes,
+    /// whatever whitespace surrounded the value); 0 = no limit of coldbrew's own.
+    pub field_size: usize,
+    /// Largest request body in bytes; 0 = no limit.
+    pub body: u64,
+}
+
+/// hyper's own header count, which it keeps on the stack.
+pub const HYPER_MAX_HEADERS: usize = 100;
+
+/// The largest request head (request line and header fields) whatever the limits say, under
+/// hyper's read buffer (about 408 KiB) so that every larger head gets 431.
+pub const MAX_HEAD: usize = 400 * 1024;
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits { request_line: 4094, fields: HYPER_MAX_HEADERS, field_size: 8190, body: 32 * 1024 * 1024 }
+    }
+}
+
+/// A request coldbrew answers itself, without calling the app, and then closes the connection.
+#[derive(Debug, PartialEq, Eq)]
+pub struct Rejection {
+    pub status: StatusCode,
+    /// What was wrong, for the response body and the log line.
+    pub reason: Cow<'static, str>,
+}
+
+impl Rejection {
+    pub fn new(status: StatusCode, reason: impl Into<Cow<'static, str>>) -> Self {
+        Rejection { status, reason: reason.into() }
+    }
+
+    fn bad(reason: &'static str) -> Self {
+        Rejection::new(StatusCode::BAD_REQUEST, reason)
+    }
+
+    /// The answer: a short text that says what was wrong, with `Connection: close`.
+    pub fn response(&self) -> super::Response {
+        let text = format!("{}: {}\n", self.status.canonical_reason().unwrap_or("Error"), self.reason);
+        let mut response = super::plain(self.status, text);
+        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        response
+    }
+}
+
+/// Transfer codings a request may use before its final `chunked`. They are passed on to the
+/// app, which sees them in `HTTP_TRANSFER_ENCODING`; `identity` means no coding.
+const KNOWN_CODINGS: &[&str] = &["identity", "gzip", "x-gzip", "deflate", "compress", "x-compress"];
+
+/// Checks a parsed request head. `declared` is the body length its `Content-Length` gives
+/// (hyper has already refused invalid or conflicting ones).
+pub fn check(
+    method: &Method,
+    uri: &Uri,
+    version: Version,
+    headers: &HeaderMap,
+    declared: Option<u64>,
+    limits: &Limits,
+) -> Result<(), Rejection> {
+    if limits.request_line > 0 {
+        let line = method.as_str().len() + target_len(uri) + " HTTP/1.1 ".len();
+        if line > limits.request_line {
+            return Err(Rejection::new(
+                StatusCode::URI_TOO_LONG,
+                format!("the request line is longer than {} bytes", limits.request_line),
+            ));
+        }
+    }
+
+    let mut hosts = 0;
+    let mut content_types = 0;
+    let mut transfer_encoding = false;
+    let mut expect = false;
+    for (name, value) in headers {
+        if limits.field_size > 0 && name.as_str().len() + value.len() + 4 > limits.field_size {
+            return Err(Rejection::new(
+                StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+                format!("a header field is longer than {} bytes", limits.field_size),
+            ));
+        }
+        if name == header::HOST {
+            hosts += 1;
+            if !valid_host(value.as_bytes()) {
+                return Err(Rejection::bad("invalid Host header"));
+            }
+        } else if name == header::CONTENT_TYPE {
+            content_types += 1;
+        } else if name == header::TRANSFER_ENCODING {
+            transfer_encoding = true;
+        } else if name == header::EXPECT {
+            expect = true;
+        }
+    }
+    if hosts > 1 {
+        return Err(Rejection::bad("more than one Host header"));
+    }
+    if content_types > 1 {
+        return Err(Rejection::bad("more than one Content-Type header"));
+    }
+
+    // The target's form must fit the method: authority-form is only for CONNECT, `*` only for
+    // OPTIONS (RFC 9112 section 3.2). A WSGI app cannot open a tunnel, so CONNECT itself is
+    // not implemented.
+    if method == Method::CONNECT {
+        return Err(Rejection::new(StatusCode::NOT_IMPLEMENTED, "CONNECT is not supported"));
+    }
+    if uri.scheme().is_none() && uri.authority().is_some() {
+        return Err(Rejection::bad("a host:port target is only valid with CONNECT"));
+    }
+    if uri.path() == "*" && method != Method::OPTIONS {
+        return Err(Rejection::bad("the * target is only valid with OPTIONS"));
+    }
+
+    if transfer_encoding {
+        // hyper has checked that `chunked` comes last. It must come only once (RFC 9112
+        // section 6.1), and the codings before it must be ones the app can know.
+        let mut chunked = 0;
+        for value in headers.get_all(header::TRANSFER_ENCODING) {
+            let Ok(text) = value.to_str() else {
+                return Err(Rejection::new(StatusCode::NOT_IMPLEMENTED, "unsupported transfer coding"));
+            };
+            for coding in text.split(',').map(|coding| coding.trim_matches([' ', '\t'])).filter(|c| !c.is_empty()) {
+                if coding.eq_ignore_ascii_case("chunked") {
+                    chunked += 1;
+                } else if !KNOWN_CODINGS.iter().any(|known| coding.eq_ignore_ascii_case(known)) {
+                    return Err(Rejection::new(StatusCode::NOT_IMPLEMENTED, "unsupported transfer coding"));
+                }
+            }
+        }
+        if chunked > 1 {
+            return Err(Rejection::bad("chunked is applied more than once"));
+        }
+    }
+
+    // HTTP/1.0 has no expectations: the header is ignored there (RFC 9110 section 10.1.1).
+    if expect && version != Version::HTTP_10 {
+        for value in headers.get_all(header::EXPECT) {
+            if !value.as_bytes().trim_ascii().eq_ignore_ascii_case(b"100-continue") {
+                return Err(Rejection::new(StatusCode::EXPECTATION_FAILED, "the only expectation supported is 100-continue"));
+            }
+        }
+    }
+
+    if limits.body > 0 && declared.is_some_and(|n| n > limits.body) {
+        return Err(too_large(limits.body));
+    }
+    Ok(())
+}
+
+/// The one log line about a refused request: who sent it, what was wrong, the answer, and the
+/// request line, escaped and cut short (a refused line may be 64 KiB long).
+pub fn log_refused(label: &str, conn: &ConnInfo, method: &Method, uri: &Uri, refused: &Rejection) {
+    if !log::enabled(log::Level::Info) {
+        return;
+    }
+    const SHOWN: usize = 200;
+    let target = uri.to_string();
+    let cut = target.char_indices().nth(SHOWN).map_or(target.len(), |(i, _)| i);
+    let more = if cut < target.len() { "..." } else { "" };
+    log::info(format_args!(
+        "{label}refused a request from {}: {}; answered {}: {} {}{more}",
+        conn.peer,
+        refused.reason,
+        refused.status.as_u16(),
+        method,
+        log::escape_controls(&target[..cut], false),
+    ));
+}
+
+/// Writes a 400 to a connection hyper gave up on without answering (the client ended its side
+/// inside a request head), in one non-blocking write: a client that does not read gets
+/// nothing, and the connection is closed either way.
+pub fn answer_unparsed(stream: &tokio::net::TcpStream) {
+    const TEXT: &str = "Bad Request: the connection ended inside the request head\n";
+    let answer = format!(
+        "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\n\
+         content-length: {}\r\nserver: coldbrew\r\ndate: {}\r\n\r\n{TEXT}",
+        TEXT.len(),
+        http_date(std::time::SystemTime::now()),
+    );
+    let _ = stream.try_write(answer.as_bytes());
+}
+
+/// `Wed, 25 Nov 2026 23:52:47 GMT` (RFC 9110 section 5.6.7).
+fn http_date(time: std::time::SystemTime) -> String {
+    const DAYS: [&str; 7] = ["Thu", "Fri", "Sat", "Sun", "Mon", "Tue", "Wed"];
+    const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+    let secs = time.duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_secs());
+    let (days, rem) = (secs / 86_400, secs % 86_400);
+    let (year, month, day) = log::civil_from_days(days as i64);
+    format!(
+        "{}, {day:02} {} {year} {:02}:{:02}:{:02} GMT",
+        DAYS[(days % 7) as usize],
+        MONTHS[month as usize - 1],
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+/// 413 for a body over `--limit-request-body`.
+pub fn too_large(limit: u64) -> Rejection {
+    Rejection::new(
+        StatusCode::PAYLOAD_TOO_LARGE,
+        format!("the request body is larger than this server accepts ({limit} bytes)"),
+    )
+}
+
+/// The length of the request target as the client wrote it, less any `#fragment` (which the
+/// URI parser drops).
+fn target_len(uri: &Uri) -> usize {
+    let path = uri.path_and_query().map_or(0, |p| p.as_str().len());
+    match (uri.scheme(), uri.authority()) {
+        (Some(scheme), Some(authority)) => scheme.as_str().len() + "://".len() + authority.as_str().len() + path,
+        (None, Some(authority)) => authority.as_str().len(),
+        _ => path,
+    }
+}
+
+/// Whether a Host value is `host[:port]` as RFC 3986 spells it: the characters of a
+/// registered name, an IPv4 address or a bracketed IP literal, and a colon. An empty value is
+/// allowed (RFC 9112 section 3.2). The exact grammar is left to the app; this refuses what
+/// cannot be a host at all, such as spaces, `@`, `/` or control characters.
+fn valid_host(value: &[u8]) -> bool {
+    value.iter().all(|&b| {
+        b.is_ascii_alphanumeric()
+            || matches!(b, b'-' | b'.' | b'_' | b'~' | b'!' | b'$' | b'&' | b'\'' | b'(' | b')' | b'*' | b'+' | b',' | b';' | b'=' | b':' | b'%' | b'[' | b']')
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn head(method: &str, target: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap) {
+        let mut map = HeaderMap::new();
+        for (name, value) in headers {
+            map.append(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
+        }
+        (Method::from_bytes(method.as_bytes()).unwrap(), target.parse().unwrap(), map)
+    }
+
+    fn run(method: &str, target: &str, headers: &[(&str, &str)], limits: &Limits) -> Result<(), StatusCode> {
+        let (method, uri, map) = head(method, target, headers);
+        check(&method, &uri, Version::HTTP_11, &map, None, limits).map_err(|r| r.status)
+    }
+
+    fn status(method: &str, target: &str, headers: &[(&str, &str)]) -> Result<(), StatusCode> {
+        run(method, target, headers, &Limits::default())
+    }
+
+    #[test]
+    fn request_line_limit_counts_method_target_version_and_spaces() {
+        let limits = Limits { request_line: 20, ..Limits::default() };
+        // "GET /abcdefg HTTP/1.1" is 21 bytes, one less fits.
+        assert_eq!(run("GET", "/abcdef", &[], &limits), Ok(()));
+        assert_eq!(run("GET", "/abcdefg", &[], &limits), Err(StatusCode::URI_TOO_LONG));
+        assert_eq!(run("GET", "/abcdef?", &[], &limits), Err(StatusCode::URI_TOO_LONG));
+        // "GET http://a.b/c HTTP/1.1" is 25 bytes.
+        assert_eq!(run("GET", "http://a.b/c", &[], &Limits { request_line: 25, ..limits }), Ok(()));
+        assert_eq!(run("GET", "http://a.b/c", &[], &Limits { request_line: 24, ..limits }), Err(StatusCode::URI_TOO_LONG));
+        let long = format!("/{}", "x".repeat(60_000));
+        assert_eq!(run("GET", &long, &[], &Limits { request_line: 0, ..limits }), Ok(()));
+    }
+
+    #[test]
+    fn field_size_counts_name_value_colon_space_and_crlf() {
+        let limits = Limits { field_size: 10, ..Limits::default() };
+        // "Accept: ab" + CRLF is 12 bytes.
+        assert_eq!(run("GET", "/", &[("accept", "ab")], &Limits { field_size: 12, ..limits }), Ok(()));
+        assert_eq!(run("GET", "/", &[("accept", "ab")], &Limits { field_size: 11, ..limits }), Err(StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE));
+        assert_eq!(run("GET", "/", &[("x", "y".repeat(100_000).as_str())], &Limits { field_size: 0, ..limits }), Ok(()));
+    }
+
+    #[test]
+    fn one_host_and_one_content_type() {
+        assert_eq!(status("GET", "/", &[("host", "a"), ("host", "a")]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(status("GET", "/", &[("content-type", "a/b"), ("content-type", "a/b")]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(status("GET", "/", &[("host", "a"), ("content-type", "a/b"), ("accept", "x"), ("accept", "y")]), Ok(()));
+    }
+
+    #[test]
+    fn host_values() {
+        for good in ["example.com", "example.com:8080", "[::1]:80", "127.0.0.1", "0.0.0.0=5000", "xn--caf-dma.example", ""] {
+            assert_eq!(status("GET", "/", &[("host", good)]), Ok(()), "{good}");
+        }
+        for bad in ["a b", "user@example.com", "example.com/path", "a\tb", "caf\u{e9}"] {
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, HeaderValue::from_bytes(bad.as_bytes()).unwrap());
+            let result = check(&Method::GET, &Uri::from_static("/"), Version::HTTP_11, &map, None, &Limits::default());
+            assert_eq!(result.map_err(|r| r.status), Err(StatusCode::BAD_REQUEST), "{bad}");
+        }
+    }
+
+    #[test]
+    fn target_forms() {
+        assert_eq!(status("OPTIONS", "*", &[]), Ok(()));
+        assert_eq!(status("GET", "*", &[]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(status("GET", "example.com:443", &[]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(status("CONNECT", "example.com:443", &[]), Err(StatusCode::NOT_IMPLEMENTED));
+        assert_eq!(status("GET", "http://example.com/a?b", &[]), Ok(()));
+    }
+
+    #[test]
+    fn transfer_codings() {
+        assert_eq!(status("POST", "/", &[("transfer-encoding", "chunked")]), Ok(()));
+        assert_eq!(status("POST", "/", &[("transfer-encoding", "gzip, chunked")]), Ok(()));
+        assert_eq!(status("POST", "/", &[("transfer-encoding", "identity"), ("transfer-encoding", "Chunked")]), Ok(()));
+        assert_eq!(status("POST", "/", &[("transfer-encoding", "br, chunked")]), Err(StatusCode::NOT_IMPLEMENTED));
+        assert_eq!(status("POST", "/", &[("transfer-encoding", "gzip;q=1, chunked")]), Err(StatusCode::NOT_IMPLEMENTED));
+        assert_eq!(status("POST", "/", &[("transfer-encoding", "chunked, chunked")]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(status("POST", "/", &[("transfer-encoding", "chunked"), ("transfer-encoding", "chunked")]), Err(StatusCode::BAD_REQUEST));
+    }
+
+    #[test]
+    fn expectations() {
+        assert_eq!(status("POST", "/", &[("expect", "100-Continue")]), Ok(()));
+        assert_eq!(status("POST", "/", &[("expect", "100-continue, foo")]), Err(StatusCode::EXPECTATION_FAILED));
+        assert_eq!(status("POST", "/", &[("expect", "foo")]), Err(StatusCode::EXPECTATION_FAILED));
+        let (method, uri, map) = head("POST", "/", &[("expect", "foo")]);
+        assert_eq!(check(&method, &uri, Version::HTTP_10, &map, None, &Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn http_dates() {
+        let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_650_767);
+        assert_eq!(http_date(time), "Wed, 25 Nov 2026 23:52:47 GMT");
+        assert_eq!(http_date(std::time::UNIX_EPOCH), "Thu, 01 Jan 1970 00:00:00 GMT");
+    }
+
+    #[test]
+    fn declared_body_over_the_limit() {
+        let (method, uri, map) = head("POST", "/", &[]);
+        let limits = Limits { body: 10, ..Limits::default() };
+        assert_eq!(check(&method, &uri, Version::HTTP_11, &map, Some(10), &limits), Ok(()));
+        let refused = check(&method, &uri, Version::HTTP_11, &map, Some(11), &limits).unwrap_err();
+        assert_eq!(refused.status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert!(refused.reason.contains("10 bytes"));
+        assert_eq!(check(&method, &uri, Version::HTTP_11, &map, Some(u64::MAX), &Limits { body: 0, ..limits }), Ok(()));
+    }
+}
