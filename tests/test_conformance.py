@@ -16,8 +16,9 @@ it as JSON.
 - Where coldbrew decided against gunicorn (docs/http.md, "HTTP conformance"), the case checks
   coldbrew's documented behaviour instead and counts as a deviation.
 
-The corpus is read from ../shared/conformance/ next to the checkout, or from the file named by
-COLDBREW_CONFORMANCE_CORPUS; without it the module is skipped. The counts are printed at the
+The corpus is read from the file named by COLDBREW_CONFORMANCE_CORPUS, else from
+shared/conformance/ next to the checkout or under /work; without it the module is skipped
+(gunicorn's test data is not copied into this repository). The counts are printed at the
 end of the run and written to target/conformance-summary.txt.
 """
 
@@ -35,8 +36,11 @@ import conftest
 from conftest import ROOT, Server
 from test_http1 import RawConn
 
+_CORPUS_NAME = Path("shared") / "conformance" / "gunicorn-http1-requests.json"
+_CANDIDATES = [ROOT.parent / _CORPUS_NAME, Path("/work") / _CORPUS_NAME]
 CORPUS_PATH = Path(
-    os.environ.get("COLDBREW_CONFORMANCE_CORPUS", ROOT.parent / "shared" / "conformance" / "gunicorn-http1-requests.json")
+    os.environ.get("COLDBREW_CONFORMANCE_CORPUS")
+    or next((path for path in _CANDIDATES if path.is_file()), _CANDIDATES[0])
 )
 if not CORPUS_PATH.is_file():
     pytest.skip(f"conformance corpus not found at {CORPUS_PATH}", allow_module_level=True)
