@@ -70,6 +70,8 @@ pub struct ServerConfig {
     pub cgroup_root: Option<std::path::PathBuf>,
     /// Peers whose forwarding headers are applied (`--forwarded-allow-ips`).
     pub forwarded_allow_ips: TrustedProxies,
+    /// `--http`: which protocols the app's port speaks.
+    pub protocols: crate::http::Protocols,
     /// `--limit-request-line`, `--limit-request-fields`, `--limit-request-field-size` and
     /// `--limit-request-body`.
     pub limits: Limits,
@@ -138,6 +140,12 @@ impl ServerConfig {
             )
             .map_err(|err| PyValueError::new_err(format!("--forwarded-allow-ips: {err}")))?,
             limits: limits(cfg)?,
+            protocols: match optional::<String>(cfg, "http")?.as_deref() {
+                None | Some("auto") => crate::http::Protocols::Auto,
+                Some("1") => crate::http::Protocols::Http1,
+                Some("2") => crate::http::Protocols::Http2,
+                Some(other) => return Err(PyValueError::new_err(format!("invalid --http: {other:?}"))),
+            },
         })
     }
 }

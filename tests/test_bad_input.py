@@ -302,14 +302,6 @@ def test_asterisk_only_with_options(server):
     assert echoed(got[0])["path"] == "*"
 
 
-def test_http2_preface_is_closed_without_calling_the_app(server):
-    # coldbrew speaks HTTP/1 only: an HTTP/1 answer would mean nothing to this client.
-    before = calls(server)
-    got = responses(server, b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n")
-    assert got == []
-    assert calls(server) == before
-
-
 def test_connection_ended_inside_the_head_gets_400(server):
     resp = refused(server, b"GET /x HTTP/1.1\r\nHost: exa", 400, eof=True)
     assert resp.header("connection") == "close"

@@ -47,7 +47,7 @@ ALL_FLAGS = [
     "--access-logformat", "--gcp-project", "--metrics-bind", "--version", "--help",
     "-w", "--workers", "-t", "--timeout", "--preload", "--post-fork", "--warmup",
     "--max-requests", "--max-requests-jitter", "--health-path", "--cgroup-root",
-    "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout", "--max-pending",
+    "--http", "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout", "--max-pending",
     "--limit-request-line", "--limit-request-fields", "--limit-request-field-size", "--limit-request-body",
 ]
 
@@ -58,7 +58,7 @@ CONFIG_FIELDS = [
     "log_format", "app_log_handler", "access_logfile", "access_logformat", "gcp_project",
     "metrics_host", "metrics_port", "workers_reason", "preload", "post_fork", "max_requests",
     "max_requests_jitter", "timeout", "warmup", "health_path", "cgroup_root",
-    "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout", "max_pending",
+    "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout", "max_pending", "http",
 ]
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -502,6 +502,7 @@ def test_repeatable_env_from_every_source_in_precedence_order():
         ("COLDBREW_KEEP_ALIVE", "0", "keep_alive", 0.0),
         ("COLDBREW_BODY_TIMEOUT", "12", "body_timeout", 12.0),
         ("COLDBREW_MAX_PENDING", "2", "max_pending", 2),
+        ("COLDBREW_HTTP", "2", "http", "2"),
         ("COLDBREW_LIMIT_REQUEST_LINE", "8190", "limit_request_line", 8190),
         ("COLDBREW_LIMIT_REQUEST_LINE", "0", "limit_request_line", 0),
         ("COLDBREW_LIMIT_REQUEST_FIELDS", "32768", "limit_request_fields", 32768),

@@ -68,6 +68,8 @@ DEFAULT_LOG_LEVEL = "info"
 LOG_LEVELS = ("debug", "info", "warning", "error", "critical")
 DEFAULT_LOG_FORMAT = "text"
 LOG_FORMATS = ("text", "json")
+DEFAULT_HTTP = "auto"
+HTTP_CHOICES = ("auto", "1", "2")
 # gunicorn's default access log format (the "combined" log format).
 DEFAULT_ACCESS_LOGFORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 # The one-letter atoms of --access-logformat; also {NAME}i, {NAME}o and {NAME}e.
@@ -171,6 +173,7 @@ class Config(_Record):
     keep_alive: float
     body_timeout: float
     max_pending: int
+    http: str
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
@@ -180,7 +183,7 @@ class Config(_Record):
         "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
         "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
-        "body_timeout", "max_pending",
+        "body_timeout", "max_pending", "http",
     )
 
     def __init__(
@@ -221,6 +224,7 @@ class Config(_Record):
         keep_alive: float = DEFAULT_KEEP_ALIVE,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
+        http: str = DEFAULT_HTTP,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -258,6 +262,7 @@ class Config(_Record):
         self.keep_alive = keep_alive
         self.body_timeout = body_timeout
         self.max_pending = max_pending
+        self.http = http
 
 
 class Invocation(_Record):
@@ -465,6 +470,13 @@ def parse_log_format(text):
     if log_format not in LOG_FORMATS:
         raise _bad(f"invalid choice: {text!r} (choose from {', '.join(LOG_FORMATS)})")
     return log_format
+
+
+def parse_http(text):
+    choice = text.strip().lower()
+    if choice not in HTTP_CHOICES:
+        raise _bad(f"invalid choice: {text!r} (choose from {', '.join(HTTP_CHOICES)})")
+    return choice
 
 
 def parse_on_off(text):
@@ -685,6 +697,9 @@ _OPTIONS = (
      f"(default: {_format_size(DEFAULT_LIMIT_REQUEST_BODY)}, Cloud Run's HTTP/1 cap; 0: no limit)"),
     ("backlog", ("--backlog",), "N", parse_positive_int, False,
      f"maximum number of pending connections (default: {DEFAULT_BACKLOG})"),
+    ("http", ("--http",), "|".join(HTTP_CHOICES), parse_http, False,
+     "protocols on the app's port: HTTP/1.1 and, for connections that open with its preface, "
+     "HTTP/2 over cleartext (auto); HTTP/1.1 only (1); or HTTP/2 only (2) (default: auto)"),
     ("max_pending", ("--max-pending",), "N", parse_positive_int, False,
      "requests that may wait for a free Python thread; beyond them new requests get 503 "
      f"with Retry-After at once (default: {DEFAULT_MAX_PENDING}); idle connections never count"),
@@ -1056,6 +1071,7 @@ def parse(argv=None, environ=None):
         keep_alive=float(values.get("keep_alive", DEFAULT_KEEP_ALIVE)),
         body_timeout=float(values.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
         max_pending=values.get("max_pending", DEFAULT_MAX_PENDING),
+        http=values.get("http", DEFAULT_HTTP),
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 

@@ -5,7 +5,8 @@ use std::net::SocketAddr;
 use std::pin::Pin;
 
 use hyper::body::Incoming;
-use hyper::server::conn::http1;
+use hyper::rt::bounds::Http2ServerConnExec;
+use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
@@ -86,4 +87,34 @@ pub(super) async fn drive<S, B>(
         }
     }
     log::debug(format_args!("{label}connection from {peer} ended: {err}"));
+}
+
+/// Runs an HTTP/2 connection to its end; once `stop` changes it sends GOAWAY and lets the
+/// open streams finish.
+pub(super) async fn drive_h2<S, B, E>(
+    mut conn: http2::Connection<TokioIo<Watched>, S, E>,
+    mut stop: watch::Receiver<()>,
+    label: &'static str,
+    peer: SocketAddr,
+) where
+    S: HttpService<Incoming, ResBody = B>,
+    S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    B: http_body::Body + 'static,
+    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    E: Http2ServerConnExec<S::Future, B>,
+{
+    let stopping = stop.changed();
+    tokio::pin!(stopping);
+    let mut asked = false;
+    let ended = std::future::poll_fn(|cx| {
+        if !asked && stopping.as_mut().poll(cx).is_ready() {
+            asked = true;
+            Pin::new(&mut conn).graceful_shutdown();
+        }
+        Pin::new(&mut conn).poll(cx)
+    })
+    .await;
+    if let Err(err) = ended {
+        log::debug(format_args!("{label}HTTP/2 connection from {peer} ended: {err}"));
+    }
 }

@@ -16,7 +16,7 @@ use std::net::SocketAddr;
 
 pub use body::{ChunkSender, Closed, ResponseBody};
 pub use checks::{log_refused, too_large, Limits, Rejection};
-pub use server::{serve, ServerOptions, Stop};
+pub use server::{serve, Protocols, ServerOptions, Stop};
 
 pub type Request = hyper::Request<hyper::body::Incoming>;
 pub type Response = hyper::Response<ResponseBody>;

@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use hyper::server::conn::http1;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
-use hyper_util::rt::{TokioIo, TokioTimer};
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::checks::{self, Limits};
@@ -28,6 +28,28 @@ const CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 /// (answered with `Connection: close`) before the idle ones are closed. A client that is busy
 /// on a connection gets a clean close instead of racing a reset against its next request.
 const DRAIN_LINGER: Duration = Duration::from_millis(500);
+
+/// The HTTP/2 connection preface (RFC 9113 section 3.4): how a client that speaks HTTP/2
+/// over cleartext with prior knowledge (h2c, Cloud Run's end-to-end HTTP/2) starts.
+const H2_PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+/// Streams one HTTP/2 connection may have open at once. Cloud Run sends at most 1000
+/// concurrent requests to an instance, over several connections.
+const H2_MAX_STREAMS: u32 = 256;
+/// Streams a client may open and reset before they were answered, before it gets GOAWAY
+/// (rapid reset, CVE-2023-44487).
+const H2_MAX_PENDING_RESETS: usize = 20;
+/// Streams the server may reset for a client's protocol errors before it gives up on the
+/// connection (MadeYouReset, CVE-2025-8671).
+const H2_MAX_LOCAL_RESETS: usize = 128;
+
+/// Which protocols a listener speaks (`--http`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocols {
+    /// HTTP/1.1, and HTTP/2 for connections that open with its preface.
+    Auto,
+    Http1,
+    Http2,
+}
 
 /// How a server stops.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -61,6 +83,8 @@ pub struct ServerOptions {
     pub trusted_proxies: Arc<TrustedProxies>,
     /// `--limit-request-*`.
     pub limits: Limits,
+    /// `--http`.
+    pub protocols: Protocols,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves. On [`Stop::Graceful`] it
@@ -97,6 +121,15 @@ pub async fn serve<H: Handler>(
         // Other than hyper's default, the header array is allocated for every request head.
         builder.max_headers(options.limits.fields);
     }
+    let h1 = Arc::new(builder);
+    let mut h2 = http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new())
+        .max_concurrent_streams(H2_MAX_STREAMS)
+        .max_pending_accept_reset_streams(H2_MAX_PENDING_RESETS)
+        .max_local_error_reset_streams(H2_MAX_LOCAL_RESETS)
+        .max_header_list_size(checks::MAX_HEAD as u32);
+    let h2 = Arc::new(h2);
+    let protocols = options.protocols;
 
     let graceful = Graceful::new();
     tokio::pin!(shutdown);
@@ -143,6 +176,8 @@ pub async fn serve<H: Handler>(
                     })
                     .err(),
             };
+            // HTTP/2 has no Connection header: a stop ends its connections with GOAWAY.
+            let http1 = req.version() < http::Version::HTTP_2;
             let fut = refused.is_none().then(|| handler.call(req, conn_info));
             async move {
                 let mut response = match (refused, fut) {
@@ -151,7 +186,7 @@ pub async fn serve<H: Handler>(
                     (None, None) => unreachable!("either refused or passed on"),
                 };
                 response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
-                if draining.load(Ordering::Relaxed) {
+                if http1 && draining.load(Ordering::Relaxed) {
                     // hyper closes the connection after a response that says so.
                     response.headers_mut().insert(http::header::CONNECTION, CLOSE);
                 }
@@ -162,12 +197,29 @@ pub async fn serve<H: Handler>(
                 Ok::<_, Infallible>(response.map(|body| Tracked::new(body, clock)))
             }
         });
-        let conn = builder.serve_connection(TokioIo::new(Watched::new(stream, clock.clone())), service);
-        let stop = graceful.watch();
+        let mut stop = graceful.watch();
+        let (h1, h2) = (h1.clone(), h2.clone());
         tokio::spawn(async move {
+            let served = async {
+                let http2 = match protocols {
+                    Protocols::Http1 => false,
+                    Protocols::Http2 => true,
+                    Protocols::Auto => tokio::select! {
+                        http2 = opens_with_h2_preface(&stream) => http2,
+                        // A stop before the first byte: nothing was asked, nothing to finish.
+                        _ = stop.changed() => return,
+                    },
+                };
+                let io = TokioIo::new(Watched::new(stream, clock.clone()));
+                if http2 {
+                    connection::drive_h2(h2.serve_connection(io, service), stop, label, peer).await;
+                } else {
+                    connection::drive(h1.serve_connection(io, service), stop, label, peer).await;
+                }
+            };
             tokio::select! {
                 biased;
-                () = connection::drive(conn, stop, label, peer) => {}
+                () = served => {}
                 // Dropping the connection closes it.
                 expiry = watchdog::expired(&clock, deadlines) => {
                     log::debug(format_args!("{label}connection from {peer} closed: {expiry}"));
@@ -231,5 +283,25 @@ pub async fn serve<H: Handler>(
             ));
             1
         }
+    }
+}
+
+/// Whether the first bytes a client sends are HTTP/2's preface. Looks without taking them, and
+/// decides at the first byte that differs, so an HTTP/1 request is not held up.
+async fn opens_with_h2_preface(stream: &TcpStream) -> bool {
+    let mut seen = [0u8; H2_PREFACE.len()];
+    loop {
+        let n = match stream.peek(&mut seen).await {
+            Ok(0) | Err(_) => return false,
+            Ok(n) => n,
+        };
+        if seen[..n] != H2_PREFACE[..n] {
+            return false;
+        }
+        if n == H2_PREFACE.len() {
+            return true;
+        }
+        // A preface split across packets: rare, so a short wait rather than a busy peek.
+        tokio::time::sleep(Duration::from_millis(2)).await;
     }
 }

@@ -115,6 +115,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
         draining,
         trusted_proxies: Arc::new(config.forwarded_allow_ips.clone()),
         limits: config.limits,
+        protocols: config.protocols,
     };
     let finished = py.detach(move || {
         let served = runtime.block_on(async move {

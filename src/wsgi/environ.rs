@@ -213,6 +213,18 @@ impl EnvironBuilder {
             }
             env.set_item(key, value)?;
         }
+        if parts.version == Version::HTTP_2 && !headers.contains_key(header::HOST) {
+            // HTTP/2 names the host in the :authority pseudo-header, which hyper keeps in the
+            // URI; apps (and PEP 3333's URL reconstruction) look for HTTP_HOST.
+            if let Some(authority) = parts.uri.authority() {
+                let (host, port) = split_host(authority.as_str().as_bytes());
+                env.set_item(k.server_name.bind(py), latin1(py, host)?)?;
+                if let Some(port) = port {
+                    env.set_item(k.server_port.bind(py), latin1(py, port)?)?;
+                }
+                env.set_item("HTTP_HOST", latin1(py, authority.as_str().as_bytes())?)?;
+            }
+        }
         if let Some(trace) = parts.extensions.get::<TraceContext>() {
             env.set_item(k.trace_id.bind(py), trace.trace_id())?;
         }
