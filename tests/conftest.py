@@ -44,6 +44,19 @@ def children(pid, zombies=True):
     return sorted(kids)
 
 
+def echo_app_calls(server):
+    """How many times tests/apps/conformance_apps.py's app has been called so far."""
+    import json
+
+    from test_http1 import RawConn
+
+    with RawConn.open(server) as conn:
+        conn.send(b"GET /__calls HTTP/1.0\r\n\r\n")
+        resp = conn.read_response()
+        assert resp.status == 200, resp
+        return json.loads(resp.body)["calls"]
+
+
 def wait_for_port(port, proc, timeout=30.0):
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:

@@ -24,6 +24,8 @@ import time
 
 import pytest
 
+import conftest
+
 from conftest import Server
 from test_http1 import RawConn
 
@@ -42,11 +44,7 @@ def server():
 
 def calls(server):
     """How many times the app has been called so far."""
-    with RawConn.open(server) as conn:
-        conn.send(COUNTER)
-        resp = conn.read_response()
-        assert resp.status == 200, resp
-        return json.loads(resp.body)["calls"]
+    return conftest.echo_app_calls(server)
 
 
 def responses(server, raw, eof=False):

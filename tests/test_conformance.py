@@ -172,11 +172,7 @@ COUNTER = b"GET /__calls HTTP/1.0\r\n\r\n"
 
 def calls(server):
     """How many times the app has been called so far."""
-    with RawConn.open(server) as conn:
-        conn.send(COUNTER)
-        resp = conn.read_response()
-        assert resp.status == 200, resp
-        return json.loads(resp.body)["calls"]
+    return conftest.echo_app_calls(server)
 
 
 def expected_environ(request):

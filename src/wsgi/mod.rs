@@ -147,11 +147,8 @@ pub(crate) async fn next_data(
 pub struct WsgiHandler {
     queue: Sender<RequestJob>,
     doorbell: Arc<Doorbell>,
-    read_ahead: usize,
+    read_ahead: ReadAhead,
     timeout: Option<Duration>,
-    body_timeout: Option<Duration>,
-    /// `--limit-request-body`; 0 = none.
-    body_limit: u64,
 }
 
 impl Drop for WsgiHandler {
@@ -165,12 +162,10 @@ impl WsgiHandler {
     pub(crate) fn new(
         queue: Sender<RequestJob>,
         doorbell: Arc<Doorbell>,
-        read_ahead: usize,
+        read_ahead: ReadAhead,
         timeout: Option<Duration>,
-        body_timeout: Option<Duration>,
-        body_limit: u64,
     ) -> Self {
-        WsgiHandler { queue, doorbell, read_ahead, timeout, body_timeout, body_limit }
+        WsgiHandler { queue, doorbell, read_ahead, timeout }
     }
 }
 
@@ -178,7 +173,7 @@ impl Handler for WsgiHandler {
     fn call(&self, request: proto::Request, conn: ConnInfo) -> impl Future<Output = proto::Response> + Send + use<> {
         let queue = self.queue.clone();
         let doorbell = self.doorbell.clone();
-        let read_ahead = ReadAhead { limit: self.read_ahead, timeout: self.body_timeout, body_limit: self.body_limit };
+        let read_ahead = self.read_ahead;
         let timeout = self.timeout;
         async move {
             if let Some(limit) = timeout {

@@ -19,7 +19,7 @@ use tokio::runtime::Handle;
 use super::environ::{Constants, EnvironBuilder};
 use super::response;
 use super::streams::{ErrorStream, FileWrapper};
-use super::{InputStream, RequestJob, WsgiHandler};
+use super::{InputStream, ReadAhead, RequestJob, WsgiHandler};
 use crate::config::ServerConfig;
 use crate::telemetry::log::Format;
 use crate::telemetry::metrics;
@@ -138,7 +138,12 @@ impl Pool {
                 .map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot start a Python thread: {err}")))?;
             threads.push(thread);
         }
-        Ok((Pool { threads }, WsgiHandler::new(sender, doorbell, config.request_buffer, config.timeout, config.body_timeout, config.limits.body)))
+        Ok((Pool { threads }, WsgiHandler::new(
+                sender,
+                doorbell,
+                ReadAhead { limit: config.request_buffer, timeout: config.body_timeout, body_limit: config.limits.body },
+                config.timeout,
+            )))
     }
 
     /// Waits for the threads to finish what they hold. The handler (the queue's only sender)
