@@ -175,7 +175,10 @@ impl Handler for WsgiHandler {
         let doorbell = self.doorbell.clone();
         let read_ahead = self.read_ahead;
         let timeout = self.timeout;
-        async move {
+        // Boxed: the state of a request's way through the queue and back is a few kilobytes
+        // (its head, its connection, the job), and hyper moves the future it gets from the
+        // service more than once; moving a pointer instead costs one allocation.
+        Box::pin(async move {
             if let Some(limit) = timeout {
                 // Boxed: inline, its timer and state would more than double the size of every
                 // request's future, with or without --timeout.
@@ -191,7 +194,7 @@ impl Handler for WsgiHandler {
                 return proto::overloaded();
             }
             answer.await.unwrap_or_else(|_| no_answer())
-        }
+        })
     }
 }
 
