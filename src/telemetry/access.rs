@@ -395,8 +395,19 @@ impl Render for AccessEntry {
     }
 }
 
-fn push_number(out: &mut Vec<u8>, n: u64) {
-    let _ = write!(out, "{n}");
+/// `n` in decimal, without the formatting machinery (two of these per line).
+fn push_number(out: &mut Vec<u8>, mut n: u64) {
+    let mut digits = [0u8; 20];
+    let mut at = digits.len();
+    loop {
+        at -= 1;
+        digits[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    out.extend_from_slice(&digits[at..]);
 }
 
 /// A header value as latin-1 text, or `-`.
@@ -432,6 +443,15 @@ mod tests {
         let headers = parse_format("%({x-request-id}i)s %({content-type}o)s").unwrap();
         assert_eq!(headers.request_headers.len(), 1);
         assert_eq!(headers.response_headers.len(), 1);
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 10, 200, 65_535, u64::MAX] {
+            let mut out = Vec::new();
+            push_number(&mut out, n);
+            assert_eq!(out, n.to_string().as_bytes());
+        }
     }
 
     #[test]
