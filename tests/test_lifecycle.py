@@ -239,3 +239,21 @@ def test_exception_before_start_response_gives_500(serve):
     assert server.stop() == 0
     assert "Traceback" in server.stderr, server.stderr
     assert "marker-7f3a" in server.stderr, server.stderr
+
+
+def test_sigterm_the_moment_the_port_opens_is_a_clean_stop():
+    # The stop handlers are in place before the port opens: a platform may stop an instance as
+    # soon as its probe succeeds.
+    from conftest import Server
+
+    for _ in range(5):
+        server = Server(APP, "--threads", "1")
+        while True:
+            assert server.proc.poll() is None, server.stop()
+            try:
+                socket.create_connection(("127.0.0.1", server.port), timeout=0.5).close()
+                break
+            except OSError:
+                time.sleep(0.001)
+        server.proc.send_signal(signal.SIGTERM)
+        assert server.stop() == 0, server.stderr

@@ -52,6 +52,12 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
         .thread_name("coldbrew-io")
         .build()?;
     let (pool, handler) = Pool::start(py, app, &config, runtime.handle().clone())?;
+    // Before the port opens: a stop asked for the moment the port is open (a platform, a test)
+    // must find the handlers in place, not the default action, which ends the process at once.
+    let signal = {
+        let _runtime = runtime.enter();
+        stop_signal()?
+    };
     // One per process, for the whole process: the flag outlives every connection task.
     let draining: &'static AtomicBool = Box::leak(Box::new(AtomicBool::new(false)));
     let recycler = match &inherited {
@@ -129,7 +135,6 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
                     stop.borrow().unwrap_or(Stop::Graceful)
                 }));
             }
-            let signal = stop_signal()?;
             let shutdown = async move {
                 let how = signal.await;
                 let _ = stopping.send(Some(how));
