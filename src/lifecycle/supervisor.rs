@@ -225,7 +225,7 @@ impl Supervisor<'_> {
         Ok(None)
     }
 
-    fn spawn(&mut self, py: Python<'_>, replaces: Option<u32>) -> PyResult<Option<WorkerLink>> {
+    fn spawn(&mut self, _gil: Python<'_>, replaces: Option<u32>) -> PyResult<Option<WorkerLink>> {
         let live = self.workers.len();
         if live + 1 >= METRICS_SLOTS {
             log::error(format_args!("cannot start another worker: {live} already run"));
@@ -240,7 +240,7 @@ impl Supervisor<'_> {
             metrics.retire(slot);
         }
         let parent = unsafe { libc::getpid() };
-        // SAFETY: the GIL is held (the `py` token), as PyOS_BeforeFork requires; the
+        // SAFETY: the GIL is held (the `_gil` token), as PyOS_BeforeFork requires; the
         // supervisor runs no other thread, so nothing is mid-way through a lock at the fork.
         let pid = unsafe {
             pyo3::ffi::PyOS_BeforeFork();
@@ -252,7 +252,6 @@ impl Supervisor<'_> {
             }
             pid
         };
-        let _ = py;
         if pid < 0 {
             return Err(std::io::Error::last_os_error().into());
         }

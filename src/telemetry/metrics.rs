@@ -166,15 +166,6 @@ pub fn set_startup_seconds(seconds: f64) {
     registry().startup_seconds.store(seconds.to_bits(), Relaxed);
 }
 
-/// Workers restarted (`n` more), in a single process; the supervisor counts through
-/// [`SharedSlots::count_restart`].
-pub fn worker_restarts(n: u64) {
-    if !enabled() {
-        return;
-    }
-    registry().worker_restarts.fetch_add(n, Relaxed);
-}
-
 /// The metrics in the Prometheus text exposition format 0.0.4.
 pub fn render() -> String {
     match SHARED.get() {
@@ -728,7 +719,6 @@ mod tests {
         request_finished(&Method::GET, 200, ms(1), 10);
         body_bytes_in(10);
         python_busy(1);
-        worker_restarts(1);
         assert_eq!(render(), before, "recording before enable() must do nothing");
 
         enable();
