@@ -19,7 +19,7 @@ use super::watchdog::{self, ConnClock, Tracked, Watched};
 use super::{ConnInfo, Handler};
 use crate::telemetry::access::Observation;
 use crate::telemetry::log;
-use crate::telemetry::TraceContext;
+use crate::telemetry::request_headers::TelemetryHeaders;
 
 const SERVER_HEADER: http::HeaderValue = http::HeaderValue::from_static("coldbrew");
 const CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
@@ -155,13 +155,12 @@ pub async fn serve<H: Handler>(
             };
             let mut observation = None;
             if observe {
-                let trace = TraceContext::from_headers(req.headers());
+                let seen = TelemetryHeaders::scan(req.headers());
+                let trace = seen.trace();
+                observation = Observation::begin(&req, &seen, conn_info.peer_ip, trace);
                 if let Some(trace) = trace {
                     req.extensions_mut().insert(trace);
                 }
-                let (parts, body) = req.into_parts();
-                observation = Observation::begin(&parts, conn_info.peer_ip, trace);
-                req = hyper::Request::from_parts(parts, body);
             }
             let declared = http_body::Body::size_hint(req.body()).exact();
             let refused = match refused {

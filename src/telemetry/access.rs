@@ -14,8 +14,9 @@ use std::time::{Duration, Instant, SystemTime};
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
 use serde_json::{json, Map};
 
-use super::log::{self, escape_tail, utc_timestamp, write_timestamp, Format};
+use super::log::{self, escape_controls, utc_timestamp, write_timestamp, Format};
 use super::metrics;
+use super::request_headers::TelemetryHeaders;
 use super::sink::{self, Entry, Render, Target};
 use super::trace::TraceContext;
 use crate::http::AddrText;
@@ -31,11 +32,12 @@ struct AccessLog {
 
 static ACCESS_LOG: OnceLock<AccessLog> = OnceLock::new();
 
+/// A piece of a text line. Constant atoms (`%(l)s`, `%(u)s`, `%({NAME}e)s`) are folded into
+/// the literals around them when the format is parsed, so a line is a short run of copies.
 #[derive(Debug, PartialEq)]
 enum Part {
     Literal(String),
     Remote,
-    Dash,
     Time,
     RequestLine,
     Status,
@@ -54,7 +56,6 @@ enum Part {
     Pid,
     RequestHeader(usize),
     ResponseHeader(usize),
-    Environ(String),
 }
 
 /// Turns the access log on with `format` (gunicorn's `%(atom)s` syntax).
@@ -73,18 +74,37 @@ fn parse_format(format: &str) -> Result<AccessLog, String> {
     let mut rest = format;
     while let Some(at) = rest.find("%(") {
         if at > 0 {
-            log.parts.push(Part::Literal(rest[..at].to_owned()));
+            push(&mut log.parts, literal(&rest[..at]));
         }
         let after = &rest[at + 2..];
         let close = after.find(")s").ok_or_else(|| format!("unterminated atom in access log format: {rest:?}"))?;
         let atom = &after[..close];
-        log.parts.push(parse_atom(atom, &mut log.request_headers, &mut log.response_headers)?);
+        if atom == "t" {
+            push(&mut log.parts, literal("["));
+            push(&mut log.parts, Part::Time);
+            push(&mut log.parts, literal("]"));
+        } else {
+            let part = parse_atom(atom, &mut log.request_headers, &mut log.response_headers)?;
+            push(&mut log.parts, part);
+        }
         rest = &after[close + 2..];
     }
     if !rest.is_empty() {
-        log.parts.push(Part::Literal(rest.to_owned()));
+        push(&mut log.parts, literal(rest));
     }
     Ok(log)
+}
+
+fn push(parts: &mut Vec<Part>, part: Part) {
+    match (parts.last_mut(), part) {
+        (Some(Part::Literal(before)), Part::Literal(text)) => before.push_str(&text),
+        (_, part) => parts.push(part),
+    }
+}
+
+/// Fixed text of the line, escaped once here instead of on every line.
+fn literal(text: &str) -> Part {
+    Part::Literal(escape_controls(text, false).into_owned())
 }
 
 fn parse_atom(atom: &str, request: &mut Vec<HeaderName>, response: &mut Vec<HeaderName>) -> Result<Part, String> {
@@ -98,14 +118,13 @@ fn parse_atom(atom: &str, request: &mut Vec<HeaderName>, response: &mut Vec<Head
                 let index = list.len() - 1;
                 Ok(if kind == "i" { Part::RequestHeader(index) } else { Part::ResponseHeader(index) })
             }
-            "e" => Ok(Part::Environ(std::env::var(name).unwrap_or_else(|_| "-".into()))),
+            "e" => Ok(literal(&std::env::var(name).unwrap_or_else(|_| "-".into()))),
             _ => Err(format!("unknown access log atom %({atom})s")),
         };
     }
     Ok(match atom {
         "h" => Part::Remote,
-        "l" | "u" => Part::Dash,
-        "t" => Part::Time,
+        "l" | "u" => literal("-"),
         "r" => Part::RequestLine,
         "s" => Part::Status,
         "m" => Part::Method,
@@ -155,24 +174,27 @@ impl Drop for Observation {
 }
 
 impl Observation {
-    /// Starts an entry if the access log is on.
     /// Starts observing a request if the access log or the metrics are on.
-    pub fn begin(parts: &http::request::Parts, remote: AddrText, trace: Option<TraceContext>) -> Option<Box<Observation>> {
+    pub fn begin<B>(request: &http::Request<B>, seen: &TelemetryHeaders<'_>, remote: AddrText, trace: Option<TraceContext>) -> Option<Box<Observation>> {
         let log = ACCESS_LOG.get();
         if log.is_none() && !metrics::enabled() {
             return None;
         }
         metrics::request_started();
-        let headers = &parts.headers;
-        Some(Box::new(Observation {
+        Some(Observation::new(request, seen, remote, trace, log))
+    }
+
+    fn new<B>(request: &http::Request<B>, seen: &TelemetryHeaders<'_>, remote: AddrText, trace: Option<TraceContext>, log: Option<&AccessLog>) -> Box<Observation> {
+        let headers = request.headers();
+        Box::new(Observation {
             started: Instant::now(),
             time: SystemTime::now(),
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
+            method: request.method().clone(),
+            uri: request.uri().clone(),
+            version: request.version(),
             remote,
-            user_agent: log.and_then(|_| headers.get(http::header::USER_AGENT).cloned()),
-            referer: log.and_then(|_| headers.get(http::header::REFERER).cloned()),
+            user_agent: log.and(seen.user_agent).cloned(),
+            referer: log.and(seen.referer).cloned(),
             request_headers: log.map_or_else(Vec::new, |log| log.request_headers.iter().map(|name| joined(headers, name)).collect()),
             response_headers: Vec::new(),
             trace,
@@ -180,14 +202,17 @@ impl Observation {
             bytes: 0,
             complete: false,
             counted: false,
-        }))
+        })
     }
 
     /// The response head is known.
     pub fn respond(&mut self, status: http::StatusCode, headers: &HeaderMap) {
         self.status = status.as_u16();
-        if let Some(log) = ACCESS_LOG.get() {
-            self.response_headers = log.response_headers.iter().map(|name| joined(headers, name)).collect();
+        match ACCESS_LOG.get() {
+            Some(log) if !log.response_headers.is_empty() => {
+                self.response_headers = log.response_headers.iter().map(|name| joined(headers, name)).collect();
+            }
+            _ => {}
         }
     }
 
@@ -347,52 +372,61 @@ impl Render for AccessEntry {
                 out.push(b'\n');
             }
             Format::Text => {
-                let Some(log) = ACCESS_LOG.get() else { return };
-                let start = out.len();
-                let micros = self.latency.as_micros();
-                for part in &log.parts {
-                    match part {
-                        Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
-                        Part::Remote => out.extend_from_slice(o.remote.as_str().as_bytes()),
-                        Part::Dash => out.push(b'-'),
-                        Part::Time => {
-                            out.push(b'[');
-                            write_timestamp(o.time, out);
-                            out.push(b']');
-                        }
-                        Part::RequestLine => {
-                            out.extend_from_slice(o.method.as_str().as_bytes());
-                            out.push(b' ');
-                            out.extend_from_slice(target.as_bytes());
-                            out.push(b' ');
-                            out.extend_from_slice(protocol(o.version).as_bytes());
-                        }
-                        Part::Status => push_number(out, o.status as u64),
-                        Part::Method => out.extend_from_slice(o.method.as_str().as_bytes()),
-                        Part::Path => out.extend_from_slice(o.uri.path().as_bytes()),
-                        Part::Query => out.extend_from_slice(o.uri.query().unwrap_or("").as_bytes()),
-                        Part::Protocol => out.extend_from_slice(protocol(o.version).as_bytes()),
-                        Part::SizeOrDash if o.bytes == 0 => out.push(b'-'),
-                        Part::SizeOrDash | Part::Size => push_number(out, o.bytes),
-                        Part::Referer => push_header(out, o.referer.as_ref()),
-                        Part::UserAgent => push_header(out, o.user_agent.as_ref()),
-                        Part::Seconds => push_number(out, self.latency.as_secs()),
-                        Part::Micros => push_number(out, micros as u64),
-                        Part::Millis => push_number(out, (micros / 1000) as u64),
-                        Part::DecimalSeconds => {
-                            let _ = write!(out, "{:.6}", self.latency.as_secs_f64());
-                        }
-                        Part::Pid => push_number(out, std::process::id() as u64),
-                        Part::RequestHeader(i) => push_header(out, o.request_headers.get(*i).and_then(Option::as_ref)),
-                        Part::ResponseHeader(i) => push_header(out, o.response_headers.get(*i).and_then(Option::as_ref)),
-                        Part::Environ(value) => out.extend_from_slice(value.as_bytes()),
-                    }
+                if let Some(log) = ACCESS_LOG.get() {
+                    log.render_text(self, out);
                 }
-                escape_tail(out, start);
-                out.push(b'\n');
             }
         }
     }
+}
+
+impl AccessLog {
+    fn render_text(&self, entry: &AccessEntry, out: &mut Vec<u8>) {
+        let o = &entry.observation;
+        let target = o.uri.path_and_query().map_or("/", |pq| pq.as_str());
+        let micros = entry.latency.as_micros();
+        // Only what the client sent can hold control characters, so only that is
+        // checked; the method is a token and the address, numbers and time are ours.
+        for part in &self.parts {
+            match part {
+                Part::Literal(s) => out.extend_from_slice(s.as_bytes()),
+                Part::Remote => out.extend_from_slice(o.remote.as_str().as_bytes()),
+                Part::Time => write_timestamp(o.time, out),
+                Part::RequestLine => {
+                    out.extend_from_slice(o.method.as_str().as_bytes());
+                    out.push(b' ');
+                    push_text(out, target);
+                    out.push(b' ');
+                    out.extend_from_slice(protocol(o.version).as_bytes());
+                }
+                Part::Status => push_status(out, o.status),
+                Part::Method => out.extend_from_slice(o.method.as_str().as_bytes()),
+                Part::Path => push_text(out, o.uri.path()),
+                Part::Query => push_text(out, o.uri.query().unwrap_or("")),
+                Part::Protocol => out.extend_from_slice(protocol(o.version).as_bytes()),
+                Part::SizeOrDash if o.bytes == 0 => out.push(b'-'),
+                Part::SizeOrDash | Part::Size => push_number(out, o.bytes),
+                Part::Referer => push_header(out, o.referer.as_ref()),
+                Part::UserAgent => push_header(out, o.user_agent.as_ref()),
+                Part::Seconds => push_number(out, entry.latency.as_secs()),
+                Part::Micros => push_number(out, micros as u64),
+                Part::Millis => push_number(out, (micros / 1000) as u64),
+                Part::DecimalSeconds => {
+                    let _ = write!(out, "{:.6}", entry.latency.as_secs_f64());
+                }
+                Part::Pid => push_number(out, std::process::id() as u64),
+                Part::RequestHeader(i) => push_header(out, o.request_headers.get(*i).and_then(Option::as_ref)),
+                Part::ResponseHeader(i) => push_header(out, o.response_headers.get(*i).and_then(Option::as_ref)),
+            }
+        }
+        out.push(b'\n');
+    }
+}
+
+/// A status code, always three digits (`http::StatusCode` holds 100–999).
+fn push_status(out: &mut Vec<u8>, status: u16) {
+    let digit = |n: u16| b'0' + (n % 10) as u8;
+    out.extend_from_slice(&[digit(status / 100), digit(status / 10), digit(status)]);
 }
 
 /// `n` in decimal, without the formatting machinery (two of these per line).
@@ -410,12 +444,26 @@ fn push_number(out: &mut Vec<u8>, mut n: u64) {
     out.extend_from_slice(&digits[at..]);
 }
 
-/// A header value as latin-1 text, or `-`.
+fn is_printable_ascii(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| (0x20..0x7f).contains(&b))
+}
+
+/// Request text (a target may hold any code point from U+0080 up, C1 controls too), with
+/// control characters escaped.
+fn push_text(out: &mut Vec<u8>, text: &str) {
+    if is_printable_ascii(text.as_bytes()) {
+        out.extend_from_slice(text.as_bytes());
+    } else {
+        out.extend_from_slice(escape_controls(text, false).as_bytes());
+    }
+}
+
+/// A header value as latin-1 text with control characters escaped, or `-`.
 fn push_header(out: &mut Vec<u8>, value: Option<&HeaderValue>) {
     match value {
         None => out.push(b'-'),
-        Some(v) if v.as_bytes().is_ascii() => out.extend_from_slice(v.as_bytes()),
-        Some(v) => out.extend_from_slice(latin1_text(v).as_bytes()),
+        Some(v) if is_printable_ascii(v.as_bytes()) => out.extend_from_slice(v.as_bytes()),
+        Some(v) => out.extend_from_slice(escape_controls(&latin1_text(v), false).as_bytes()),
     }
 }
 
@@ -443,6 +491,50 @@ mod tests {
         let headers = parse_format("%({x-request-id}i)s %({content-type}o)s").unwrap();
         assert_eq!(headers.request_headers.len(), 1);
         assert_eq!(headers.response_headers.len(), 1);
+    }
+
+    #[test]
+    fn constant_atoms_fold_into_literals() {
+        std::env::set_var("COLDBREW_TEST_ACCESS_ENV", "e\x1bv");
+        let log = parse_format("%(h)s %(l)s %(u)s %(t)s %({COLDBREW_TEST_ACCESS_ENV}e)s\t%(s)s").unwrap();
+        assert_eq!(
+            log.parts,
+            [
+                Part::Remote,
+                Part::Literal(" - - [".into()),
+                Part::Time,
+                Part::Literal("] e\\x1bv\\x09".into()),
+                Part::Status,
+            ]
+        );
+    }
+
+    fn text_line(format: &str, request: http::Request<()>) -> String {
+        let log = parse_format(format).unwrap();
+        let seen = TelemetryHeaders::scan(request.headers());
+        let mut observation = Observation::new(&request, &seen, AddrText::EMPTY, None, Some(&log));
+        observation.status = 200;
+        observation.bytes = 5;
+        let entry = AccessEntry { observation, latency: Duration::from_micros(1500) };
+        let mut out = Vec::new();
+        log.render_text(&entry, &mut out);
+        String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn text_lines_escape_what_the_client_sent() {
+        let request = http::Request::get("/caf\u{e9}/\u{85}x?q=\u{9b}31m")
+            .header("user-agent", HeaderValue::from_bytes(b"a\tb\x85c\xff").unwrap())
+            .header("referer", "https://example.com/")
+            .header("x-evil", HeaderValue::from_bytes(b"\x9b2J").unwrap())
+            .body(())
+            .unwrap();
+        let line = text_line(r#""%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-evil}i)s %(U)s %(q)s %(D)s"#, request);
+        assert_eq!(
+            line,
+            "\"GET /caf\u{e9}/\\x85x?q=\\x9b31m HTTP/1.1\" 200 5 \"https://example.com/\" \"a\\x09b\\x85c\u{ff}\" \\x9b2J \
+             /caf\u{e9}/\\x85x q=\\x9b31m 1500\n"
+        );
     }
 
     #[test]

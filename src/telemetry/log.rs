@@ -272,18 +272,6 @@ pub fn write_timestamp(time: SystemTime, out: &mut Vec<u8>) {
     out.extend_from_slice(&[b'0' + (millis / 100) as u8, b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8, b'Z']);
 }
 
-/// Escapes control characters in `out[start..]` in place (see [`escape_controls`]); the
-/// common case, printable ASCII, costs one scan of the bytes. Anything else (C0 and DEL, and
-/// any non-ASCII text, which may hold C1 controls) takes the careful path.
-pub fn escape_tail(out: &mut Vec<u8>, start: usize) {
-    if out[start..].iter().all(|&b| (0x20..0x7f).contains(&b)) {
-        return;
-    }
-    let tail = String::from_utf8_lossy(&out[start..]).into_owned();
-    out.truncate(start);
-    out.extend_from_slice(escape_controls(&tail, false).as_bytes());
-}
-
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;

@@ -1,9 +1,11 @@
 //! Telemetry, kept off the request path: log lines and access-log entries go through a bounded
-//! queue to a writer thread (`sink`); trace context comes from the request headers (`trace`).
+//! queue to a writer thread (`sink`); trace context comes from the request headers (`trace`, read with the other headers telemetry
+//! needs in one pass by `request_headers`).
 
 pub mod access;
 pub mod log;
 pub mod metrics;
+pub mod request_headers;
 pub mod sink;
 pub mod trace;
 

@@ -3,6 +3,8 @@
 
 use http::HeaderMap;
 
+use super::request_headers::TelemetryHeaders;
+
 /// The trace a request belongs to, as Cloud Logging wants it: a 32-hex-digit trace id and a
 /// 16-hex-digit span id.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -28,12 +30,15 @@ impl TraceContext {
     }
 
     pub fn from_headers(headers: &HeaderMap) -> Option<TraceContext> {
-        if let Some(value) = headers.get("traceparent") {
-            if let Some(trace) = parse_traceparent(value.as_bytes()) {
-                return Some(trace);
-            }
-        }
-        headers.get("x-cloud-trace-context").and_then(|v| parse_cloud_trace(v.as_bytes()))
+        TelemetryHeaders::scan(headers).trace()
+    }
+
+    pub(super) fn from_traceparent(value: &[u8]) -> Option<TraceContext> {
+        parse_traceparent(value)
+    }
+
+    pub(super) fn from_cloud_trace(value: &[u8]) -> Option<TraceContext> {
+        parse_cloud_trace(value)
     }
 }
 
