@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
-use serde_json::{json, Map};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
-use super::log::{self, escape_controls, utc_timestamp, write_timestamp, Format};
+use super::log::{self, escape_controls, write_timestamp, Format, Timestamp};
 use super::metrics;
 use super::request_headers::TelemetryHeaders;
 use super::sink::{self, Entry, Render, Target};
@@ -216,6 +216,11 @@ impl Observation {
         }
     }
 
+    /// The request target as the client sent it: path and query.
+    fn target(&self) -> &str {
+        self.uri.path_and_query().map_or("/", |pq| pq.as_str())
+    }
+
     pub fn add_bytes(&mut self, n: usize) {
         self.bytes += n as u64;
     }
@@ -322,7 +327,56 @@ struct AccessEntry {
 
 /// A header value as text, one code point per byte (latin-1), so bytes 0x80 and above survive.
 fn latin1_text(value: &HeaderValue) -> String {
-    value.as_bytes().iter().map(|&b| b as char).collect()
+    Latin1(value.as_bytes()).to_string()
+}
+
+struct Latin1<'a>(&'a [u8]);
+
+impl std::fmt::Display for Latin1<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.0.is_ascii() {
+            // ASCII is UTF-8 as it is.
+            return f.write_str(std::str::from_utf8(self.0).unwrap_or_default());
+        }
+        self.0.iter().try_for_each(|&b| std::fmt::Write::write_char(f, b as char))
+    }
+}
+
+impl Serialize for Latin1<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        if self.0.is_ascii() {
+            return serializer.serialize_str(std::str::from_utf8(self.0).unwrap_or_default());
+        }
+        log::with_scratch(|text| {
+            text.extend(self.0.iter().map(|&b| b as char));
+            serializer.serialize_str(text)
+        })
+    }
+}
+
+/// Cloud Logging's `httpRequest` object, encoded field by field.
+struct HttpRequest<'a>(&'a AccessEntry);
+
+impl Serialize for HttpRequest<'_> {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let o = &self.0.observation;
+        let mut map = serializer.serialize_map(None)?;
+        map.serialize_entry("requestMethod", o.method.as_str())?;
+        map.serialize_entry("requestUrl", o.target())?;
+        map.serialize_entry("status", &o.status)?;
+        // An int64, which Cloud Logging's JSON form writes as a string.
+        map.serialize_entry("responseSize", log::decimal(o.bytes, &mut [0; 20]))?;
+        if let Some(ua) = &o.user_agent {
+            map.serialize_entry("userAgent", &Latin1(ua.as_bytes()))?;
+        }
+        map.serialize_entry("remoteIp", o.remote.as_str())?;
+        map.serialize_entry("protocol", protocol(o.version))?;
+        if let Some(referer) = &o.referer {
+            map.serialize_entry("referer", &Latin1(referer.as_bytes()))?;
+        }
+        map.serialize_entry("latency", &ProtoDuration(self.0.latency))?;
+        map.end()
+    }
 }
 
 fn protocol(version: Version) -> &'static str {
@@ -340,37 +394,26 @@ impl Render for AccessEntry {
 
     fn render(&self, out: &mut Vec<u8>) {
         let o = &self.observation;
-        let target = o.uri.path_and_query().map_or("/", |pq| pq.as_str());
         match log::format() {
-            Format::Json => {
-                let mut request = Map::new();
-                request.insert("requestMethod".into(), o.method.as_str().into());
-                request.insert("requestUrl".into(), target.into());
-                request.insert("status".into(), o.status.into());
-                request.insert("responseSize".into(), o.bytes.to_string().into());
-                if let Some(ua) = &o.user_agent {
-                    request.insert("userAgent".into(), latin1_text(ua).into());
-                }
-                request.insert("remoteIp".into(), o.remote.as_str().into());
-                request.insert("protocol".into(), protocol(o.version).into());
-                if let Some(referer) = &o.referer {
-                    request.insert("referer".into(), latin1_text(referer).into());
-                }
-                request.insert("latency".into(), duration_text(self.latency).into());
+            Format::Json => log::write_json_line(out, |entry| {
                 let severity = match o.status {
                     500.. => "ERROR",
                     400..=499 => "WARNING",
                     _ => "INFO",
                 };
-                let mut entry = Map::new();
-                entry.insert("severity".into(), severity.into());
-                entry.insert("message".into(), format!("{} {} {}", o.method, target, o.status).into());
-                entry.insert("time".into(), utc_timestamp(o.time).into());
-                entry.insert("httpRequest".into(), json!(request));
-                log::insert_trace(&mut entry, o.trace.as_ref());
-                let _ = serde_json::to_writer(&mut *out, &entry);
-                out.push(b'\n');
-            }
+                entry.serialize_entry("severity", severity)?;
+                log::with_scratch(|message| {
+                    message.push_str(o.method.as_str());
+                    message.push(' ');
+                    message.push_str(o.target());
+                    message.push(' ');
+                    message.push_str(log::decimal(o.status as u64, &mut [0; 20]));
+                    entry.serialize_entry("message", message.as_str())
+                })?;
+                entry.serialize_entry("time", &Timestamp(o.time))?;
+                entry.serialize_entry("httpRequest", &HttpRequest(self))?;
+                log::serialize_trace(entry, o.trace.as_ref())
+            }),
             Format::Text => {
                 if let Some(log) = ACCESS_LOG.get() {
                     log.render_text(self, out);
@@ -383,7 +426,6 @@ impl Render for AccessEntry {
 impl AccessLog {
     fn render_text(&self, entry: &AccessEntry, out: &mut Vec<u8>) {
         let o = &entry.observation;
-        let target = o.uri.path_and_query().map_or("/", |pq| pq.as_str());
         let micros = entry.latency.as_micros();
         // Only what the client sent can hold control characters, so only that is
         // checked; the method is a token and the address, numbers and time are ours.
@@ -395,7 +437,7 @@ impl AccessLog {
                 Part::RequestLine => {
                     out.extend_from_slice(o.method.as_str().as_bytes());
                     out.push(b' ');
-                    push_text(out, target);
+                    push_text(out, o.target());
                     out.push(b' ');
                     out.extend_from_slice(protocol(o.version).as_bytes());
                 }
@@ -429,19 +471,8 @@ fn push_status(out: &mut Vec<u8>, status: u16) {
     out.extend_from_slice(&[digit(status / 100), digit(status / 10), digit(status)]);
 }
 
-/// `n` in decimal, without the formatting machinery (two of these per line).
-fn push_number(out: &mut Vec<u8>, mut n: u64) {
-    let mut digits = [0u8; 20];
-    let mut at = digits.len();
-    loop {
-        at -= 1;
-        digits[at] = b'0' + (n % 10) as u8;
-        n /= 10;
-        if n == 0 {
-            break;
-        }
-    }
-    out.extend_from_slice(&digits[at..]);
+fn push_number(out: &mut Vec<u8>, n: u64) {
+    out.extend_from_slice(log::decimal(n, &mut [0; 20]).as_bytes());
 }
 
 fn is_printable_ascii(bytes: &[u8]) -> bool {
@@ -468,13 +499,39 @@ fn push_header(out: &mut Vec<u8>, value: Option<&HeaderValue>) {
 }
 
 /// A protobuf-JSON duration, as Cloud Logging's `latency` wants it: `"0.012s"`.
-fn duration_text(d: Duration) -> String {
-    let mut text = format!("{}.{:09}", d.as_secs(), d.subsec_nanos());
-    while text.ends_with('0') && !text.ends_with(".0") {
-        text.pop();
+struct ProtoDuration(Duration);
+
+impl ProtoDuration {
+    fn text<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
+        let mut secs = [0u8; 20];
+        let secs = log::decimal(self.0.as_secs(), &mut secs).as_bytes();
+        let mut nanos = [0u8; 9];
+        let mut rest = self.0.subsec_nanos();
+        for digit in nanos.iter_mut().rev() {
+            *digit = b'0' + (rest % 10) as u8;
+            rest /= 10;
+        }
+        // Trailing zeros go, but one digit stays: "3.0s".
+        let kept = nanos.iter().rposition(|&d| d != b'0').map_or(1, |last| last + 1);
+        let len = secs.len() + 1 + kept + 1;
+        buf[..secs.len()].copy_from_slice(secs);
+        buf[secs.len()] = b'.';
+        buf[secs.len() + 1..len - 1].copy_from_slice(&nanos[..kept]);
+        buf[len - 1] = b's';
+        std::str::from_utf8(&buf[..len]).unwrap_or_default()
     }
-    text.push('s');
-    text
+}
+
+impl std::fmt::Display for ProtoDuration {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.text(&mut [0; 32]))
+    }
+}
+
+impl Serialize for ProtoDuration {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.text(&mut [0; 32]))
+    }
 }
 
 #[cfg(test)]
@@ -509,16 +566,37 @@ mod tests {
         );
     }
 
-    fn text_line(format: &str, request: http::Request<()>) -> String {
-        let log = parse_format(format).unwrap();
+    fn entry(log: &AccessLog, request: http::Request<()>) -> AccessEntry {
         let seen = TelemetryHeaders::scan(request.headers());
-        let mut observation = Observation::new(&request, &seen, AddrText::EMPTY, None, Some(&log));
+        let mut observation = Observation::new(&request, &seen, AddrText::EMPTY, None, Some(log));
         observation.status = 200;
         observation.bytes = 5;
-        let entry = AccessEntry { observation, latency: Duration::from_micros(1500) };
+        AccessEntry { observation, latency: Duration::from_micros(1500) }
+    }
+
+    fn text_line(format: &str, request: http::Request<()>) -> String {
+        let log = parse_format(format).unwrap();
         let mut out = Vec::new();
-        log.render_text(&entry, &mut out);
+        log.render_text(&entry(&log, request), &mut out);
         String::from_utf8(out).unwrap()
+    }
+
+    #[test]
+    fn http_request_object_is_encoded_json() {
+        let log = parse_format(DEFAULT_FORMAT).unwrap();
+        let request = http::Request::post("/a\"b?x=\u{85}")
+            .header("user-agent", HeaderValue::from_bytes(b"\"}{\x85\xff").unwrap())
+            .body(())
+            .unwrap();
+        let value = serde_json::to_value(HttpRequest(&entry(&log, request))).unwrap();
+        assert_eq!(value["requestMethod"], "POST");
+        assert_eq!(value["requestUrl"], "/a\"b?x=\u{85}");
+        assert_eq!(value["status"], 200);
+        assert_eq!(value["responseSize"], "5");
+        assert_eq!(value["userAgent"], "\"}{\u{85}\u{ff}");
+        assert_eq!(value["protocol"], "HTTP/1.1");
+        assert_eq!(value["latency"], "0.0015s");
+        assert!(value.get("referer").is_none());
     }
 
     #[test]
@@ -548,8 +626,8 @@ mod tests {
 
     #[test]
     fn durations_read_like_cloud_logging_wants() {
-        assert_eq!(duration_text(Duration::from_millis(12)), "0.012s");
-        assert_eq!(duration_text(Duration::from_secs(3)), "3.0s");
-        assert_eq!(duration_text(Duration::from_nanos(1_500_000_001)), "1.500000001s");
+        assert_eq!(ProtoDuration(Duration::from_millis(12)).to_string(), "0.012s");
+        assert_eq!(ProtoDuration(Duration::from_secs(3)).to_string(), "3.0s");
+        assert_eq!(ProtoDuration(Duration::from_nanos(1_500_000_001)).to_string(), "1.500000001s");
     }
 }

@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde_json::{json, Map, Value};
+use serde::ser::{Serialize, SerializeMap, Serializer};
 
 use super::sink::{self, Entry, Render, Target};
 use super::trace::TraceContext;
@@ -183,41 +183,68 @@ impl Render for LogRecord {
                 out.extend_from_slice(escape_controls(self.message.trim_end_matches('\n'), true).as_bytes());
                 out.push(b'\n');
             }
-            Format::Json => {
-                let mut entry = Map::new();
-                entry.insert("severity".into(), self.level.name().into());
-                entry.insert("message".into(), self.message.trim_end_matches('\n').into());
-                entry.insert("time".into(), utc_timestamp(self.time).into());
+            Format::Json => write_json_line(out, |entry| {
+                entry.serialize_entry("severity", self.level.name())?;
+                entry.serialize_entry("message", self.message.trim_end_matches('\n'))?;
+                entry.serialize_entry("time", &Timestamp(self.time))?;
                 if let Some(logger) = &self.logger {
-                    entry.insert("logger".into(), logger.as_str().into());
+                    entry.serialize_entry("logger", logger)?;
                 }
                 if let Some(source) = &self.source {
-                    entry.insert(
-                        "logging.googleapis.com/sourceLocation".into(),
-                        json!({"file": source.file, "line": source.line.to_string(), "function": source.function}),
-                    );
+                    entry.serialize_entry("logging.googleapis.com/sourceLocation", source)?;
                 }
-                insert_trace(&mut entry, self.trace.as_ref());
-                let _ = serde_json::to_writer(&mut *out, &entry);
-                out.push(b'\n');
-            }
+                serialize_trace(entry, self.trace.as_ref())
+            }),
         }
     }
 }
 
+impl Serialize for SourceLocation {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let mut map = serializer.serialize_map(Some(3))?;
+        map.serialize_entry("file", &self.file)?;
+        // Cloud Logging's `line` is an int64, which its JSON form writes as a string.
+        map.serialize_entry("line", decimal(self.line as u64, &mut [0; 20]))?;
+        map.serialize_entry("function", &self.function)?;
+        map.end()
+    }
+}
+
+/// The map a JSON log line is made of.
+pub type JsonEntry<'a> = serde_json::ser::Compound<'a, &'a mut Vec<u8>, serde_json::ser::CompactFormatter>;
+
+/// One JSON object and a newline, written by serde_json's encoder straight into `out` without
+/// building a tree first. Should an entry fail to encode, nothing of it is left in `out`.
+pub fn write_json_line(out: &mut Vec<u8>, fields: impl FnOnce(&mut JsonEntry<'_>) -> serde_json::Result<()>) {
+    let start = out.len();
+    let written = (|| {
+        let mut serializer = serde_json::Serializer::new(&mut *out);
+        let mut entry = serializer.serialize_map(None)?;
+        fields(&mut entry)?;
+        SerializeMap::end(entry)
+    })();
+    match written {
+        Ok(()) => out.push(b'\n'),
+        Err(_) => out.truncate(start),
+    }
+}
+
 /// The trace fields Cloud Logging correlates on.
-pub fn insert_trace(entry: &mut Map<String, Value>, trace: Option<&TraceContext>) {
-    let Some(trace) = trace else { return };
+pub fn serialize_trace<M: SerializeMap>(entry: &mut M, trace: Option<&TraceContext>) -> Result<(), M::Error> {
+    let Some(trace) = trace else { return Ok(()) };
     if let Some(project) = PROJECT.get() {
-        entry.insert(
-            "logging.googleapis.com/trace".into(),
-            format!("projects/{project}/traces/{}", trace.trace_id()).into(),
-        );
+        with_scratch(|path| {
+            path.push_str("projects/");
+            path.push_str(project);
+            path.push_str("/traces/");
+            path.push_str(trace.trace_id());
+            entry.serialize_entry("logging.googleapis.com/trace", path.as_str())
+        })?;
     }
     if let Some(span) = trace.span_id() {
-        entry.insert("logging.googleapis.com/spanId".into(), span.into());
+        entry.serialize_entry("logging.googleapis.com/spanId", span)?;
     }
-    entry.insert("logging.googleapis.com/trace_sampled".into(), trace.sampled.into());
+    entry.serialize_entry("logging.googleapis.com/trace_sampled", &trace.sampled)
 }
 
 /// Control characters as `\xNN` (newlines and tabs kept when `multiline`), so a hostile path or
@@ -241,14 +268,64 @@ pub fn escape_controls(text: &str, multiline: bool) -> std::borrow::Cow<'_, str>
 
 /// `2026-11-25T20:30:00.123Z`, computed without a time-zone database.
 pub fn utc_timestamp(time: SystemTime) -> String {
-    let mut out = Vec::with_capacity(24);
-    write_timestamp(time, &mut out);
-    String::from_utf8(out).unwrap_or_default()
+    Timestamp(time).to_string()
 }
 
-/// Appends the timestamp of `time` to `out`. The date and time of day are formatted once per
-/// second per thread; the writer thread calls this for every line.
+/// A time as Cloud Logging's `time` field and the text lines write it (see [`write_timestamp`]).
+pub struct Timestamp(pub SystemTime);
+
+impl fmt::Display for Timestamp {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let text = timestamp_text(self.0);
+        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
+    }
+}
+
+impl Serialize for Timestamp {
+    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        let text = timestamp_text(self.0);
+        serializer.serialize_str(std::str::from_utf8(&text).unwrap_or_default())
+    }
+}
+
+/// Runs `f` with this thread's scratch string, emptied: JSON values made of several pieces are
+/// assembled there and handed to the encoder as one `&str`, without an allocation per line or
+/// the formatting machinery.
+pub fn with_scratch<R>(f: impl FnOnce(&mut String) -> R) -> R {
+    thread_local! {
+        static SCRATCH: std::cell::RefCell<String> = const { std::cell::RefCell::new(String::new()) };
+    }
+    SCRATCH.with(|cell| match cell.try_borrow_mut() {
+        Ok(mut scratch) => {
+            scratch.clear();
+            f(&mut scratch)
+        }
+        Err(_) => f(&mut String::new()),
+    })
+}
+
+/// `n` in decimal, in `buf`, without the formatting machinery.
+pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
+    let mut at = buf.len();
+    loop {
+        at -= 1;
+        buf[at] = b'0' + (n % 10) as u8;
+        n /= 10;
+        if n == 0 {
+            break;
+        }
+    }
+    std::str::from_utf8(&buf[at..]).unwrap_or_default()
+}
+
+/// Appends the timestamp of `time` to `out`.
 pub fn write_timestamp(time: SystemTime, out: &mut Vec<u8>) {
+    out.extend_from_slice(&timestamp_text(time));
+}
+
+/// The date and time of day are formatted once per second per thread; the writer thread calls
+/// this for every line.
+fn timestamp_text(time: SystemTime) -> [u8; 24] {
     thread_local! {
         static LAST: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
     }
@@ -267,9 +344,11 @@ pub fn write_timestamp(time: SystemTime, out: &mut Vec<u8>) {
         last.set((secs, text));
         text
     });
-    out.extend_from_slice(&prefix);
     let millis = since.subsec_millis();
-    out.extend_from_slice(&[b'0' + (millis / 100) as u8, b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8, b'Z']);
+    let mut text = [0u8; 24];
+    text[..20].copy_from_slice(&prefix);
+    text[20..].copy_from_slice(&[b'0' + (millis / 100) as u8, b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8, b'Z']);
+    text
 }
 
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
