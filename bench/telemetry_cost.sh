@@ -7,7 +7,11 @@
 # on every variant alike: plain, with --access-logfile (text, to a file), and with
 # --metrics-bind. The server is pinned to CPU 0 and wrk to CPU 1. Besides wrk's requests/s it
 # reports the server's CPU time per request (user + system, all threads, from /proc), which
-# the load on the other CPU barely moves. Uses the coldbrew on PATH (or $COLDBREW) and wrk.
+# the load on the other CPU barely moves, and ends with each variant's median beside its
+# baseline. Uses the coldbrew on PATH (or $COLDBREW) and wrk.
+#
+# VARIANTS="plain access metrics json json-access" adds JSON logging (--log-format json, the
+# default on Cloud Run) without and with the access log; json-access is compared with json.
 set -euo pipefail
 rounds=${1:-4}
 conns=${2:-64}
@@ -32,14 +36,19 @@ cpu_ticks() { # user + system clock ticks of every thread of $1
 
 free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'; }
 
-printf '%-8s %12s %10s %14s\n' variant "requests/s" p99 "CPU us/req"
+read -r -a variants <<<"${VARIANTS:-plain access metrics}"
+printf '%-12s %12s %10s %14s\n' variant "requests/s" p99 "CPU us/req"
 for _ in $(seq "$rounds"); do
-    for variant in plain access metrics; do
+    for variant in "${variants[@]}"; do
         port=$(free_port)
         extra=()
         case $variant in
+            plain) ;;
             access) extra=(--access-logfile "$work/access.log") ;;
             metrics) extra=(--metrics-bind "127.0.0.1:$(free_port)") ;;
+            json) extra=(--log-format json) ;;
+            json-access) extra=(--log-format json --access-logfile "$work/access.log") ;;
+            *) echo "unknown variant $variant" >&2; exit 2 ;;
         esac
         WEB_CONCURRENCY=1 taskset -c 0 "$coldbrew" --bind "127.0.0.1:$port" --log-level warning "${extra[@]}" hello:app \
             >/dev/null 2>&1 &
@@ -57,8 +66,27 @@ for _ in $(seq "$rounds"); do
         p99=$(awk '$1 == "99%" {print $2}' <<<"$out")
         hz=$(getconf CLK_TCK)
         cpu=$(awk -v a="$before" -v b="$after" -v n="$requests" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) * 1e6 / hz / n}')
-        printf '%-8s %12s %10s %14s\n' "$variant" "$rps" "$p99" "$cpu"
+        printf '%-12s %12s %10s %14s\n' "$variant" "$rps" "$p99" "$cpu"
+        echo "$variant $rps $cpu" >>"$work/results"
         kill "$pid"
         wait "$pid" 2>/dev/null || true
     done
 done
+
+echo
+echo "medians over $rounds rounds (change against the baseline in brackets):"
+python3 - "$work/results" <<'PY'
+import statistics, sys
+runs = {}
+for line in open(sys.argv[1]):
+    variant, rps, cpu = line.split()
+    runs.setdefault(variant, []).append((float(rps), float(cpu)))
+median = {v: (statistics.median(r for r, _ in xs), statistics.median(c for _, c in xs)) for v, xs in runs.items()}
+for variant, (rps, cpu) in median.items():
+    base = "json" if variant == "json-access" else "plain"
+    text = f"{variant:<12} {rps:>10,.0f} req/s  {cpu:6.2f} us CPU/req"
+    if variant != base and base in median:
+        brps, bcpu = median[base]
+        text += f"  [req/s {100 * (rps / brps - 1):+.1f}%, CPU/req {100 * (cpu / bcpu - 1):+.1f}% vs {base}]"
+    print(text)
+PY
