@@ -74,28 +74,29 @@ fn parse_format(format: &str) -> Result<AccessLog, String> {
     let mut rest = format;
     while let Some(at) = rest.find("%(") {
         if at > 0 {
-            push(&mut log.parts, literal(&rest[..at]));
+            push_part(&mut log.parts, literal(&rest[..at]));
         }
         let after = &rest[at + 2..];
         let close = after.find(")s").ok_or_else(|| format!("unterminated atom in access log format: {rest:?}"))?;
         let atom = &after[..close];
         if atom == "t" {
-            push(&mut log.parts, literal("["));
-            push(&mut log.parts, Part::Time);
-            push(&mut log.parts, literal("]"));
+            push_part(&mut log.parts, literal("["));
+            push_part(&mut log.parts, Part::Time);
+            push_part(&mut log.parts, literal("]"));
         } else {
             let part = parse_atom(atom, &mut log.request_headers, &mut log.response_headers)?;
-            push(&mut log.parts, part);
+            push_part(&mut log.parts, part);
         }
         rest = &after[close + 2..];
     }
     if !rest.is_empty() {
-        push(&mut log.parts, literal(rest));
+        push_part(&mut log.parts, literal(rest));
     }
     Ok(log)
 }
 
-fn push(parts: &mut Vec<Part>, part: Part) {
+/// Adds `part`, joining it to a literal before it.
+fn push_part(parts: &mut Vec<Part>, part: Part) {
     match (parts.last_mut(), part) {
         (Some(Part::Literal(before)), Part::Literal(text)) => before.push_str(&text),
         (_, part) => parts.push(part),
