@@ -12,9 +12,9 @@ use std::sync::OnceLock;
 use std::time::{Duration, Instant, SystemTime};
 
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Uri, Version};
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::ser::{Serialize, Serializer};
 
-use super::log::{self, escape_controls, write_timestamp, Format, Timestamp};
+use super::log::{self, escape_controls, write_timestamp, Format, JsonObject, Timestamp};
 use super::metrics;
 use super::request_headers::TelemetryHeaders;
 use super::sink::{self, Entry, Render, Target};
@@ -355,28 +355,24 @@ impl Serialize for Latin1<'_> {
     }
 }
 
-/// Cloud Logging's `httpRequest` object, encoded field by field.
-struct HttpRequest<'a>(&'a AccessEntry);
-
-impl Serialize for HttpRequest<'_> {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let o = &self.0.observation;
-        let mut map = serializer.serialize_map(None)?;
-        map.serialize_entry("requestMethod", o.method.as_str())?;
-        map.serialize_entry("requestUrl", o.target())?;
-        map.serialize_entry("status", &o.status)?;
+impl AccessEntry {
+    /// Cloud Logging's `httpRequest` object.
+    fn write_http_request(&self, request: &mut JsonObject<'_>) -> serde_json::Result<()> {
+        let o = &self.observation;
+        request.field("requestMethod", o.method.as_str())?;
+        request.field("requestUrl", o.target())?;
+        request.field("status", &o.status)?;
         // An int64, which Cloud Logging's JSON form writes as a string.
-        map.serialize_entry("responseSize", log::decimal(o.bytes, &mut [0; 20]))?;
+        request.field("responseSize", log::decimal(o.bytes, &mut [0; 20]))?;
         if let Some(ua) = &o.user_agent {
-            map.serialize_entry("userAgent", &Latin1(ua.as_bytes()))?;
+            request.field("userAgent", &Latin1(ua.as_bytes()))?;
         }
-        map.serialize_entry("remoteIp", o.remote.as_str())?;
-        map.serialize_entry("protocol", protocol(o.version))?;
+        request.field("remoteIp", o.remote.as_str())?;
+        request.field("protocol", protocol(o.version))?;
         if let Some(referer) = &o.referer {
-            map.serialize_entry("referer", &Latin1(referer.as_bytes()))?;
+            request.field("referer", &Latin1(referer.as_bytes()))?;
         }
-        map.serialize_entry("latency", &ProtoDuration(self.0.latency))?;
-        map.end()
+        request.field("latency", &ProtoDuration(self.latency))
     }
 }
 
@@ -402,18 +398,18 @@ impl Render for AccessEntry {
                     400..=499 => "WARNING",
                     _ => "INFO",
                 };
-                entry.serialize_entry("severity", severity)?;
+                entry.field("severity", severity)?;
                 log::with_scratch(|message| {
                     message.push_str(o.method.as_str());
                     message.push(' ');
                     message.push_str(o.target());
                     message.push(' ');
                     message.push_str(log::decimal(o.status as u64, &mut [0; 20]));
-                    entry.serialize_entry("message", message.as_str())
+                    entry.field("message", message.as_str())
                 })?;
-                entry.serialize_entry("time", &Timestamp(o.time))?;
-                entry.serialize_entry("httpRequest", &HttpRequest(self))?;
-                log::serialize_trace(entry, o.trace.as_ref())
+                entry.field("time", &Timestamp(o.time))?;
+                entry.object("httpRequest", |request| self.write_http_request(request))?;
+                log::write_trace(entry, o.trace.as_ref())
             }),
             Format::Text => {
                 if let Some(log) = ACCESS_LOG.get() {
@@ -589,7 +585,9 @@ mod tests {
             .header("user-agent", HeaderValue::from_bytes(b"\"}{\x85\xff").unwrap())
             .body(())
             .unwrap();
-        let value = serde_json::to_value(HttpRequest(&entry(&log, request))).unwrap();
+        let mut line = Vec::new();
+        log::write_json_line(&mut line, |object| entry(&log, request).write_http_request(object));
+        let value: serde_json::Value = serde_json::from_slice(&line).unwrap();
         assert_eq!(value["requestMethod"], "POST");
         assert_eq!(value["requestUrl"], "/a\"b?x=\u{85}");
         assert_eq!(value["status"], 200);

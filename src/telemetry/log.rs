@@ -10,7 +10,7 @@ use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
 use std::time::{SystemTime, UNIX_EPOCH};
 
-use serde::ser::{Serialize, SerializeMap, Serializer};
+use serde::ser::{Serialize, Serializer};
 
 use super::sink::{self, Entry, Render, Target};
 use super::trace::TraceContext;
@@ -184,53 +184,77 @@ impl Render for LogRecord {
                 out.push(b'\n');
             }
             Format::Json => write_json_line(out, |entry| {
-                entry.serialize_entry("severity", self.level.name())?;
-                entry.serialize_entry("message", self.message.trim_end_matches('\n'))?;
-                entry.serialize_entry("time", &Timestamp(self.time))?;
+                entry.field("severity", self.level.name())?;
+                entry.field("message", self.message.trim_end_matches('\n'))?;
+                entry.field("time", &Timestamp(self.time))?;
                 if let Some(logger) = &self.logger {
-                    entry.serialize_entry("logger", logger)?;
+                    entry.field("logger", logger)?;
                 }
                 if let Some(source) = &self.source {
-                    entry.serialize_entry("logging.googleapis.com/sourceLocation", source)?;
+                    entry.object("logging.googleapis.com/sourceLocation", |location| {
+                        location.field("file", &source.file)?;
+                        // Cloud Logging's `line` is an int64, which its JSON form writes as a string.
+                        location.field("line", decimal(source.line as u64, &mut [0; 20]))?;
+                        location.field("function", &source.function)
+                    })?;
                 }
-                serialize_trace(entry, self.trace.as_ref())
+                write_trace(entry, self.trace.as_ref())
             }),
         }
     }
 }
 
-impl Serialize for SourceLocation {
-    fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
-        let mut map = serializer.serialize_map(Some(3))?;
-        map.serialize_entry("file", &self.file)?;
-        // Cloud Logging's `line` is an int64, which its JSON form writes as a string.
-        map.serialize_entry("line", decimal(self.line as u64, &mut [0; 20]))?;
-        map.serialize_entry("function", &self.function)?;
-        map.end()
+/// A JSON object written straight into a line buffer, without building a tree first. The keys
+/// are constants of ours and go in as they are; every value, any of which may come from a
+/// request, is encoded by serde_json.
+pub struct JsonObject<'a> {
+    out: &'a mut Vec<u8>,
+    empty: bool,
+}
+
+impl<'a> JsonObject<'a> {
+    fn open(out: &'a mut Vec<u8>) -> Self {
+        out.push(b'{');
+        JsonObject { out, empty: true }
+    }
+
+    fn key(&mut self, key: &'static str) {
+        debug_assert!(key.bytes().all(|b| b.is_ascii_graphic() && b != b'"' && b != b'\\'), "{key}");
+        if !self.empty {
+            self.out.push(b',');
+        }
+        self.empty = false;
+        self.out.push(b'"');
+        self.out.extend_from_slice(key.as_bytes());
+        self.out.extend_from_slice(b"\":");
+    }
+
+    pub fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> serde_json::Result<()> {
+        self.key(key);
+        serde_json::to_writer(&mut *self.out, value)
+    }
+
+    pub fn object(&mut self, key: &'static str, fields: impl FnOnce(&mut JsonObject<'_>) -> serde_json::Result<()>) -> serde_json::Result<()> {
+        self.key(key);
+        let mut inner = JsonObject::open(self.out);
+        fields(&mut inner)?;
+        inner.out.push(b'}');
+        Ok(())
     }
 }
 
-/// The map a JSON log line is made of.
-pub type JsonEntry<'a> = serde_json::ser::Compound<'a, &'a mut Vec<u8>, serde_json::ser::CompactFormatter>;
-
-/// One JSON object and a newline, written by serde_json's encoder straight into `out` without
-/// building a tree first. Should an entry fail to encode, nothing of it is left in `out`.
-pub fn write_json_line(out: &mut Vec<u8>, fields: impl FnOnce(&mut JsonEntry<'_>) -> serde_json::Result<()>) {
+/// One JSON object and a newline. Should an entry fail to encode, nothing of it is left in `out`.
+pub fn write_json_line(out: &mut Vec<u8>, fields: impl FnOnce(&mut JsonObject<'_>) -> serde_json::Result<()>) {
     let start = out.len();
-    let written = (|| {
-        let mut serializer = serde_json::Serializer::new(&mut *out);
-        let mut entry = serializer.serialize_map(None)?;
-        fields(&mut entry)?;
-        SerializeMap::end(entry)
-    })();
-    match written {
-        Ok(()) => out.push(b'\n'),
+    let mut entry = JsonObject::open(out);
+    match fields(&mut entry) {
+        Ok(()) => out.extend_from_slice(b"}\n"),
         Err(_) => out.truncate(start),
     }
 }
 
 /// The trace fields Cloud Logging correlates on.
-pub fn serialize_trace<M: SerializeMap>(entry: &mut M, trace: Option<&TraceContext>) -> Result<(), M::Error> {
+pub fn write_trace(entry: &mut JsonObject<'_>, trace: Option<&TraceContext>) -> serde_json::Result<()> {
     let Some(trace) = trace else { return Ok(()) };
     if let Some(project) = PROJECT.get() {
         with_scratch(|path| {
@@ -238,13 +262,13 @@ pub fn serialize_trace<M: SerializeMap>(entry: &mut M, trace: Option<&TraceConte
             path.push_str(project);
             path.push_str("/traces/");
             path.push_str(trace.trace_id());
-            entry.serialize_entry("logging.googleapis.com/trace", path.as_str())
+            entry.field("logging.googleapis.com/trace", path.as_str())
         })?;
     }
     if let Some(span) = trace.span_id() {
-        entry.serialize_entry("logging.googleapis.com/spanId", span)?;
+        entry.field("logging.googleapis.com/spanId", span)?;
     }
-    entry.serialize_entry("logging.googleapis.com/trace_sampled", &trace.sampled)
+    entry.field("logging.googleapis.com/trace_sampled", &trace.sampled)
 }
 
 /// Control characters as `\xNN` (newlines and tabs kept when `multiline`), so a hostile path or
@@ -315,7 +339,8 @@ pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
             break;
         }
     }
-    std::str::from_utf8(&buf[at..]).unwrap_or_default()
+    // SAFETY: only ASCII digits were written to buf[at..].
+    unsafe { std::str::from_utf8_unchecked(&buf[at..]) }
 }
 
 /// Appends the timestamp of `time` to `out`.
@@ -369,6 +394,27 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
     use std::time::Duration;
+
+    #[test]
+    fn json_lines_encode_every_value() {
+        let hostile = "x\", \"severity\": \"EMERGENCY\"}\n{\"\u{1b}[31m\\";
+        let mut out = b"before\n".to_vec();
+        write_json_line(&mut out, |entry| {
+            entry.field("message", hostile)?;
+            entry.object("nested", |inner| {
+                inner.field("n", &7u16)?;
+                inner.field("ok", &true)
+            })?;
+            entry.field("after", "")
+        });
+        let text = String::from_utf8(out).unwrap();
+        let (before, line) = text.split_once('\n').unwrap();
+        assert_eq!(before, "before");
+        assert_eq!(line.matches('\n').count(), 1);
+        assert!(line.ends_with('\n'));
+        let value: serde_json::Value = serde_json::from_str(line).unwrap();
+        assert_eq!(value, serde_json::json!({"message": hostile, "nested": {"n": 7, "ok": true}, "after": ""}));
+    }
 
     #[test]
     fn timestamps_are_utc_iso8601() {
