@@ -8,6 +8,7 @@
 //! worker reports ready; each worker then serves the inherited socket through [`run`].
 
 pub mod container;
+mod memory;
 mod supervisor;
 mod worker;
 
@@ -46,6 +47,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
     }
     start_telemetry(&config)?;
     raise_fd_limit();
+    memory::keep_freed_memory();
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .max_blocking_threads(16)
