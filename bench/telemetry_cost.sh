@@ -38,7 +38,7 @@ free_port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",
 
 read -r -a variants <<<"${VARIANTS:-plain access metrics}"
 printf '%-12s %12s %10s %14s\n' variant "requests/s" p99 "CPU us/req"
-for _ in $(seq "$rounds"); do
+for round in $(seq "$rounds"); do
     for variant in "${variants[@]}"; do
         port=$(free_port)
         extra=()
@@ -67,26 +67,30 @@ for _ in $(seq "$rounds"); do
         hz=$(getconf CLK_TCK)
         cpu=$(awk -v a="$before" -v b="$after" -v n="$requests" -v hz="$hz" 'BEGIN {printf "%.2f", (b - a) * 1e6 / hz / n}')
         printf '%-12s %12s %10s %14s\n' "$variant" "$rps" "$p99" "$cpu"
-        echo "$variant $rps $cpu" >>"$work/results"
+        echo "$round $variant $rps $cpu" >>"$work/results"
         kill "$pid"
         wait "$pid" 2>/dev/null || true
     done
 done
 
 echo
-echo "medians over $rounds rounds (change against the baseline in brackets):"
+echo "medians over $rounds rounds; in brackets, the median of each round's change against the"
+echo "baseline measured beside it in the same round (the machine's swings cancel out there):"
 python3 - "$work/results" <<'PY'
 import statistics, sys
 runs = {}
 for line in open(sys.argv[1]):
-    variant, rps, cpu = line.split()
-    runs.setdefault(variant, []).append((float(rps), float(cpu)))
-median = {v: (statistics.median(r for r, _ in xs), statistics.median(c for _, c in xs)) for v, xs in runs.items()}
-for variant, (rps, cpu) in median.items():
-    base = "json" if variant == "json-access" else "plain"
+    round_, variant, rps, cpu = line.split()
+    runs.setdefault(variant, {})[round_] = (float(rps), float(cpu))
+for variant, rounds in runs.items():
+    rps = statistics.median(r for r, _ in rounds.values())
+    cpu = statistics.median(c for _, c in rounds.values())
     text = f"{variant:<12} {rps:>10,.0f} req/s  {cpu:6.2f} us CPU/req"
-    if variant != base and base in median:
-        brps, bcpu = median[base]
-        text += f"  [req/s {100 * (rps / brps - 1):+.1f}%, CPU/req {100 * (cpu / bcpu - 1):+.1f}% vs {base}]"
+    base = "json" if variant == "json-access" else "plain"
+    if variant != base and base in runs:
+        paired = [(rounds[r], runs[base][r]) for r in rounds if r in runs[base]]
+        rps_change = statistics.median(v[0] / b[0] - 1 for v, b in paired)
+        cpu_change = statistics.median(v[1] / b[1] - 1 for v, b in paired)
+        text += f"  [req/s {100 * rps_change:+.1f}%, CPU/req {100 * cpu_change:+.1f}% vs {base}]"
     print(text)
 PY
