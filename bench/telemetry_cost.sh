@@ -10,8 +10,10 @@
 # the load on the other CPU barely moves, and ends with each variant's median beside its
 # baseline. Uses the coldbrew on PATH (or $COLDBREW) and wrk.
 #
-# VARIANTS="plain access metrics json json-access" adds JSON logging (--log-format json, the
-# default on Cloud Run) without and with the access log; json-access is compared with json.
+# VARIANTS="plain access metrics json json-access access-pipe" adds JSON logging
+# (--log-format json, the default on Cloud Run) without and with the access log (json-access
+# is compared with json), and the access log written to stdout as a container would, into a
+# pipe read on the other CPU (access-pipe).
 set -euo pipefail
 rounds=${1:-4}
 conns=${2:-64}
@@ -45,13 +47,19 @@ for round in $(seq "$rounds"); do
         case $variant in
             plain) ;;
             access) extra=(--access-logfile "$work/access.log") ;;
+            access-pipe) extra=(--access-logfile -) ;;
             metrics) extra=(--metrics-bind "127.0.0.1:$(free_port)") ;;
             json) extra=(--log-format json) ;;
             json-access) extra=(--log-format json --access-logfile "$work/access.log") ;;
             *) echo "unknown variant $variant" >&2; exit 2 ;;
         esac
-        WEB_CONCURRENCY=1 taskset -c 0 "$coldbrew" --bind "127.0.0.1:$port" --log-level warning "${extra[@]}" hello:app \
-            >/dev/null 2>&1 &
+        if [ "$variant" = access-pipe ]; then
+            WEB_CONCURRENCY=1 taskset -c 0 "$coldbrew" --bind "127.0.0.1:$port" --log-level warning "${extra[@]}" hello:app \
+                > >(taskset -c 1 cat >/dev/null) 2>/dev/null &
+        else
+            WEB_CONCURRENCY=1 taskset -c 0 "$coldbrew" --bind "127.0.0.1:$port" --log-level warning "${extra[@]}" hello:app \
+                >/dev/null 2>&1 &
+        fi
         pid=$!
         for _ in $(seq 200); do
             curl -s -o /dev/null "http://127.0.0.1:$port/" && break
