@@ -3,8 +3,9 @@
 //!
 //! What an entry needs is captured on the I/O thread as the request arrives. When the response
 //! ends the line is rendered into a buffer of that thread's, which goes to the log writer as
-//! one queue entry per [`FLUSH_BYTES`] or [`FLUSH_AFTER`]: no allocation, queue operation or
-//! writer wake-up per request, and the writer only copies bytes out.
+//! one queue entry per [`FLUSH_BYTES`] or [`FLUSH_AFTER`]: no queue operation or writer
+//! wake-up per request (the one allocation is the observation itself), and the writer only
+//! copies bytes out.
 
 use std::cell::RefCell;
 use std::io::Write as _;
