@@ -329,20 +329,16 @@ struct AccessEntry {
 
 /// A header value as text, one code point per byte (latin-1), so bytes 0x80 and above survive.
 fn latin1_text(value: &HeaderValue) -> String {
-    Latin1(value.as_bytes()).to_string()
+    let mut text = String::new();
+    push_latin1(&mut text, value.as_bytes());
+    text
+}
+
+fn push_latin1(text: &mut String, bytes: &[u8]) {
+    text.extend(bytes.iter().map(|&b| b as char));
 }
 
 struct Latin1<'a>(&'a [u8]);
-
-impl std::fmt::Display for Latin1<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.0.is_ascii() {
-            // ASCII is UTF-8 as it is.
-            return f.write_str(std::str::from_utf8(self.0).unwrap_or_default());
-        }
-        self.0.iter().try_for_each(|&b| std::fmt::Write::write_char(f, b as char))
-    }
-}
 
 impl Serialize for Latin1<'_> {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -350,7 +346,7 @@ impl Serialize for Latin1<'_> {
             return serializer.serialize_str(std::str::from_utf8(self.0).unwrap_or_default());
         }
         log::with_scratch(|text| {
-            text.extend(self.0.iter().map(|&b| b as char));
+            push_latin1(text, self.0);
             serializer.serialize_str(text)
         })
     }
@@ -520,12 +516,6 @@ impl ProtoDuration {
     }
 }
 
-impl std::fmt::Display for ProtoDuration {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.text(&mut [0; 32]))
-    }
-}
-
 impl Serialize for ProtoDuration {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
         serializer.serialize_str(self.text(&mut [0; 32]))
@@ -626,8 +616,9 @@ mod tests {
 
     #[test]
     fn durations_read_like_cloud_logging_wants() {
-        assert_eq!(ProtoDuration(Duration::from_millis(12)).to_string(), "0.012s");
-        assert_eq!(ProtoDuration(Duration::from_secs(3)).to_string(), "3.0s");
-        assert_eq!(ProtoDuration(Duration::from_nanos(1_500_000_001)).to_string(), "1.500000001s");
+        let text = |d: Duration| ProtoDuration(d).text(&mut [0; 32]).to_owned();
+        assert_eq!(text(Duration::from_millis(12)), "0.012s");
+        assert_eq!(text(Duration::from_secs(3)), "3.0s");
+        assert_eq!(text(Duration::from_nanos(1_500_000_001)), "1.500000001s");
     }
 }

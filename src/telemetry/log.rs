@@ -291,19 +291,13 @@ pub fn escape_controls(text: &str, multiline: bool) -> std::borrow::Cow<'_, str>
 }
 
 /// `2026-11-25T20:30:00.123Z`, computed without a time-zone database.
-pub fn utc_timestamp(time: SystemTime) -> String {
-    Timestamp(time).to_string()
+#[cfg(test)]
+fn utc_timestamp(time: SystemTime) -> String {
+    String::from_utf8_lossy(&timestamp_text(time)).into_owned()
 }
 
 /// A time as Cloud Logging's `time` field and the text lines write it (see [`write_timestamp`]).
 pub struct Timestamp(pub SystemTime);
-
-impl fmt::Display for Timestamp {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let text = timestamp_text(self.0);
-        f.write_str(std::str::from_utf8(&text).unwrap_or_default())
-    }
-}
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {

@@ -1,6 +1,6 @@
 //! Telemetry, kept off the request path: log lines and access-log entries go through a bounded
-//! queue to a writer thread (`sink`); trace context comes from the request headers (`trace`, read with the other headers telemetry
-//! needs in one pass by `request_headers`).
+//! queue to a writer thread (`sink`); trace context comes from the request headers (`trace`),
+//! found with the other headers telemetry reads in one pass (`request_headers`).
 
 pub mod access;
 pub mod log;

@@ -3,7 +3,7 @@
 
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 
-use super::trace::TraceContext;
+use super::trace::{self, TraceContext};
 
 static TRACEPARENT: HeaderName = HeaderName::from_static("traceparent");
 static CLOUD_TRACE_CONTEXT: HeaderName = HeaderName::from_static("x-cloud-trace-context");
@@ -40,8 +40,8 @@ impl<'a> TelemetryHeaders<'a> {
     /// W3C `traceparent` first, Google's legacy `X-Cloud-Trace-Context` otherwise.
     pub fn trace(&self) -> Option<TraceContext> {
         self.traceparent
-            .and_then(|value| TraceContext::from_traceparent(value.as_bytes()))
-            .or_else(|| self.cloud_trace.and_then(|value| TraceContext::from_cloud_trace(value.as_bytes())))
+            .and_then(|value| trace::parse_traceparent(value.as_bytes()))
+            .or_else(|| self.cloud_trace.and_then(|value| trace::parse_cloud_trace(value.as_bytes())))
     }
 }
 

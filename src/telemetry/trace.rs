@@ -32,14 +32,6 @@ impl TraceContext {
     pub fn from_headers(headers: &HeaderMap) -> Option<TraceContext> {
         TelemetryHeaders::scan(headers).trace()
     }
-
-    pub(super) fn from_traceparent(value: &[u8]) -> Option<TraceContext> {
-        parse_traceparent(value)
-    }
-
-    pub(super) fn from_cloud_trace(value: &[u8]) -> Option<TraceContext> {
-        parse_cloud_trace(value)
-    }
 }
 
 fn is_lower_hex(bytes: &[u8]) -> bool {
@@ -47,7 +39,7 @@ fn is_lower_hex(bytes: &[u8]) -> bool {
 }
 
 /// `00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>`; all-zero ids are invalid.
-fn parse_traceparent(value: &[u8]) -> Option<TraceContext> {
+pub(super) fn parse_traceparent(value: &[u8]) -> Option<TraceContext> {
     let value = value.trim_ascii();
     if value.len() < 55 || value[2] != b'-' || value[35] != b'-' || value[52] != b'-' {
         return None;
@@ -67,7 +59,7 @@ fn parse_traceparent(value: &[u8]) -> Option<TraceContext> {
 }
 
 /// `TRACE_ID[/SPAN_ID][;o=OPTIONS]`, with a decimal span id that becomes 16 hex digits.
-fn parse_cloud_trace(value: &[u8]) -> Option<TraceContext> {
+pub(super) fn parse_cloud_trace(value: &[u8]) -> Option<TraceContext> {
     let value = std::str::from_utf8(value).ok()?.trim();
     let (ids, options) = match value.split_once(';') {
         Some((ids, options)) => (ids, Some(options)),
