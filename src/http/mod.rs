@@ -70,7 +70,7 @@ impl ConnInfo {
 /// A short piece of text (an IP address or a port) kept inline, without a heap allocation.
 #[derive(Clone, Copy)]
 pub struct AddrText {
-    buf: [u8; 46],
+    buf: [u8; AddrText::BLOCK],
     len: u8,
 }
 
@@ -94,6 +94,14 @@ impl AddrText {
         let text = &self.buf[..self.len as usize];
         // SAFETY: `format` keeps only ASCII text, and EMPTY is empty.
         unsafe { std::str::from_utf8_unchecked(text) }
+    }
+
+    /// The size of [`AddrText::block`].
+    pub const BLOCK: usize = 46;
+
+    /// The text as the first `len` bytes of a fixed-size block, for copying as one piece.
+    pub fn block(&self) -> (&[u8; Self::BLOCK], usize) {
+        (&self.buf, self.len as usize)
     }
 }
 

@@ -342,9 +342,12 @@ pub fn write_timestamp(time: SystemTime, out: &mut Vec<u8>) {
     out.extend_from_slice(&timestamp_text(time));
 }
 
+/// How long a timestamp is: `2026-11-25T20:30:00.123Z`.
+pub const TIMESTAMP_LEN: usize = 24;
+
 /// The date and time of day are formatted once per second per thread; the writer thread calls
 /// this for every line.
-fn timestamp_text(time: SystemTime) -> [u8; 24] {
+pub fn timestamp_text(time: SystemTime) -> [u8; TIMESTAMP_LEN] {
     thread_local! {
         static LAST: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
     }
@@ -364,7 +367,7 @@ fn timestamp_text(time: SystemTime) -> [u8; 24] {
         text
     });
     let millis = since.subsec_millis();
-    let mut text = [0u8; 24];
+    let mut text = [0u8; TIMESTAMP_LEN];
     text[..20].copy_from_slice(&prefix);
     text[20..].copy_from_slice(&[b'0' + (millis / 100) as u8, b'0' + (millis / 10 % 10) as u8, b'0' + (millis % 10) as u8, b'Z']);
     text

@@ -7,6 +7,7 @@ pub mod log;
 pub mod metrics;
 pub mod request_headers;
 pub mod sink;
+mod text_line;
 pub mod trace;
 
 pub use trace::TraceContext;
