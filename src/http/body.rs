@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -73,13 +74,27 @@ impl ResponseBody {
     }
 }
 
+impl ResponseBody {
+    /// Completes the observation, if it is still open, with the response done at `at`.
+    #[inline]
+    pub fn finish_observation(&mut self, at: Instant) {
+        if let Some(observer) = self.observer.take() {
+            self.complete(observer, at);
+        }
+    }
+
+    fn complete(&self, mut observer: Box<Observation>, at: Instant) {
+        if self.is_end_stream() {
+            observer.mark_complete();
+        }
+        observer.finish(at);
+    }
+}
+
 impl Drop for ResponseBody {
     fn drop(&mut self) {
-        if let Some(mut observer) = self.observer.take() {
-            if self.is_end_stream() {
-                observer.mark_complete();
-            }
-            observer.finish();
+        if self.observer.is_some() {
+            self.finish_observation(Instant::now());
         }
     }
 }

@@ -30,6 +30,8 @@ use http_body::{Body, Frame, SizeHint};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
+use super::body::ResponseBody;
+
 const IDLE: u64 = 0;
 const HEAD: u64 = 1;
 const BUSY: u64 = 2;
@@ -37,7 +39,11 @@ const PHASE: u64 = 3;
 
 /// Milliseconds since the first call, on the monotonic clock.
 fn now_ms() -> u64 {
-    base().elapsed().as_millis() as u64
+    ms_at(Instant::now())
+}
+
+fn ms_at(at: Instant) -> u64 {
+    at.saturating_duration_since(base()).as_millis() as u64
 }
 
 fn base() -> Instant {
@@ -67,10 +73,15 @@ impl ConnClock {
         self.0.store(BUSY, Relaxed);
     }
 
-    /// The response body is done: the connection waits for the next request.
-    #[inline]
+    #[cfg(test)]
     fn response_done(&self) {
-        self.0.store(now_ms() << 2 | IDLE, Relaxed);
+        self.response_done_at(Instant::now());
+    }
+
+    /// The response body was done at `at`: the connection waits for the next request.
+    #[inline]
+    fn response_done_at(&self, at: Instant) {
+        self.0.store(ms_at(at) << 2 | IDLE, Relaxed);
     }
 
     fn load(&self) -> (u64, u64) {
@@ -193,30 +204,33 @@ impl AsyncWrite for Watched {
 }
 
 /// A response body that tells the clock when it is done: hyper drops it once the body has been
-/// written (or at once for HEAD, 204 and 304), or when the connection ends.
-pub struct Tracked<B> {
-    body: B,
+/// written (or at once for HEAD, 204 and 304), or when the connection ends. The one clock read
+/// also ends the body's access-log observation.
+pub struct Tracked {
+    body: ResponseBody,
     clock: Arc<ConnClock>,
 }
 
-impl<B> Tracked<B> {
-    pub(super) fn new(body: B, clock: Arc<ConnClock>) -> Self {
+impl Tracked {
+    pub(super) fn new(body: ResponseBody, clock: Arc<ConnClock>) -> Self {
         Tracked { body, clock }
     }
 }
 
-impl<B> Drop for Tracked<B> {
+impl Drop for Tracked {
     fn drop(&mut self) {
-        self.clock.response_done();
+        let now = Instant::now();
+        self.clock.response_done_at(now);
+        self.body.finish_observation(now);
     }
 }
 
-impl<B: Body<Data = Bytes> + Unpin> Body for Tracked<B> {
+impl Body for Tracked {
     type Data = Bytes;
-    type Error = B::Error;
+    type Error = <ResponseBody as Body>::Error;
 
     #[inline]
-    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, B::Error>>> {
+    fn poll_frame(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, Self::Error>>> {
         Pin::new(&mut self.body).poll_frame(cx)
     }
 

@@ -352,10 +352,10 @@ impl Observation {
         self.complete = true;
     }
 
-    /// The response is over (sent, or abandoned): queue the entry.
-    pub fn finish(mut self: Box<Self>) {
+    /// The response was over (sent, or abandoned) at `ended`: queue the entry.
+    pub fn finish(mut self: Box<Self>, ended: Instant) {
         self.counted = true;
-        let latency = self.started.elapsed();
+        let latency = ended.saturating_duration_since(self.started);
         metrics::request_finished(&self.method, self.status, latency, self.bytes);
         if enabled() {
             batch(AccessEntry { observation: self, latency });
