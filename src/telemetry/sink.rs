@@ -198,6 +198,8 @@ fn write_loop(receiver: Receiver<Entry>, mut access_file: Option<File>) {
             };
             match entry {
                 Entry::Text { text, .. } => buf.extend_from_slice(text.as_bytes()),
+                // A batch of access-log lines usually arrives alone: written as it is, not copied.
+                Entry::Bytes { bytes, .. } if buf.is_empty() => *buf = bytes,
                 Entry::Bytes { bytes, .. } => buf.extend_from_slice(&bytes),
                 Entry::Record(record) => record.render(buf),
                 Entry::Flush(ack) => acks.push(ack),
