@@ -72,9 +72,7 @@ impl ResponseBody {
     pub fn observe(&mut self, observation: Box<Observation>) {
         self.observer = Some(observation);
     }
-}
 
-impl ResponseBody {
     /// Completes the observation, if it is still open, with the response done at `at`.
     #[inline]
     pub fn finish_observation(&mut self, at: Instant) {
