@@ -24,6 +24,8 @@ use super::text_line::{write_line, LineWriter, Short};
 use super::trace::TraceContext;
 use crate::http::AddrText;
 
+mod json_line;
+
 /// gunicorn's default access-log format.
 pub const DEFAULT_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
 
@@ -488,6 +490,30 @@ impl Serialize for Latin1<'_> {
 }
 
 impl AccessEntry {
+    /// The entry as one JSON line, every value encoded by serde_json.
+    fn write_encoded_json(&self, project: Option<&str>, out: &mut Vec<u8>) {
+        let o = &self.observation;
+        log::write_json_line(out, |entry| {
+            let severity = match o.status {
+                500.. => "ERROR",
+                400..=499 => "WARNING",
+                _ => "INFO",
+            };
+            entry.field("severity", severity)?;
+            log::with_scratch(|message| {
+                message.push_str(o.method.as_str());
+                message.push(' ');
+                message.push_str(o.target());
+                message.push(' ');
+                message.push_str(log::decimal(o.status as u64, &mut [0; 20]));
+                entry.field("message", message.as_str())
+            })?;
+            entry.field("time", &Timestamp(o.time))?;
+            entry.object("httpRequest", |request| self.write_http_request(request))?;
+            log::write_trace(entry, o.trace.as_ref(), project)
+        })
+    }
+
     /// Cloud Logging's `httpRequest` object.
     fn write_http_request(&self, request: &mut JsonObject<'_>) -> serde_json::Result<()> {
         let o = &self.observation;
@@ -522,27 +548,8 @@ impl Render for AccessEntry {
     }
 
     fn render(&self, out: &mut Vec<u8>) {
-        let o = &self.observation;
         match log::format() {
-            Format::Json => log::write_json_line(out, |entry| {
-                let severity = match o.status {
-                    500.. => "ERROR",
-                    400..=499 => "WARNING",
-                    _ => "INFO",
-                };
-                entry.field("severity", severity)?;
-                log::with_scratch(|message| {
-                    message.push_str(o.method.as_str());
-                    message.push(' ');
-                    message.push_str(o.target());
-                    message.push(' ');
-                    message.push_str(log::decimal(o.status as u64, &mut [0; 20]));
-                    entry.field("message", message.as_str())
-                })?;
-                entry.field("time", &Timestamp(o.time))?;
-                entry.object("httpRequest", |request| self.write_http_request(request))?;
-                log::write_trace(entry, o.trace.as_ref())
-            }),
+            Format::Json => self.render_json(log::project(), out),
             Format::Text => {
                 if let Some(log) = ACCESS_LOG.get() {
                     log.render_text(self, out);
@@ -757,7 +764,12 @@ fn push_header(out: &mut Vec<u8>, value: Option<&HeaderValue>) {
 struct ProtoDuration(Duration);
 
 impl ProtoDuration {
-    fn text<'b>(&self, buf: &'b mut [u8; 32]) -> &'b str {
+    /// The most a duration's text takes.
+    const ROOM: usize = 32;
+
+    /// The text as the first `len` bytes of a block.
+    fn block(&self) -> ([u8; Self::ROOM], usize) {
+        let mut buf = [0; Self::ROOM];
         let mut secs = [0u8; 20];
         let secs = log::decimal(self.0.as_secs(), &mut secs).as_bytes();
         let mut nanos = [0u8; 9];
@@ -773,6 +785,12 @@ impl ProtoDuration {
         buf[secs.len()] = b'.';
         buf[secs.len() + 1..len - 1].copy_from_slice(&nanos[..kept]);
         buf[len - 1] = b's';
+        (buf, len)
+    }
+
+    fn text<'b>(&self, buf: &'b mut [u8; Self::ROOM]) -> &'b str {
+        let len;
+        (*buf, len) = self.block();
         std::str::from_utf8(&buf[..len]).unwrap_or_default()
     }
 }

@@ -106,6 +106,10 @@ pub fn set_project(project: &str) {
     }
 }
 
+pub fn project() -> Option<&'static str> {
+    PROJECT.get().map(String::as_str)
+}
+
 pub fn set_current_trace(trace: Option<TraceContext>) {
     CURRENT_TRACE.with(|t| t.set(trace));
 }
@@ -198,7 +202,7 @@ impl Render for LogRecord {
                         location.field("function", &source.function)
                     })?;
                 }
-                write_trace(entry, self.trace.as_ref())
+                write_trace(entry, self.trace.as_ref(), project())
             }),
         }
     }
@@ -253,10 +257,10 @@ pub fn write_json_line(out: &mut Vec<u8>, fields: impl FnOnce(&mut JsonObject<'_
     }
 }
 
-/// The trace fields Cloud Logging correlates on.
-pub fn write_trace(entry: &mut JsonObject<'_>, trace: Option<&TraceContext>) -> serde_json::Result<()> {
+/// The trace fields Cloud Logging correlates on; the trace itself only with a `project`.
+pub fn write_trace(entry: &mut JsonObject<'_>, trace: Option<&TraceContext>, project: Option<&str>) -> serde_json::Result<()> {
     let Some(trace) = trace else { return Ok(()) };
-    if let Some(project) = PROJECT.get() {
+    if let Some(project) = project {
         with_scratch(|path| {
             path.push_str("projects/");
             path.push_str(project);

@@ -29,6 +29,11 @@ impl TraceContext {
         self.span_id.as_ref().and_then(|s| std::str::from_utf8(s).ok())
     }
 
+    /// The ids as the lowercase hex digits they are, for copying as fixed-size blocks.
+    pub fn id_blocks(&self) -> (&[u8; 32], Option<&[u8; 16]>) {
+        (&self.trace_id, self.span_id.as_ref())
+    }
+
     pub fn from_headers(headers: &HeaderMap) -> Option<TraceContext> {
         TelemetryHeaders::scan(headers).trace()
     }
