@@ -16,6 +16,8 @@
 # hundred instructions per request. Each variant is measured REPEATS times, interleaved, and
 # the median is printed.
 set -euo pipefail
+# A failure inside $(...) stops the script too, instead of printing a count of 0.
+shopt -s inherit_errexit
 requests=3000
 repeats=3
 if [ $# -gt 0 ] && [ "$1" != -- ]; then requests=$1; shift; fi
@@ -25,6 +27,8 @@ here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 . "$here/../scripts/lib.sh"
 coldbrew=${COLDBREW:-$(command -v coldbrew || true)}
 [ -n "$coldbrew" ] || die "coldbrew not found: activate its virtualenv or set COLDBREW"
+# The server runs in apps/, so a relative path is resolved here.
+case $coldbrew in */*) coldbrew=$(realpath "$coldbrew") ;; esac
 if ! command -v valgrind >/dev/null 2>&1; then
     can_apt || die "valgrind not found: install it (Debian/Ubuntu: apt-get install valgrind) and rerun"
     apt_install valgrind
