@@ -300,9 +300,10 @@ impl Observation {
         let headers = request.headers();
         let observation = Observation {
             started: Instant::now(),
-            time: SystemTime::now(),
+            // The metrics alone need neither the wall-clock time nor the target.
+            time: if log.is_some() { SystemTime::now() } else { SystemTime::UNIX_EPOCH },
             method: request.method().clone(),
-            path_and_query: request.uri().path_and_query().cloned(),
+            path_and_query: log.and(request.uri().path_and_query()).cloned(),
             version: request.version(),
             remote,
             user_agent: log.and(seen.user_agent).cloned(),
@@ -360,6 +361,8 @@ impl Observation {
         metrics::request_finished(&self.method, self.status, latency, self.bytes);
         if enabled() {
             batch(AccessEntry { observation: self, latency });
+        } else {
+            keep_spare(self);
         }
     }
 }
@@ -372,8 +375,8 @@ const FLUSH_AFTER: Duration = Duration::from_millis(20);
 struct Batch {
     lines: Vec<u8>,
     flush_scheduled: bool,
-    /// The allocation of the thread's last logged observation, for its next one: a request
-    /// costs no allocator call for its entry.
+    /// The allocation of the thread's last finished observation, for its next one: a request
+    /// costs no allocator call for its entry, logged or only counted.
     spare: Option<Box<MaybeUninit<Observation>>>,
 }
 
@@ -391,6 +394,15 @@ fn emptied(observation: Box<Observation>) -> Box<MaybeUninit<Observation>> {
         std::ptr::drop_in_place(raw);
         Box::from_raw(raw.cast::<MaybeUninit<Observation>>())
     }
+}
+
+/// Keeps the allocation of an observation that was only counted, for the thread's next one.
+fn keep_spare(observation: Box<Observation>) {
+    BATCH.with(|cell| {
+        if let Ok(mut batch) = cell.try_borrow_mut() {
+            batch.spare = Some(emptied(observation));
+        }
+    });
 }
 
 fn batch(entry: AccessEntry) {
