@@ -14,6 +14,7 @@ its threads, from /proc), which the load on the other CPU barely moves.
 """
 
 import argparse
+import json
 import os
 import re
 import socket
@@ -30,6 +31,8 @@ HZ = os.sysconf("SC_CLK_TCK")
 # Each variant's extra arguments and the variant it is compared with.
 VARIANTS = {
     "plain": ([], None),
+    # The same server again: how far apart two identical servers come out is the noise floor.
+    "plain-again": ([], "plain"),
     "access": (["--access-logfile", "{dir}/access-text.log"], "plain"),
     "access-null": (["--access-logfile", "/dev/null"], "plain"),
     "access-pipe": (["--access-logfile", "-"], "plain"),
@@ -124,6 +127,7 @@ def main():
     parser.add_argument("--variants", default="plain access metrics",
                         help=f"space-separated, from: {' '.join(VARIANTS)}")
     parser.add_argument("--coldbrew", required=True)
+    parser.add_argument("--raw", help="also write every burst's figures to this JSON file")
     opts = parser.parse_args()
     # The servers run in apps/, so a relative path is resolved here.
     opts.coldbrew = os.path.abspath(opts.coldbrew) if os.sep in opts.coldbrew else opts.coldbrew
@@ -150,6 +154,9 @@ def main():
             for server in servers:
                 server.stop()
 
+    if opts.raw:
+        with open(opts.raw, "w") as raw:
+            json.dump({s.variant: s.rounds for s in servers}, raw)
     by_name = {s.variant: s for s in servers}
     print(f"hello app, {opts.rounds} rounds of {opts.seconds}-s wrk bursts ({opts.connections} connections), "
           f"server on CPU 0, wrk on CPU 1")
