@@ -124,7 +124,7 @@ def main():
     parser.add_argument("--rounds", type=int, default=40)
     parser.add_argument("--seconds", type=int, default=1, help="length of each wrk burst")
     parser.add_argument("--connections", type=int, default=64)
-    parser.add_argument("--variants", default="plain access metrics",
+    parser.add_argument("--variants", default="plain plain-again access metrics",
                         help=f"space-separated, from: {' '.join(VARIANTS)}")
     parser.add_argument("--coldbrew", required=True)
     parser.add_argument("--raw", help="also write every burst's figures to this JSON file")

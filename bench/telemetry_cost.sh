@@ -7,7 +7,7 @@
 # (on CPU 1) per round, interleaved; prints each variant's median requests/s and CPU time
 # per request, and its change against its baseline in the same rounds. See telemetry_cost.py.
 #
-# VARIANTS (default "plain access metrics") picks from: plain, plain-again (a second plain
+# VARIANTS (default "plain plain-again access metrics") picks from: plain, plain-again (a second plain
 # server: the noise floor), access (text lines to a file),
 # access-null (to /dev/null), access-pipe (to stdout, a pipe read on the other CPU, as in a
 # container), metrics, json (--log-format json, the default on Cloud Run) and json-access
@@ -20,4 +20,4 @@ coldbrew=${COLDBREW:-$(command -v coldbrew || true)}
 command -v wrk >/dev/null || { echo "wrk not found (apt-get install wrk, or bash bench/run.sh)" >&2; exit 1; }
 [ "$(nproc)" -ge 2 ] || { echo "needs two CPUs: the server on CPU 0, wrk on CPU 1" >&2; exit 1; }
 exec python3 "$here/telemetry_cost.py" --coldbrew "$coldbrew" --rounds "${1:-40}" --seconds "${2:-1}" \
-    --connections "${3:-64}" --variants "${VARIANTS:-plain access metrics}" ${RAW:+--raw "$RAW"}
+    --connections "${3:-64}" --variants "${VARIANTS:-plain plain-again access metrics}" ${RAW:+--raw "$RAW"}
