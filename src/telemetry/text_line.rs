@@ -93,6 +93,39 @@ impl LineWriter<'_> {
         self.at += len.min(N);
     }
 
+    /// What [`LineWriter::method`] takes from the room, besides the method's length.
+    pub const METHOD_ROOM: usize = Short::ROOM;
+
+    /// A request method; the standard ones are copied as blocks.
+    #[inline]
+    pub fn method(&mut self, method: &http::Method) {
+        const GET: Short = Short::new(b"GET").unwrap();
+        const POST: Short = Short::new(b"POST").unwrap();
+        const HEAD: Short = Short::new(b"HEAD").unwrap();
+        // The standard methods' text is static: telling them apart by it costs a compare or two.
+        match method.as_str() {
+            "GET" => self.short(&GET),
+            "POST" => self.short(&POST),
+            "HEAD" => self.short(&HEAD),
+            other => self.bytes(other.as_bytes()),
+        }
+    }
+
+    /// What [`LineWriter::decimal`] takes from the room: a `u64` at its longest.
+    pub const DECIMAL_ROOM: usize = 20;
+
+    /// `n` in decimal.
+    #[inline]
+    pub fn decimal(&mut self, mut n: u64) {
+        let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+        let mut digits = [0u8; Self::DECIMAL_ROOM];
+        for digit in digits[..len].iter_mut().rev() {
+            *digit = b'0' + (n % 10) as u8;
+            n /= 10;
+        }
+        self.block(&digits, len);
+    }
+
     #[inline]
     pub fn short(&mut self, text: &Short) {
         self.spare(Short::ROOM).write_copy_of_slice(&text.bytes);
@@ -115,6 +148,25 @@ mod tests {
             line.bytes(b"-tail");
         });
         assert_eq!(out, b"before\nab xyz-tail");
+    }
+
+    #[test]
+    fn numbers_are_written_in_decimal() {
+        for n in [0, 7, 9, 10, 99, 100, 200, 65_535, 10u64.pow(19) - 1, 10u64.pow(19), u64::MAX] {
+            let mut out = Vec::new();
+            write_line(&mut out, 20, |line| line.decimal(n));
+            assert_eq!(out, n.to_string().as_bytes());
+        }
+    }
+
+    #[test]
+    fn methods_standard_or_not() {
+        for method in ["GET", "POST", "HEAD", "PUT", "DELETE", "PROPFIND", "X-A-VERY-LONG-EXTENSION-METHOD"] {
+            let method = http::Method::from_bytes(method.as_bytes()).unwrap();
+            let mut out = Vec::new();
+            write_line(&mut out, method.as_str().len() + LineWriter::METHOD_ROOM, |line| line.method(&method));
+            assert_eq!(out, method.as_str().as_bytes());
+        }
     }
 
     #[test]

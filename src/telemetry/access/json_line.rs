@@ -6,7 +6,7 @@
 
 use super::{protocol_short, status_digits, AccessEntry, ProtoDuration, NUMBER_ROOM};
 use crate::http::AddrText;
-use crate::telemetry::log::{self, timestamp_text, TIMESTAMP_LEN};
+use crate::telemetry::log::{timestamp_text, TIMESTAMP_LEN};
 use crate::telemetry::text_line::{write_line, LineWriter, Short};
 
 // The text between the values, in the order it is written. Keys are ours and need no escape.
@@ -78,13 +78,12 @@ impl AccessEntry {
         if !is_json_plain(method) || !is_json_plain(target) {
             return None;
         }
-        Some(FIXED_ROOM + 2 * (method.len() + target.len()) + header(o.user_agent.as_ref())? + header(o.referer.as_ref())? + project)
+        Some(FIXED_ROOM + 2 * (method.len() + LineWriter::METHOD_ROOM + target.len()) + header(o.user_agent.as_ref())? + header(o.referer.as_ref())? + project)
     }
 
     /// A line with nothing to escape, in the room [`AccessEntry::json_room`] found.
     fn write_plain_json(&self, project: Option<&str>, line: &mut LineWriter<'_>) {
         let o = &self.observation;
-        let method = o.method.as_str().as_bytes();
         let target = o.target().as_bytes();
         let status = status_digits(o.status);
         line.bytes(SEVERITY);
@@ -94,7 +93,7 @@ impl AccessEntry {
             _ => &INFO,
         });
         line.bytes(MESSAGE);
-        line.bytes(method);
+        line.method(&o.method);
         line.byte(b' ');
         line.bytes(target);
         line.byte(b' ');
@@ -102,13 +101,13 @@ impl AccessEntry {
         line.bytes(TIME);
         line.block(&timestamp_text(o.time), TIMESTAMP_LEN);
         line.bytes(METHOD);
-        line.bytes(method);
+        line.method(&o.method);
         line.bytes(URL);
         line.bytes(target);
         line.bytes(STATUS);
         line.block(&status, 3);
         line.bytes(SIZE);
-        line.bytes(log::decimal(o.bytes, &mut [0; NUMBER_ROOM]).as_bytes());
+        line.decimal(o.bytes);
         if let Some(agent) = &o.user_agent {
             line.bytes(USER_AGENT);
             line.bytes(agent.as_bytes());
