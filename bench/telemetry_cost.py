@@ -39,6 +39,7 @@ VARIANTS = {
     "metrics": (["--metrics-bind", "127.0.0.1:{port}"], "plain"),
     "json": (["--log-format", "json"], None),
     "json-access": (["--log-format", "json", "--access-logfile", "{dir}/access-json.log"], "json"),
+    "json-access-null": (["--log-format", "json", "--access-logfile", "/dev/null"], "json"),
 }
 
 

@@ -11,7 +11,7 @@
 # server: the noise floor), access (text lines to a file),
 # access-null (to /dev/null), access-pipe (to stdout, a pipe read on the other CPU, as in a
 # container), metrics, json (--log-format json, the default on Cloud Run) and json-access
-# (JSON lines to a file, compared with json). RAW=FILE also writes every burst's figures as
+# (JSON lines to a file, compared with json), json-access-null (to /dev/null). RAW=FILE also writes every burst's figures as
 # JSON. Uses the coldbrew on PATH (or $COLDBREW) and wrk.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
