@@ -724,11 +724,7 @@ fn protocol_short(version: Version) -> &'static Short {
 
 /// `%(L)s`, as gunicorn writes it: whole seconds, a point and six digits of microseconds.
 fn decimal_seconds(latency: Duration, buf: &mut [u8; DECIMAL_SECONDS_ROOM]) -> &[u8] {
-    let len = {
-        let secs = log::decimal(latency.as_secs(), (&mut buf[..NUMBER_ROOM]).try_into().unwrap()).len();
-        buf.copy_within(NUMBER_ROOM - secs..NUMBER_ROOM, 0);
-        secs
-    };
+    let len = log::decimal_digits(latency.as_secs(), buf);
     buf[len] = b'.';
     let mut micros = latency.subsec_micros();
     for digit in buf[len + 1..len + 7].iter_mut().rev() {
@@ -794,12 +790,7 @@ impl ProtoDuration {
     /// The text as the first `len` bytes of a block.
     fn block(&self) -> ([u8; Self::ROOM], usize) {
         let mut buf = [0; Self::ROOM];
-        let mut secs = self.0.as_secs();
-        let point = secs.checked_ilog10().unwrap_or(0) as usize + 1;
-        for digit in buf[..point].iter_mut().rev() {
-            *digit = b'0' + (secs % 10) as u8;
-            secs /= 10;
-        }
+        let point = log::decimal_digits(self.0.as_secs(), &mut buf);
         buf[point] = b'.';
         // Nine digits of nanoseconds, two at a time: this runs for every JSON access entry.
         let mut nanos = self.0.subsec_nanos() as usize;

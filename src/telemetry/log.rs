@@ -327,18 +327,21 @@ pub fn with_scratch<R>(f: impl FnOnce(&mut String) -> R) -> R {
 }
 
 /// `n` in decimal, in `buf`, without the formatting machinery.
-pub fn decimal(mut n: u64, buf: &mut [u8; 20]) -> &str {
-    let mut at = buf.len();
-    loop {
-        at -= 1;
-        buf[at] = b'0' + (n % 10) as u8;
+pub fn decimal(n: u64, buf: &mut [u8; 20]) -> &str {
+    let len = decimal_digits(n, buf);
+    // SAFETY: only ASCII digits were written to buf[..len].
+    unsafe { std::str::from_utf8_unchecked(&buf[..len]) }
+}
+
+/// Writes `n` in decimal at the start of `buf` (20 bytes hold any `u64`) and returns how many
+/// bytes it took. Panics if `buf` is too short.
+pub fn decimal_digits(mut n: u64, buf: &mut [u8]) -> usize {
+    let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    for digit in buf[..len].iter_mut().rev() {
+        *digit = b'0' + (n % 10) as u8;
         n /= 10;
-        if n == 0 {
-            break;
-        }
     }
-    // SAFETY: only ASCII digits were written to buf[at..].
-    unsafe { std::str::from_utf8_unchecked(&buf[at..]) }
+    len
 }
 
 /// Appends the timestamp of `time` to `out`.

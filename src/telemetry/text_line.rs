@@ -6,6 +6,8 @@
 use std::fmt;
 use std::mem::MaybeUninit;
 
+use super::log::decimal_digits;
+
 /// Text of at most [`Short::ROOM`] bytes, kept zero-padded to that size so that it is copied
 /// as one block.
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -116,13 +118,9 @@ impl LineWriter<'_> {
 
     /// `n` in decimal.
     #[inline]
-    pub fn decimal(&mut self, mut n: u64) {
-        let len = n.checked_ilog10().unwrap_or(0) as usize + 1;
+    pub fn decimal(&mut self, n: u64) {
         let mut digits = [0u8; Self::DECIMAL_ROOM];
-        for digit in digits[..len].iter_mut().rev() {
-            *digit = b'0' + (n % 10) as u8;
-            n /= 10;
-        }
+        let len = decimal_digits(n, &mut digits);
         self.block(&digits, len);
     }
 
