@@ -506,12 +506,7 @@ impl AccessEntry {
     fn write_encoded_json(&self, project: Option<&str>, out: &mut Vec<u8>) {
         let o = &self.observation;
         log::write_json_line(out, |entry| {
-            let severity = match o.status {
-                500.. => "ERROR",
-                400..=499 => "WARNING",
-                _ => "INFO",
-            };
-            entry.field("severity", severity)?;
+            entry.field("severity", SEVERITIES[severity(o.status)])?;
             log::with_scratch(|message| {
                 message.push_str(o.method.as_str());
                 message.push(' ');
@@ -545,6 +540,17 @@ impl AccessEntry {
         request.field("latency", &ProtoDuration(self.latency))
     }
 }
+
+/// An access entry's Cloud Logging severity, by status class: an index into [`SEVERITIES`].
+fn severity(status: u16) -> usize {
+    match status {
+        500.. => 2,
+        400..=499 => 1,
+        _ => 0,
+    }
+}
+
+const SEVERITIES: [&str; 3] = ["INFO", "WARNING", "ERROR"];
 
 fn protocol(version: Version) -> &'static str {
     match version {

@@ -4,7 +4,7 @@
 //! A request whose text does need escaping still goes through the encoder
 //! ([`AccessEntry::write_encoded_json`]); a test holds both to the same output.
 
-use super::{protocol_short, status_digits, AccessEntry, ProtoDuration, NUMBER_ROOM};
+use super::{protocol_short, severity, status_digits, AccessEntry, ProtoDuration, NUMBER_ROOM, SEVERITIES};
 use crate::http::AddrText;
 use crate::telemetry::log::{timestamp_text, TIMESTAMP_LEN};
 use crate::telemetry::text_line::{write_line, LineWriter, Short};
@@ -30,9 +30,12 @@ const SAMPLED: &[u8] = br#","logging.googleapis.com/trace_sampled":"#;
 const TRACE_END: &[u8] = b"\"";
 const END: &[u8] = b"}\n";
 
-const INFO: Short = Short::new(b"INFO").unwrap();
-const WARNING: Short = Short::new(b"WARNING").unwrap();
-const ERROR: Short = Short::new(b"ERROR").unwrap();
+/// [`SEVERITIES`] as blocks.
+const SEVERITY_BLOCKS: [Short; 3] = [
+    Short::new(SEVERITIES[0].as_bytes()).unwrap(),
+    Short::new(SEVERITIES[1].as_bytes()).unwrap(),
+    Short::new(SEVERITIES[2].as_bytes()).unwrap(),
+];
 
 /// The room a line takes apart from the method, the target, the two optional headers and the
 /// project: every piece at its largest.
@@ -87,11 +90,7 @@ impl AccessEntry {
         let target = o.target().as_bytes();
         let status = status_digits(o.status);
         line.bytes(SEVERITY);
-        line.short(match o.status {
-            500.. => &ERROR,
-            400..=499 => &WARNING,
-            _ => &INFO,
-        });
+        line.short(&SEVERITY_BLOCKS[severity(o.status)]);
         line.bytes(MESSAGE);
         line.method(&o.method);
         line.byte(b' ');
