@@ -2,12 +2,14 @@
 # What the access log costs in instructions per request, counted by valgrind's callgrind:
 # the same count on every run, where requests/s on a shared machine move by several percent.
 #
-#   bash bench/telemetry_instructions.sh [REQUESTS] [REPEATS] [-- EXTRA SERVER ARGS]
+#   [CONNECTIONS=64] bash bench/telemetry_instructions.sh [REQUESTS] [REPEATS] [-- EXTRA SERVER ARGS]
 #                                        (defaults: 3000 3; e.g. -- --log-format json)
 #
 # For each variant (plain, and with --access-logfile to a file) the server runs under
-# callgrind twice: answering REQUESTS keep-alive requests from one client, and answering
-# none. The difference, divided by REQUESTS, is what one request costs, start-up and shutdown
+# callgrind twice: answering REQUESTS keep-alive requests spread over CONNECTIONS concurrent
+# connections, and answering none. Many requests in flight at once, as under wrk, matter:
+# with one client at a time, per-request state is reused in ways it is not under load, and a
+# count taken that way once hid an allocation per request. The difference, divided by REQUESTS, is what one request costs, start-up and shutdown
 # excluded. Counts all threads of the server, user space only (the kernel's share of a
 # request, its socket and file writes, is not in it). Uses the coldbrew on PATH (or
 # $COLDBREW); installs valgrind with apt-get when it is missing and this is root on Debian.
@@ -20,6 +22,7 @@ set -euo pipefail
 shopt -s inherit_errexit
 requests=3000
 repeats=3
+connections=${CONNECTIONS:-64}
 if [ $# -gt 0 ] && [ "$1" != -- ]; then requests=$1; shift; fi
 if [ $# -gt 0 ] && [ "$1" != -- ]; then repeats=$1; shift; fi
 if [ $# -gt 0 ] && [ "$1" = -- ]; then shift; fi
@@ -53,15 +56,26 @@ count() {
         kill -0 "$pid" 2>/dev/null || { cat "$work/stderr" >&2; die "coldbrew did not start under valgrind"; }
         sleep 0.1
     done
-    python3 - "$port" "$n" <<'PY'
-import http.client, sys
-port, n = int(sys.argv[1]), int(sys.argv[2])
-conn = http.client.HTTPConnection("127.0.0.1", port)
-for _ in range(n):
-    conn.request("GET", "/")
-    response = conn.getresponse()
-    response.read()
-    assert response.status == 200, response.status
+    python3 - "$port" "$n" "$connections" <<'PY'
+import asyncio, sys
+port, n, connections = (int(a) for a in sys.argv[1:])
+
+async def client(count):
+    reader, writer = await asyncio.open_connection("127.0.0.1", port)
+    for _ in range(count):
+        writer.write(b"GET / HTTP/1.1\r\nHost: bench\r\n\r\n")
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 200 "), head[:40]
+        length = next(int(line.split(b":")[1]) for line in head.lower().split(b"\r\n") if line.startswith(b"content-length:"))
+        await reader.readexactly(length)
+    writer.close()
+
+async def main():
+    # The requests are spread over the connections, so that as under wrk many are in flight at once.
+    shares = [n // connections + (i < n % connections) for i in range(connections)]
+    await asyncio.gather(*(client(share) for share in shares if share))
+
+asyncio.run(main())
 PY
     kill -TERM "$pid"
     wait "$pid" 2>/dev/null || true
@@ -78,7 +92,7 @@ per_request() { # ARGS...
 
 median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
-say "callgrind, hello app, $requests keep-alive requests per run, $repeats runs per variant (about 40 s per run)"
+say "callgrind, hello app, $requests keep-alive requests over $connections connections per run, $repeats runs per variant (about 40 s per run)"
 for round in $(seq "$repeats"); do
     p=$(per_request "$@")
     a=$(per_request --access-logfile "$work/access.log" "$@")

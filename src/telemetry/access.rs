@@ -316,7 +316,7 @@ impl Observation {
             complete: false,
             counted: false,
         };
-        match BATCH.with(|cell| cell.try_borrow_mut().ok().and_then(|mut batch| batch.spare.take())) {
+        match BATCH.with(|cell| cell.try_borrow_mut().ok().and_then(|mut batch| batch.spares.pop())) {
             Some(spare) => Box::write(spare, observation),
             None => Box::new(observation),
         }
@@ -375,13 +375,27 @@ const FLUSH_AFTER: Duration = Duration::from_millis(20);
 struct Batch {
     lines: Vec<u8>,
     flush_scheduled: bool,
-    /// The allocation of the thread's last finished observation, for its next one: a request
-    /// costs no allocator call for its entry, logged or only counted.
-    spare: Option<Box<MaybeUninit<Observation>>>,
+    /// The allocations of the thread's finished observations, for its next ones: a request
+    /// costs no allocator call for its entry, logged or only counted. A list rather than one
+    /// spare, because an I/O thread has many requests in flight at once; at most
+    /// [`SPARES_KEPT`], so that a burst of connections does not pin its memory for good.
+    spares: Vec<Box<MaybeUninit<Observation>>>,
 }
 
+/// How many finished observations' allocations a thread keeps for reuse (a few hundred bytes
+/// each).
+const SPARES_KEPT: usize = 256;
+
 thread_local! {
-    static BATCH: RefCell<Batch> = const { RefCell::new(Batch { lines: Vec::new(), flush_scheduled: false, spare: None }) };
+    static BATCH: RefCell<Batch> = const { RefCell::new(Batch { lines: Vec::new(), flush_scheduled: false, spares: Vec::new() }) };
+}
+
+impl Batch {
+    fn keep(&mut self, spare: Box<MaybeUninit<Observation>>) {
+        if self.spares.len() < SPARES_KEPT {
+            self.spares.push(spare);
+        }
+    }
 }
 
 /// Drops an observation's contents and keeps its allocation.
@@ -400,7 +414,7 @@ fn emptied(observation: Box<Observation>) -> Box<MaybeUninit<Observation>> {
 fn keep_spare(observation: Box<Observation>) {
     BATCH.with(|cell| {
         if let Ok(mut batch) = cell.try_borrow_mut() {
-            batch.spare = Some(emptied(observation));
+            batch.keep(emptied(observation));
         }
     });
 }
@@ -415,7 +429,7 @@ fn batch(entry: AccessEntry) {
             batch.lines.reserve(FLUSH_BYTES + 4096);
         }
         entry.render(&mut batch.lines);
-        batch.spare = Some(emptied(entry.observation));
+        batch.keep(emptied(entry.observation));
         if batch.lines.len() >= FLUSH_BYTES {
             let lines = std::mem::take(&mut batch.lines);
             drop(batch);
