@@ -4,8 +4,10 @@
 //! - [`wsgi`]: the WSGI interface (PEP 3333) and the Python thread pool;
 //! - [`lifecycle`]: the listening socket, signals, startup and shutdown order;
 //! - [`config`]: the typed settings;
-//! - [`telemetry`]: the server's own logs.
+//! - [`telemetry`]: the server's own logs, the access log and the metrics;
+//! - [`clock`]: the clock readings a request takes, and what is derived from them.
 
+pub mod clock;
 pub mod config;
 pub mod http;
 pub mod lifecycle;

@@ -464,6 +464,23 @@ def test_access_log_json_http_request(serve):
     assert set(plain) == ACCESS_KEYS, plain
 
 
+def test_access_entry_time_is_when_the_request_began_and_latency_covers_the_app(serve):
+    """The entry's time and latency are derived from the connection's clock readings, not read
+    per entry: the time must still be the wall-clock time the request began, to the
+    millisecond, and the latency the whole time the app took."""
+    server = json_server(serve, "--access-logfile", "-")
+    sent = time.time()
+    assert request(server, "/sleep?ms=300").status == 200
+    answered = time.time()
+    assert server.stop() == 0
+    [entry] = json_lines(server.stdout)
+    began = datetime.fromisoformat(entry["time"].replace("Z", "+00:00")).timestamp()
+    # The entry's time is truncated to the millisecond; the client's clock is read around it.
+    assert sent - 0.001 <= began <= answered - 0.3, (sent, began, answered)
+    latency = float(entry["httpRequest"]["latency"].rstrip("s"))
+    assert 0.3 <= latency <= answered - sent, (latency, answered - sent)
+
+
 # --------------------------------------------------------------------------------------
 # Hostile input
 # --------------------------------------------------------------------------------------

@@ -4,11 +4,11 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 
+use crate::clock::Moment;
 use crate::telemetry::access::Observation;
 
 /// The body of every response coldbrew sends.
@@ -75,13 +75,13 @@ impl ResponseBody {
 
     /// Completes the observation, if it is still open, with the response done at `at`.
     #[inline]
-    pub fn finish_observation(&mut self, at: Instant) {
+    pub fn finish_observation(&mut self, at: Moment) {
         if let Some(observer) = self.observer.take() {
             self.complete(observer, at);
         }
     }
 
-    fn complete(&self, mut observer: Box<Observation>, at: Instant) {
+    fn complete(&self, mut observer: Box<Observation>, at: Moment) {
         if self.is_end_stream() {
             observer.mark_complete();
         }
@@ -92,7 +92,7 @@ impl ResponseBody {
 impl Drop for ResponseBody {
     fn drop(&mut self) {
         if self.observer.is_some() {
-            self.finish_observation(Instant::now());
+            self.finish_observation(Moment::now());
         }
     }
 }

@@ -147,7 +147,7 @@ pub async fn serve<H: Handler>(
         let clock = ConnClock::new();
         let service_clock = clock.clone();
         let service = service_fn(move |mut req: super::Request| {
-            service_clock.request_started();
+            let started = service_clock.request_started();
             let clock = service_clock.clone();
             let (conn_info, refused) = match conn_info.for_request(req.headers(), &trusted) {
                 Ok(conn) => (conn, None),
@@ -157,7 +157,7 @@ pub async fn serve<H: Handler>(
             if observe {
                 let seen = TelemetryHeaders::scan(req.headers());
                 let trace = seen.trace();
-                observation = Observation::begin(&req, &seen, conn_info.peer_ip, trace);
+                observation = Observation::begin(&req, &seen, conn_info.peer_ip, trace, started);
                 if let Some(trace) = trace {
                     req.extensions_mut().insert(trace);
                 }

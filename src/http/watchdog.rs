@@ -21,9 +21,9 @@
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::{Arc, OnceLock};
+use std::sync::Arc;
 use std::task::{Context, Poll};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -31,59 +31,56 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::ResponseBody;
+use crate::clock::Moment;
 
 const IDLE: u64 = 0;
 const HEAD: u64 = 1;
 const BUSY: u64 = 2;
 const PHASE: u64 = 3;
 
-/// Milliseconds since the first call, on the monotonic clock.
-fn now_ms() -> u64 {
-    ms_at(Instant::now())
-}
-
-fn ms_at(at: Instant) -> u64 {
-    at.saturating_duration_since(base()).as_millis() as u64
-}
-
-fn base() -> Instant {
-    static BASE: OnceLock<Instant> = OnceLock::new();
-    *BASE.get_or_init(Instant::now)
-}
-
-/// The phase of one connection and when it began: `(ms << 2) | phase`.
+/// The phase of one connection and when it began: `(nanoseconds << 2) | phase`, the time a
+/// [`Moment`] (2^62 ns is over a century of uptime).
 pub(super) struct ConnClock(AtomicU64);
 
 impl ConnClock {
     pub fn new() -> Arc<Self> {
-        Arc::new(ConnClock(AtomicU64::new(now_ms() << 2 | IDLE)))
+        Arc::new(ConnClock(AtomicU64::new(Moment::now().nanos() << 2 | IDLE)))
     }
 
     /// Bytes arrived from the client: an idle connection starts receiving a request head.
     #[inline]
     fn bytes_arrived(&self) {
         if self.0.load(Relaxed) & PHASE == IDLE {
-            self.0.store(now_ms() << 2 | HEAD, Relaxed);
+            self.0.store(Moment::now().nanos() << 2 | HEAD, Relaxed);
         }
     }
 
-    /// hyper has the complete head and calls the service.
+    /// hyper has the complete head and calls the service. Returns when the request began: when
+    /// its head started to arrive or, for a request read along with the one before it, when
+    /// that one's response was done. A connection already busy (another HTTP/2 stream) has no
+    /// such time, and reads the clock.
     #[inline]
-    pub fn request_started(&self) {
+    pub fn request_started(&self) -> Moment {
+        let (phase, since) = self.load();
         self.0.store(BUSY, Relaxed);
+        match phase {
+            BUSY => Moment::now(),
+            _ => Moment::from_nanos(since),
+        }
     }
 
     #[cfg(test)]
     fn response_done(&self) {
-        self.response_done_at(Instant::now());
+        self.response_done_at(Moment::now());
     }
 
     /// The response body was done at `at`: the connection waits for the next request.
     #[inline]
-    fn response_done_at(&self, at: Instant) {
-        self.0.store(ms_at(at) << 2 | IDLE, Relaxed);
+    fn response_done_at(&self, at: Moment) {
+        self.0.store(at.nanos() << 2 | IDLE, Relaxed);
     }
 
+    /// The phase, and the nanoseconds of the [`Moment`] it began.
     fn load(&self) -> (u64, u64) {
         let v = self.0.load(Relaxed);
         (v & PHASE, v >> 2)
@@ -123,28 +120,27 @@ pub(super) async fn expired(clock: &ConnClock, limits: Limits) -> Expiry {
         (Some(a), None) | (None, Some(a)) => a,
         (None, None) => return std::future::pending().await,
     };
-    let tick_ms = (tick.as_millis() as u64).max(1);
+    let tick_ns = (tick.as_nanos() as u64).max(1);
     let sleep = tokio::time::sleep(tick);
     tokio::pin!(sleep);
     loop {
         sleep.as_mut().await;
-        let now = now_ms();
+        let now = Moment::now().nanos();
         let (phase, since) = clock.load();
         let limit = match phase {
             IDLE => limits.idle.map(|d| (d, Expiry::Idle(d))),
             HEAD => limits.head.map(|d| (d, Expiry::Head(d))),
             _ => None,
         };
-        let mut next = now + tick_ms;
+        let mut next = now + tick_ns;
         if let Some((limit, expiry)) = limit {
-            let due = since + limit.as_millis() as u64;
+            let due = since + limit.as_nanos() as u64;
             if now >= due {
                 return expiry;
             }
             next = next.min(due);
         }
-        let at = base() + Duration::from_millis(next);
-        sleep.as_mut().reset(tokio::time::Instant::from_std(at));
+        sleep.as_mut().reset(tokio::time::Instant::now() + Duration::from_nanos(next - now));
     }
 }
 
@@ -219,7 +215,7 @@ impl Tracked {
 
 impl Drop for Tracked {
     fn drop(&mut self) {
-        let now = Instant::now();
+        let now = Moment::now();
         self.clock.response_done_at(now);
         self.body.finish_observation(now);
     }
@@ -247,6 +243,8 @@ impl Body for Tracked {
 
 #[cfg(test)]
 mod tests {
+    use std::time::Instant;
+
     use super::*;
 
     #[test]

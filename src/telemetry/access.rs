@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::mem::MaybeUninit;
 use std::sync::OnceLock;
-use std::time::{Duration, Instant, SystemTime};
+use std::time::Duration;
 
 use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
@@ -22,6 +22,7 @@ use super::request_headers::TelemetryHeaders;
 use super::sink::{self, Entry, Render, Target};
 use super::text_line::{write_line, LineWriter, Short};
 use super::trace::TraceContext;
+use crate::clock::{Moment, WallClock};
 use crate::http::AddrText;
 
 mod json_line;
@@ -257,8 +258,8 @@ impl AccessLog {
 
 /// What the I/O thread notes about a request as it arrives, completed when its response ends.
 pub struct Observation {
-    started: Instant,
-    time: SystemTime,
+    /// When the request began (see `ConnClock::request_started`).
+    started: Moment,
     method: Method,
     /// The request target, without the scheme and authority of an absolute-form target.
     path_and_query: Option<PathAndQuery>,
@@ -287,21 +288,33 @@ impl Drop for Observation {
 
 impl Observation {
     /// Starts observing a request if the access log or the metrics are on.
-    pub fn begin<B>(request: &http::Request<B>, seen: &TelemetryHeaders<'_>, remote: AddrText, trace: Option<TraceContext>) -> Option<Box<Observation>> {
+    pub fn begin<B>(
+        request: &http::Request<B>,
+        seen: &TelemetryHeaders<'_>,
+        remote: AddrText,
+        trace: Option<TraceContext>,
+        started: Moment,
+    ) -> Option<Box<Observation>> {
         let log = ACCESS_LOG.get();
         if log.is_none() && !metrics::enabled() {
             return None;
         }
         metrics::request_started();
-        Some(Observation::new(request, seen, remote, trace, log))
+        Some(Observation::new(request, seen, remote, trace, started, log))
     }
 
-    fn new<B>(request: &http::Request<B>, seen: &TelemetryHeaders<'_>, remote: AddrText, trace: Option<TraceContext>, log: Option<&AccessLog>) -> Box<Observation> {
+    fn new<B>(
+        request: &http::Request<B>,
+        seen: &TelemetryHeaders<'_>,
+        remote: AddrText,
+        trace: Option<TraceContext>,
+        started: Moment,
+        log: Option<&AccessLog>,
+    ) -> Box<Observation> {
         let headers = request.headers();
         let observation = Observation {
-            started: Instant::now(),
-            // The metrics alone need neither the wall-clock time nor the target.
-            time: if log.is_some() { SystemTime::now() } else { SystemTime::UNIX_EPOCH },
+            started,
+            // The metrics alone need the method and the times, not the target or headers.
             method: request.method().clone(),
             path_and_query: log.and(request.uri().path_and_query()).cloned(),
             version: request.version(),
@@ -355,12 +368,12 @@ impl Observation {
     }
 
     /// The response was over (sent, or abandoned) at `ended`: queue the entry.
-    pub fn finish(mut self: Box<Self>, ended: Instant) {
+    pub fn finish(mut self: Box<Self>, ended: Moment) {
         self.counted = true;
-        let latency = ended.saturating_duration_since(self.started);
+        let latency = ended.since(self.started);
         metrics::request_finished(&self.method, self.status, latency, self.bytes);
         if enabled() {
-            batch(AccessEntry { observation: self, latency });
+            batch(self, latency);
         } else {
             keep_spare(self);
         }
@@ -374,11 +387,15 @@ const FLUSH_AFTER: Duration = Duration::from_millis(20);
 
 struct Batch {
     lines: Vec<u8>,
+    /// Read when the first of `lines` was rendered: a batch is handed over within
+    /// [`FLUSH_AFTER`], so one reading of the wall clock serves all its lines.
+    wall: WallClock,
     flush_scheduled: bool,
     /// The allocations of the thread's finished observations, for its next ones: a request
     /// costs no allocator call for its entry, logged or only counted. A list rather than one
     /// spare, because an I/O thread has many requests in flight at once; at most
     /// [`SPARES_KEPT`], so that a burst of connections does not pin its memory for good.
+    #[allow(clippy::vec_box)] // each is handed out as the allocation of a `Box<Observation>`
     spares: Vec<Box<MaybeUninit<Observation>>>,
 }
 
@@ -387,7 +404,9 @@ struct Batch {
 const SPARES_KEPT: usize = 256;
 
 thread_local! {
-    static BATCH: RefCell<Batch> = const { RefCell::new(Batch { lines: Vec::new(), flush_scheduled: false, spares: Vec::new() }) };
+    static BATCH: RefCell<Batch> = const {
+        RefCell::new(Batch { lines: Vec::new(), wall: WallClock::UNREAD, flush_scheduled: false, spares: Vec::new() })
+    };
 }
 
 impl Batch {
@@ -419,15 +438,21 @@ fn keep_spare(observation: Box<Observation>) {
     });
 }
 
-fn batch(entry: AccessEntry) {
+fn batch(observation: Box<Observation>, latency: Duration) {
     BATCH.with(|cell| {
         let Ok(mut batch) = cell.try_borrow_mut() else {
-            return sink::submit(Entry::Record(Box::new(entry)));
+            let time = WallClock::now().since_epoch(observation.started);
+            return sink::submit(Entry::Record(Box::new(AccessEntry { observation, latency, time })));
         };
-        if batch.lines.capacity() == 0 {
-            // One allocation per batch instead of a chain of regrowths.
-            batch.lines.reserve(FLUSH_BYTES + 4096);
+        if batch.lines.is_empty() {
+            batch.wall = WallClock::now();
+            if batch.lines.capacity() == 0 {
+                // One allocation per batch instead of a chain of regrowths.
+                batch.lines.reserve(FLUSH_BYTES + 4096);
+            }
         }
+        let time = batch.wall.since_epoch(observation.started);
+        let entry = AccessEntry { observation, latency, time };
         entry.render(&mut batch.lines);
         batch.keep(emptied(entry.observation));
         if batch.lines.len() >= FLUSH_BYTES {
@@ -488,6 +513,8 @@ fn joined(headers: &HeaderMap, name: &HeaderName) -> Option<HeaderValue> {
 struct AccessEntry {
     observation: Box<Observation>,
     latency: Duration,
+    /// When the request began, since the Unix epoch.
+    time: Duration,
 }
 
 /// A header value as text, one code point per byte (latin-1), so bytes 0x80 and above survive.
@@ -529,7 +556,7 @@ impl AccessEntry {
                 message.push_str(log::decimal(o.status as u64, &mut [0; 20]));
                 entry.field("message", message.as_str())
             })?;
-            entry.field("time", &Timestamp(o.time))?;
+            entry.field("time", &Timestamp(self.time))?;
             entry.object("httpRequest", |request| self.write_http_request(request))?;
             log::write_trace(entry, o.trace.as_ref(), project)
         })
@@ -625,7 +652,7 @@ impl AccessLog {
                     let (block, len) = o.remote.block();
                     line.block(block, len);
                 }
-                Part::Time => line.block(&timestamp_text(o.time), TIMESTAMP_LEN),
+                Part::Time => line.block(&timestamp_text(entry.time), TIMESTAMP_LEN),
                 Part::RequestLine => {
                     line.method(&o.method);
                     line.byte(b' ');
@@ -654,7 +681,7 @@ impl AccessLog {
             match part {
                 Part::Literal(literal) => out.extend_from_slice(literal.text.as_bytes()),
                 Part::Remote => out.extend_from_slice(o.remote.as_str().as_bytes()),
-                Part::Time => write_timestamp(o.time, out),
+                Part::Time => write_timestamp(entry.time, out),
                 Part::RequestLine => {
                     out.extend_from_slice(o.method.as_str().as_bytes());
                     out.push(b' ');
@@ -874,12 +901,12 @@ mod tests {
 
     fn entry(log: &AccessLog, request: http::Request<()>) -> AccessEntry {
         let seen = TelemetryHeaders::scan(request.headers());
-        let mut observation = Observation::new(&request, &seen, AddrText::EMPTY, None, Some(log));
+        let mut observation = Observation::new(&request, &seen, AddrText::EMPTY, None, Moment::now(), Some(log));
         observation.status = 200;
         observation.bytes = 5;
         // Made without `begin`, so never counted in flight: dropping it must not uncount it.
         observation.counted = true;
-        AccessEntry { observation, latency: Duration::from_micros(1500) }
+        AccessEntry { observation, latency: Duration::from_micros(1500), time: log::since_epoch(std::time::SystemTime::now()) }
     }
 
     fn text_line(format: &str, request: http::Request<()>) -> String {

@@ -8,7 +8,7 @@ use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::ser::{Serialize, Serializer};
 
@@ -179,7 +179,7 @@ impl Render for LogRecord {
         match format() {
             Format::Text => {
                 out.push(b'[');
-                write_timestamp(self.time, out);
+                write_timestamp(since_epoch(self.time), out);
                 let _ = write!(out, "] [{}] [{}] ", std::process::id(), self.level.name());
                 if let Some(logger) = &self.logger {
                     let _ = write!(out, "[{}] ", escape_controls(logger, true));
@@ -190,7 +190,7 @@ impl Render for LogRecord {
             Format::Json => write_json_line(out, |entry| {
                 entry.field("severity", self.level.name())?;
                 entry.field("message", self.message.trim_end_matches('\n'))?;
-                entry.field("time", &Timestamp(self.time))?;
+                entry.field("time", &Timestamp(since_epoch(self.time)))?;
                 if let Some(logger) = &self.logger {
                     entry.field("logger", logger)?;
                 }
@@ -297,11 +297,17 @@ pub fn escape_controls(text: &str, multiline: bool) -> std::borrow::Cow<'_, str>
 /// `2026-11-25T20:30:00.123Z`, computed without a time-zone database.
 #[cfg(test)]
 fn utc_timestamp(time: SystemTime) -> String {
-    String::from_utf8_lossy(&timestamp_text(time)).into_owned()
+    String::from_utf8_lossy(&timestamp_text(since_epoch(time))).into_owned()
 }
 
-/// A time as Cloud Logging's `time` field and the text lines write it (see [`write_timestamp`]).
-pub struct Timestamp(pub SystemTime);
+/// A wall-clock time as the logs take it: time since the Unix epoch (zero before it).
+pub fn since_epoch(time: SystemTime) -> Duration {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default()
+}
+
+/// A time (since the Unix epoch) as Cloud Logging's `time` field and the text lines write it
+/// (see [`write_timestamp`]).
+pub struct Timestamp(pub Duration);
 
 impl Serialize for Timestamp {
     fn serialize<S: Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
@@ -345,8 +351,8 @@ pub fn decimal_digits(mut n: u64, buf: &mut [u8]) -> usize {
 }
 
 /// Appends the timestamp of `time` to `out`.
-pub fn write_timestamp(time: SystemTime, out: &mut Vec<u8>) {
-    out.extend_from_slice(&timestamp_text(time));
+pub fn write_timestamp(since_epoch: Duration, out: &mut Vec<u8>) {
+    out.extend_from_slice(&timestamp_text(since_epoch));
 }
 
 /// How long a timestamp is: `2026-11-25T20:30:00.123Z`.
@@ -354,11 +360,10 @@ pub const TIMESTAMP_LEN: usize = 24;
 
 /// The date and time of day are formatted once per second per thread; the writer thread calls
 /// this for every line.
-pub fn timestamp_text(time: SystemTime) -> [u8; TIMESTAMP_LEN] {
+pub fn timestamp_text(since: Duration) -> [u8; TIMESTAMP_LEN] {
     thread_local! {
         static LAST: Cell<(u64, [u8; 20])> = const { Cell::new((u64::MAX, [0; 20])) };
     }
-    let since = time.duration_since(UNIX_EPOCH).unwrap_or_default();
     let secs = since.as_secs();
     let prefix = LAST.with(|last| {
         let (cached_secs, cached) = last.get();

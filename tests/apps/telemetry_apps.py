@@ -14,6 +14,7 @@ Routed on PATH_INFO, for any method:
                    a little, log "... step=after"; returns the tag
   /status          empty body with status ?code=NNN
   /bytes           ?n=BYTES of b"x", text/plain with Content-Length
+  /sleep           sleep ?ms=N milliseconds, then 200, b"slept"
   anything else    200, b"ok" (text/plain)
 """
 
@@ -89,5 +90,9 @@ def app(environ, start_response):
 
     if path == "/bytes":
         return _respond(start_response, "200 OK", b"x" * int(query.get("n", "0")))
+
+    if path == "/sleep":
+        time.sleep(int(query.get("ms", "0")) / 1000)
+        return _respond(start_response, "200 OK", b"slept")
 
     return _respond(start_response, "200 OK", b"ok")

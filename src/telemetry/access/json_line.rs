@@ -98,7 +98,7 @@ impl AccessEntry {
         line.byte(b' ');
         line.block(&status, 3);
         line.bytes(TIME);
-        line.block(&timestamp_text(o.time), TIMESTAMP_LEN);
+        line.block(&timestamp_text(self.time), TIMESTAMP_LEN);
         line.bytes(METHOD);
         line.method(&o.method);
         line.bytes(URL);
@@ -164,11 +164,11 @@ mod tests {
         let trace = seen.trace();
         let peer = "[2001:db8::1]:5000".parse().unwrap();
         let remote = crate::http::ConnInfo::new(peer, peer).peer_ip;
-        let mut observation = Observation::new(&request, &seen, remote, trace, Some(&log));
+        let mut observation = Observation::new(&request, &seen, remote, trace, crate::clock::Moment::now(), Some(&log));
         observation.status = 200;
         // Made without `begin`, so never counted in flight: dropping it must not uncount it.
         observation.counted = true;
-        AccessEntry { observation, latency: Duration::from_micros(1500) }
+        AccessEntry { observation, latency: Duration::from_micros(1500), time: Duration::from_millis(1_764_102_600_123) }
     }
 
     /// The line from the fast writer if it takes the entry, and the line from the encoder.
