@@ -267,8 +267,9 @@ pub struct Observation {
     remote: AddrText,
     user_agent: Option<HeaderValue>,
     referer: Option<HeaderValue>,
-    request_headers: Vec<Option<HeaderValue>>,
-    response_headers: Vec<Option<HeaderValue>>,
+    /// Only for a format that names headers: most lines need none, and an observation is
+    /// written for every request.
+    named: Option<Box<NamedHeaders>>,
     trace: Option<TraceContext>,
     status: u16,
     bytes: u64,
@@ -276,6 +277,28 @@ pub struct Observation {
     /// Set once the entry is counted; a request dropped before that is only taken out of the
     /// in-flight gauge.
     counted: bool,
+}
+
+/// The values of the headers the format names (`%({NAME}i)s`, `%({NAME}o)s`), in the order of
+/// [`AccessLog::request_headers`] and [`AccessLog::response_headers`].
+struct NamedHeaders {
+    request: Vec<Option<HeaderValue>>,
+    response: Vec<Option<HeaderValue>>,
+}
+
+impl NamedHeaders {
+    /// The request's values, or `None` if the format names no header.
+    fn of_request(log: &AccessLog, headers: &HeaderMap) -> Option<Box<NamedHeaders>> {
+        if log.request_headers.is_empty() && log.response_headers.is_empty() {
+            return None;
+        }
+        let request = log.request_headers.iter().map(|name| joined(headers, name)).collect();
+        Some(Box::new(NamedHeaders { request, response: Vec::new() }))
+    }
+
+    fn values(&self) -> impl Iterator<Item = &HeaderValue> {
+        self.request.iter().chain(&self.response).flatten()
+    }
 }
 
 impl Drop for Observation {
@@ -311,8 +334,10 @@ impl Observation {
         started: Moment,
         log: Option<&AccessLog>,
     ) -> Box<Observation> {
-        let headers = request.headers();
-        let observation = Observation {
+        // The allocation first, so that the observation is written straight into it.
+        let spare = BATCH.with(|cell| cell.try_borrow_mut().ok().and_then(|mut batch| batch.spares.pop()));
+        let mut observation = spare.unwrap_or_else(Box::new_uninit);
+        observation.write(Observation {
             started,
             // The metrics alone need the method and the times, not the target or headers.
             method: request.method().clone(),
@@ -321,29 +346,31 @@ impl Observation {
             remote,
             user_agent: log.and(seen.user_agent).cloned(),
             referer: log.and(seen.referer).cloned(),
-            request_headers: log.map_or_else(Vec::new, |log| log.request_headers.iter().map(|name| joined(headers, name)).collect()),
-            response_headers: Vec::new(),
+            named: log.and_then(|log| NamedHeaders::of_request(log, request.headers())),
             trace,
             status: 0,
             bytes: 0,
             complete: false,
             counted: false,
-        };
-        match BATCH.with(|cell| cell.try_borrow_mut().ok().and_then(|mut batch| batch.spares.pop())) {
-            Some(spare) => Box::write(spare, observation),
-            None => Box::new(observation),
-        }
+        });
+        // SAFETY: written just above.
+        unsafe { observation.assume_init() }
     }
 
     /// The response head is known.
     pub fn respond(&mut self, status: http::StatusCode, headers: &HeaderMap) {
         self.status = status.as_u16();
-        match ACCESS_LOG.get() {
-            Some(log) if !log.response_headers.is_empty() => {
-                self.response_headers = log.response_headers.iter().map(|name| joined(headers, name)).collect();
-            }
-            _ => {}
+        if let (Some(named), Some(log)) = (&mut self.named, ACCESS_LOG.get()) {
+            named.response = log.response_headers.iter().map(|name| joined(headers, name)).collect();
         }
+    }
+
+    fn request_header(&self, index: usize) -> Option<&HeaderValue> {
+        self.named.as_ref()?.request.get(index)?.as_ref()
+    }
+
+    fn response_header(&self, index: usize) -> Option<&HeaderValue> {
+        self.named.as_ref()?.response.get(index)?.as_ref()
     }
 
     /// The request target as the client sent it: path and query.
@@ -637,7 +664,7 @@ impl AccessLog {
         let clean = client_text(o.target().as_bytes(), uses.target)
             && o.user_agent.as_ref().is_none_or(|v| client_text(v.as_bytes(), uses.user_agent))
             && o.referer.as_ref().is_none_or(|v| client_text(v.as_bytes(), uses.referer))
-            && o.request_headers.iter().chain(&o.response_headers).flatten().all(|v| client_text(v.as_bytes(), 1));
+            && o.named.as_ref().is_none_or(|named| named.values().all(|v| client_text(v.as_bytes(), 1)));
         clean.then_some(room)
     }
 
@@ -700,8 +727,8 @@ impl AccessLog {
                 Part::UserAgent => push_header(out, o.user_agent.as_ref()),
                 Part::Seconds | Part::Micros | Part::Millis | Part::Pid => push_number(out, entry.number(part)),
                 Part::DecimalSeconds => out.extend_from_slice(decimal_seconds(entry.latency, &mut [0; DECIMAL_SECONDS_ROOM])),
-                Part::RequestHeader(i) => push_header(out, o.request_headers.get(*i).and_then(Option::as_ref)),
-                Part::ResponseHeader(i) => push_header(out, o.response_headers.get(*i).and_then(Option::as_ref)),
+                Part::RequestHeader(i) => push_header(out, o.request_header(*i)),
+                Part::ResponseHeader(i) => push_header(out, o.response_header(*i)),
             }
         }
         out.push(b'\n');
@@ -729,8 +756,8 @@ fn write_less_common(part: &Part, entry: &AccessEntry, line: &mut LineWriter<'_>
             line.decimal(entry.number(part));
         }
         Part::DecimalSeconds => line.bytes(decimal_seconds(entry.latency, &mut [0; DECIMAL_SECONDS_ROOM])),
-        Part::RequestHeader(i) => write_header(line, o.request_headers.get(*i).and_then(Option::as_ref)),
-        Part::ResponseHeader(i) => write_header(line, o.response_headers.get(*i).and_then(Option::as_ref)),
+        Part::RequestHeader(i) => write_header(line, o.request_header(*i)),
+        Part::ResponseHeader(i) => write_header(line, o.response_header(*i)),
         Part::Literal(_)
         | Part::Remote
         | Part::Time
@@ -979,7 +1006,7 @@ mod tests {
         let mut entry = entry(&log, request);
         entry.observation.status = 404;
         // What `respond` keeps for the enabled log's `%({content-type}o)s`.
-        entry.observation.response_headers = vec![Some(HeaderValue::from_static("text/plain"))];
+        entry.observation.named.as_mut().unwrap().response = vec![Some(HeaderValue::from_static("text/plain"))];
         entry.latency = Duration::new(3, 4_005_006);
         let peer = "[2001:db8::1]:5000".parse().unwrap();
         entry.observation.remote = crate::http::ConnInfo::new(peer, peer).peer_ip;
