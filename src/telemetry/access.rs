@@ -45,8 +45,40 @@ struct AccessLog {
 /// An atom with the short literal that follows it, so that a line of gunicorn's format is
 /// written in seven steps instead of fourteen.
 struct Piece {
-    part: Part,
+    atom: Atom,
     then: Short,
+}
+
+/// What a [`Piece`] writes before its literal: a plain tag, so that picking it is one jump.
+/// gunicorn's default format is made of the named ones; any other part is found in
+/// [`AccessLog::parts`] by its index.
+#[derive(Clone, Copy)]
+enum Atom {
+    Remote,
+    Time,
+    RequestLine,
+    Status,
+    SizeOrDash,
+    Size,
+    Referer,
+    UserAgent,
+    Other(usize),
+}
+
+impl Atom {
+    fn of(part: &Part, index: usize) -> Atom {
+        match part {
+            Part::Remote => Atom::Remote,
+            Part::Time => Atom::Time,
+            Part::RequestLine => Atom::RequestLine,
+            Part::Status => Atom::Status,
+            Part::SizeOrDash => Atom::SizeOrDash,
+            Part::Size => Atom::Size,
+            Part::Referer => Atom::Referer,
+            Part::UserAgent => Atom::UserAgent,
+            _ => Atom::Other(index),
+        }
+    }
 }
 
 #[derive(Default)]
@@ -207,18 +239,20 @@ impl AccessLog {
     /// Works out the pieces of a line, the room a line takes apart from what the client sent,
     /// and how often the format writes each field the client sent.
     fn measure(&mut self) {
-        for part in &self.parts {
-            match (part, self.pieces.last_mut()) {
-                // Literals next to each other were joined, so this one follows an atom.
-                (Part::Literal(Literal { short: Some(short), .. }), Some(last)) => last.then = *short,
-                _ => self.pieces.push(Piece { part: part.clone(), then: Short::EMPTY }),
-            }
-        }
         let uses = &mut self.uses;
         let mut room = 1; // the newline
-        for piece in &self.pieces {
-            room += Short::ROOM;
-            room += match &piece.part {
+        for (index, part) in self.parts.iter().enumerate() {
+            match (part, self.pieces.last_mut()) {
+                // Literals next to each other were joined, so this one follows an atom. Its room
+                // was counted with that atom's piece.
+                (Part::Literal(Literal { short: Some(short), .. }), Some(last)) => {
+                    last.then = *short;
+                    continue;
+                }
+                _ => self.pieces.push(Piece { atom: Atom::of(part, index), then: Short::EMPTY }),
+            }
+            room += Short::ROOM; // the piece's literal
+            room += match part {
                 Part::Literal(Literal { short: Some(_), .. }) => Short::ROOM,
                 Part::Literal(Literal { text, short: None }) => text.len(),
                 Part::Remote => AddrText::BLOCK,
@@ -672,27 +706,25 @@ impl AccessLog {
     fn write_text(&self, entry: &AccessEntry, line: &mut LineWriter<'_>) {
         let o = &entry.observation;
         for piece in &self.pieces {
-            match &piece.part {
-                Part::Literal(Literal { short: Some(short), .. }) => line.short(short),
-                Part::Literal(Literal { text, short: None }) => line.bytes(text.as_bytes()),
-                Part::Remote => {
+            match piece.atom {
+                Atom::Remote => {
                     let (block, len) = o.remote.block();
                     line.block(block, len);
                 }
-                Part::Time => line.block(&timestamp_text(entry.time), TIMESTAMP_LEN),
-                Part::RequestLine => {
+                Atom::Time => line.block(&timestamp_text(entry.time), TIMESTAMP_LEN),
+                Atom::RequestLine => {
                     line.method(&o.method);
                     line.byte(b' ');
                     line.bytes(o.target().as_bytes());
                     line.byte(b' ');
                     line.short(protocol_short(o.version));
                 }
-                Part::Status => line.block(&status_digits(o.status), 3),
-                Part::SizeOrDash if o.bytes == 0 => line.byte(b'-'),
-                Part::SizeOrDash | Part::Size => line.decimal(o.bytes),
-                Part::Referer => write_header(line, o.referer.as_ref()),
-                Part::UserAgent => write_header(line, o.user_agent.as_ref()),
-                part => write_less_common(part, entry, line),
+                Atom::Status => line.block(&status_digits(o.status), 3),
+                Atom::SizeOrDash if o.bytes == 0 => line.byte(b'-'),
+                Atom::SizeOrDash | Atom::Size => line.decimal(o.bytes),
+                Atom::Referer => write_header(line, o.referer.as_ref()),
+                Atom::UserAgent => write_header(line, o.user_agent.as_ref()),
+                Atom::Other(index) => write_less_common(&self.parts[index], entry, line),
             }
             line.short(&piece.then);
         }
@@ -742,7 +774,7 @@ fn write_header(line: &mut LineWriter<'_>, value: Option<&HeaderValue>) {
     }
 }
 
-/// The atoms gunicorn's default format does not use. Kept out of line: inlined, the compiler
+/// The parts gunicorn's default format does not use. Kept out of line: inlined, the compiler
 /// computed their numbers for every line before it knew whether the format wanted them.
 #[inline(never)]
 fn write_less_common(part: &Part, entry: &AccessEntry, line: &mut LineWriter<'_>) {
@@ -758,8 +790,10 @@ fn write_less_common(part: &Part, entry: &AccessEntry, line: &mut LineWriter<'_>
         Part::DecimalSeconds => line.bytes(decimal_seconds(entry.latency, &mut [0; DECIMAL_SECONDS_ROOM])),
         Part::RequestHeader(i) => write_header(line, o.request_header(*i)),
         Part::ResponseHeader(i) => write_header(line, o.response_header(*i)),
-        Part::Literal(_)
-        | Part::Remote
+        // A literal that starts the line, or too long to follow an atom as its `Short`.
+        Part::Literal(Literal { short: Some(short), .. }) => line.short(short),
+        Part::Literal(Literal { text, short: None }) => line.bytes(text.as_bytes()),
+        Part::Remote
         | Part::Time
         | Part::RequestLine
         | Part::Status
