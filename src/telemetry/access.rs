@@ -853,8 +853,28 @@ fn push_number(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(log::decimal(n, &mut [0; 20]).as_bytes());
 }
 
+/// Whether every byte is printable ASCII (0x20 to 0x7e).
 fn is_printable_ascii(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| (0x20..0x7f).contains(&b))
+    every_byte(bytes, |b| b.wrapping_sub(0x20) < 0x5f)
+}
+
+/// Whether `rule` holds for every byte, which must include `b'a'`. The bytes are taken 16 at a
+/// time and every one is looked at, without stopping at the first that breaks the rule, so
+/// that the compiler checks each block in a few vector instructions: a browser's User-Agent
+/// is over 100 bytes, and nearly every line is clean. Text shorter than a block is padded
+/// with `a`; longer text ends with a block that overlaps the one before.
+#[inline(always)]
+fn every_byte(bytes: &[u8], rule: impl Fn(u8) -> bool + Copy) -> bool {
+    const BLOCK: usize = 16;
+    let block = |block: &[u8; BLOCK]| block.iter().fold(true, |all, &b| all & rule(b));
+    if bytes.len() < BLOCK {
+        let mut padded = [b'a'; BLOCK];
+        padded[..bytes.len()].copy_from_slice(bytes);
+        return block(&padded);
+    }
+    let (blocks, _) = bytes.as_chunks::<BLOCK>();
+    let last = bytes.last_chunk::<BLOCK>().expect("at least one block");
+    blocks.iter().fold(true, |all, b| all & block(b)) & block(last)
 }
 
 /// Request text (a target may hold any code point from U+0080 up, C1 controls too), with
@@ -958,6 +978,26 @@ mod tests {
                 Part::Status,
             ]
         );
+    }
+
+    /// One byte changed at every position of texts long and short enough for both the
+    /// vectorised body of the check and its scalar tail.
+    pub(super) fn check_every_byte_everywhere(check: fn(&[u8]) -> bool, rule: fn(u8) -> bool) {
+        for len in 1..48 {
+            for at in 0..len {
+                for b in 0..=255u8 {
+                    let mut text = vec![b'a'; len];
+                    text[at] = b;
+                    assert_eq!(check(&text), rule(b), "byte {b:#04x} at {at} of {len}");
+                }
+            }
+        }
+        assert!(check(b""));
+    }
+
+    #[test]
+    fn printable_ascii_is_0x20_to_0x7e() {
+        check_every_byte_everywhere(is_printable_ascii, |b| (0x20..=0x7e).contains(&b));
     }
 
     fn entry(log: &AccessLog, request: http::Request<()>) -> AccessEntry {

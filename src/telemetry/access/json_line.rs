@@ -55,7 +55,7 @@ const FIXED_ROOM: usize = {
 
 /// Bytes a JSON string holds as they are: printable ASCII but the quote and the backslash.
 fn is_json_plain(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| (0x20..0x7f).contains(&b) && b != b'"' && b != b'\\')
+    super::every_byte(bytes, |b| (b.wrapping_sub(0x20) < 0x5f) & (b != b'"') & (b != b'\\'))
 }
 
 impl AccessEntry {
@@ -181,6 +181,13 @@ mod tests {
         let mut encoded = b"earlier line\n".to_vec();
         entry.write_encoded_json(project, &mut encoded);
         (fast, encoded)
+    }
+
+    #[test]
+    fn json_plain_is_printable_ascii_but_quote_and_backslash() {
+        crate::telemetry::access::tests::check_every_byte_everywhere(is_json_plain, |b| {
+            (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\'
+        });
     }
 
     #[test]
