@@ -40,6 +40,7 @@ VARIANTS = {
     "json": (["--log-format", "json"], None),
     "json-access": (["--log-format", "json", "--access-logfile", "{dir}/access-json.log"], "json"),
     "json-access-null": (["--log-format", "json", "--access-logfile", "/dev/null"], "json"),
+    "json-access-pipe": (["--log-format", "json", "--access-logfile", "-"], "json"),
 }
 
 
@@ -79,7 +80,7 @@ class Server:
         args = [a.format(dir=workdir, port=free_port()) for a in args]
         stdout = subprocess.DEVNULL
         self.reader = None
-        if variant == "access-pipe":
+        if variant.endswith("access-pipe"):
             # stdout into a pipe, as in a container, read on the other CPU.
             self.reader = subprocess.Popen(["taskset", "-c", "1", "cat"], stdin=subprocess.PIPE, stdout=subprocess.DEVNULL)
             stdout = self.reader.stdin
