@@ -59,8 +59,7 @@ impl WallClock {
     pub fn now() -> WallClock {
         let wall = SystemTime::now();
         let at = Moment::now();
-        let since_epoch = wall.duration_since(UNIX_EPOCH).unwrap_or_default();
-        WallClock { at, epoch_nanos: since_epoch.as_nanos() as u64 }
+        WallClock { at, epoch_nanos: since_epoch(wall).as_nanos() as u64 }
     }
 
     /// The wall-clock time of `moment`, as time since the Unix epoch.
@@ -69,6 +68,11 @@ impl WallClock {
         // Two's-complement arithmetic: a moment before `at` subtracts.
         Duration::from_nanos(self.epoch_nanos.wrapping_add(moment.0.wrapping_sub(self.at.0)))
     }
+}
+
+/// A wall-clock time as the logs take it: time since the Unix epoch (zero before it).
+pub fn since_epoch(time: SystemTime) -> Duration {
+    time.duration_since(UNIX_EPOCH).unwrap_or_default()
 }
 
 #[cfg(test)]

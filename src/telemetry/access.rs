@@ -1011,7 +1011,7 @@ mod tests {
         observation.bytes = 5;
         // Made without `begin`, so never counted in flight: dropping it must not uncount it.
         observation.counted = true;
-        AccessEntry { observation, latency: Duration::from_micros(1500), time: log::since_epoch(std::time::SystemTime::now()) }
+        AccessEntry { observation, latency: Duration::from_micros(1500), time: crate::clock::since_epoch(std::time::SystemTime::now()) }
     }
 
     fn text_line(format: &str, request: http::Request<()>) -> String {

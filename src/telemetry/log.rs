@@ -8,12 +8,13 @@ use std::fmt;
 use std::io::Write;
 use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::OnceLock;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime};
 
 use serde::ser::{Serialize, Serializer};
 
 use super::sink::{self, Entry, Render, Target};
 use super::trace::TraceContext;
+use crate::clock::since_epoch;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord)]
 #[repr(u8)]
@@ -300,11 +301,6 @@ fn utc_timestamp(time: SystemTime) -> String {
     String::from_utf8_lossy(&timestamp_text(since_epoch(time))).into_owned()
 }
 
-/// A wall-clock time as the logs take it: time since the Unix epoch (zero before it).
-pub fn since_epoch(time: SystemTime) -> Duration {
-    time.duration_since(UNIX_EPOCH).unwrap_or_default()
-}
-
 /// A time (since the Unix epoch) as Cloud Logging's `time` field and the text lines write it
 /// (see [`write_timestamp`]).
 pub struct Timestamp(pub Duration);
@@ -350,7 +346,7 @@ pub fn decimal_digits(mut n: u64, buf: &mut [u8]) -> usize {
     len
 }
 
-/// Appends the timestamp of `time` to `out`.
+/// Appends the timestamp of a time since the Unix epoch to `out`.
 pub fn write_timestamp(since_epoch: Duration, out: &mut Vec<u8>) {
     out.extend_from_slice(&timestamp_text(since_epoch));
 }
@@ -401,6 +397,8 @@ pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
 
 #[cfg(test)]
 mod tests {
+    use std::time::UNIX_EPOCH;
+
     use super::*;
     use std::time::Duration;
 
