@@ -7,12 +7,13 @@
 # (on CPU 1) per round, interleaved; prints each variant's median requests/s and CPU time
 # per request, and its change against its baseline in the same rounds. See telemetry_cost.py.
 #
-# VARIANTS (default "plain plain-again access metrics") picks from: plain, plain-again (a second plain
-# server: the noise floor), access (text lines to a file),
-# access-null (to /dev/null), access-pipe (to stdout, a pipe read on the other CPU, as in a
-# container), metrics, json (--log-format json, the default on Cloud Run) and json-access
-# (JSON lines to a file, compared with json), json-access-null (to /dev/null). RAW=FILE also writes every burst's figures as
-# JSON. Uses the coldbrew on PATH (or $COLDBREW) and wrk.
+# VARIANTS (default "plain plain-again access metrics") picks from: plain, plain-again (a
+# second plain server: the noise floor), access (text lines to a file), access-null (to
+# /dev/null), access-pipe (to stdout, a pipe read on the other CPU, as in a container),
+# metrics, json (--log-format json, the default on Cloud Run), and json-access,
+# json-access-null and json-access-pipe (JSON lines to a file, /dev/null or a pipe, compared
+# with json). RAW=FILE also writes every burst's figures as JSON. Uses the coldbrew on PATH
+# (or $COLDBREW) and wrk.
 set -euo pipefail
 here=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 coldbrew=${COLDBREW:-$(command -v coldbrew || true)}

@@ -9,8 +9,8 @@
 # callgrind twice: answering REQUESTS keep-alive requests spread over CONNECTIONS concurrent
 # connections, and answering none. Many requests in flight at once, as under wrk, matter:
 # with one client at a time, per-request state is reused in ways it is not under load, and a
-# count taken that way once hid an allocation per request. The difference, divided by REQUESTS, is what one request costs, start-up and shutdown
-# excluded. Counts all threads of the server, user space only (the kernel's share of a
+# count taken that way once hid an allocation per request. The difference, divided by
+# REQUESTS, is what one request costs, start-up and shutdown excluded. Counts all threads of the server, user space only (the kernel's share of a
 # request, its socket and file writes, is not in it). Uses the coldbrew on PATH (or
 # $COLDBREW); installs valgrind with apt-get when it is missing and this is root on Debian.
 # PYTHONHASHSEED is fixed so that Python's own dict lookups do not vary between runs; the
@@ -92,7 +92,7 @@ per_request() { # ARGS...
 
 median() { sort -n | awk '{v[NR] = $1} END {print (NR % 2) ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2}'; }
 
-say "callgrind, hello app, $requests keep-alive requests over $connections connections per run, $repeats runs per variant (about 40 s per run)"
+say "callgrind, hello app, $requests keep-alive requests over $connections connections per run, $repeats runs per variant (a few seconds per run)"
 for round in $(seq "$repeats"); do
     p=$(per_request "$@")
     a=$(per_request --access-logfile "$work/access.log" "$@")
