@@ -23,6 +23,9 @@ pub const DEFAULT_MAX_PENDING: usize = 1024;
 /// `--body-timeout`: as nginx's client_body_timeout.
 pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `--send-timeout`: as nginx's send_timeout.
+pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// `--forwarded-allow-ips` when nothing sets it (and not on Cloud Run, where Python makes it `*`).
 pub const DEFAULT_FORWARDED_ALLOW_IPS: &str = "127.0.0.1,::1";
 
@@ -47,6 +50,8 @@ pub struct ServerConfig {
     pub keep_alive: Duration,
     /// `--body-timeout`: the longest gap between pieces of a request body; `None` when 0.
     pub body_timeout: Option<Duration>,
+    /// `--send-timeout`: the longest a client may read none of its response; `None` when 0.
+    pub send_timeout: Option<Duration>,
     pub log_format: Format,
     /// Route the app's `logging` records through the JSON writer (JSON mode only).
     pub app_log_handler: bool,
@@ -114,6 +119,7 @@ impl ServerConfig {
             header_read_timeout: seconds(cfg, "header_timeout")?.map_or(Some(Duration::from_secs(30)), |d| (!d.is_zero()).then_some(d)),
             keep_alive: seconds(cfg, "keep_alive")?.unwrap_or(DEFAULT_KEEP_ALIVE),
             body_timeout: seconds(cfg, "body_timeout")?.map_or(Some(DEFAULT_BODY_TIMEOUT), |d| (!d.is_zero()).then_some(d)),
+            send_timeout: seconds(cfg, "send_timeout")?.map_or(Some(DEFAULT_SEND_TIMEOUT), |d| (!d.is_zero()).then_some(d)),
             log_format: match optional::<String>(cfg, "log_format")?.as_deref() {
                 None | Some("text") => Format::Text,
                 Some("json") => Format::Json,

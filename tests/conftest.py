@@ -26,6 +26,18 @@ def free_port():
         return s.getsockname()[1]
 
 
+def free_dual_stack_port():
+    """A port free on every IPv4 and IPv6 address, for an `[::]` listener (a port free on
+    127.0.0.1 may be taken on another address); skips the test without IPv6."""
+    try:
+        with socket.socket(socket.AF_INET6) as s:
+            s.setsockopt(socket.IPPROTO_IPV6, socket.IPV6_V6ONLY, 0)
+            s.bind(("::", 0))
+            return s.getsockname()[1]
+    except OSError:
+        pytest.skip("no IPv6 on this machine")
+
+
 def children(pid, zombies=True):
     """Pids whose parent is ``pid``, from /proc (zombies too, unless ``zombies`` is false)."""
     kids = []

@@ -9,7 +9,7 @@ import socket
 
 import pytest
 
-from conftest import Server, free_port
+from conftest import Server, free_dual_stack_port
 from test_http1 import RawConn, get
 
 APP = "proxy_apps:app"
@@ -142,13 +142,9 @@ def test_access_log_shows_the_forwarded_client(serve):
 
 
 def test_dual_stack_listener_trusts_ipv4_loopback():
-    try:
-        with socket.socket(socket.AF_INET6) as probe:
-            probe.bind(("::", 0))
-    except OSError:
-        pytest.skip("no IPv6 on this machine")
-    port = free_port()
-    # The later --bind wins: an [::] listener, whose IPv4 peers are ::ffff:127.0.0.1.
+    port = free_dual_stack_port()
+    # The later --bind wins: an [::] listener, whose IPv4 peers the kernel gives as
+    # ::ffff:127.0.0.1.
     server = Server(APP, "--bind", f"[::]:{port}", port=port)
     try:
         server.wait_ready()

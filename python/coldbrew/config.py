@@ -60,6 +60,8 @@ DEFAULT_HEADER_TIMEOUT = 30.0
 DEFAULT_KEEP_ALIVE = 620.0
 # The longest gap between two pieces of a request body.
 DEFAULT_BODY_TIMEOUT = 60.0
+# The longest a client may leave a response unread before its connection is closed.
+DEFAULT_SEND_TIMEOUT = 60.0
 # Peers whose X-Forwarded-* and Forwarded headers are applied: a proxy on the same host.
 # On Cloud Run and Knative (K_SERVICE set) the default is "*": Google's front end is the only
 # peer a container has.
@@ -172,6 +174,7 @@ class Config(_Record):
     header_timeout: float
     keep_alive: float
     body_timeout: float
+    send_timeout: float
     max_pending: int
     http: str
 
@@ -183,7 +186,7 @@ class Config(_Record):
         "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
         "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
-        "body_timeout", "max_pending", "http",
+        "body_timeout", "send_timeout", "max_pending", "http",
     )
 
     def __init__(
@@ -223,6 +226,7 @@ class Config(_Record):
         header_timeout: float = DEFAULT_HEADER_TIMEOUT,
         keep_alive: float = DEFAULT_KEEP_ALIVE,
         body_timeout: float = DEFAULT_BODY_TIMEOUT,
+        send_timeout: float = DEFAULT_SEND_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
         http: str = DEFAULT_HTTP,
     ) -> None:
@@ -261,6 +265,7 @@ class Config(_Record):
         self.header_timeout = header_timeout
         self.keep_alive = keep_alive
         self.body_timeout = body_timeout
+        self.send_timeout = send_timeout
         self.max_pending = max_pending
         self.http = http
 
@@ -712,6 +717,9 @@ _OPTIONS = (
     ("body_timeout", ("--body-timeout",), "SECONDS", parse_seconds, False,
      "answer 408 (or fail the app's wsgi.input read) when no request body bytes arrive for "
      f"SECONDS (default: {DEFAULT_BODY_TIMEOUT:g}; 0: no limit)"),
+    ("send_timeout", ("--send-timeout",), "SECONDS", parse_seconds, False,
+     "close a connection whose client has read none of its response for SECONDS, which frees "
+     f"the app's thread if it is still writing (default: {DEFAULT_SEND_TIMEOUT:g}; 0: no limit)"),
     ("timeout", ("-t", "--timeout"), "SECONDS", parse_seconds, False,
      "per-request deadline: past it the client gets 504 and the log shows where the app is "
      "stuck (default: 0, none; an idle or CPU-throttled worker is never killed)"),
@@ -1070,6 +1078,7 @@ def parse(argv=None, environ=None):
         header_timeout=float(values.get("header_timeout", DEFAULT_HEADER_TIMEOUT)),
         keep_alive=float(values.get("keep_alive", DEFAULT_KEEP_ALIVE)),
         body_timeout=float(values.get("body_timeout", DEFAULT_BODY_TIMEOUT)),
+        send_timeout=float(values.get("send_timeout", DEFAULT_SEND_TIMEOUT)),
         max_pending=values.get("max_pending", DEFAULT_MAX_PENDING),
         http=values.get("http", DEFAULT_HTTP),
     )

@@ -4,6 +4,7 @@ use std::collections::VecDeque;
 use std::pin::Pin;
 use std::sync::{Arc, Condvar, Mutex};
 use std::task::{Context, Poll, Waker};
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -50,8 +51,9 @@ impl ResponseBody {
 
     /// A body fed by a [`ChunkSender`] on another thread. At most `capacity` bytes wait in
     /// memory; beyond that the sender blocks until the client has taken some, so a slow client
-    /// slows its producer instead of growing a buffer.
-    pub fn channel(capacity: usize) -> (ChunkSender, ResponseBody) {
+    /// slows its producer instead of growing a buffer. A client that takes nothing for
+    /// `send_timeout` (`--send-timeout`) is given up on, and the sender freed.
+    pub fn channel(capacity: usize, send_timeout: Option<Duration>) -> (ChunkSender, ResponseBody) {
         let shared = Arc::new(Shared {
             state: Mutex::new(State {
                 queue: VecDeque::new(),
@@ -62,8 +64,8 @@ impl ResponseBody {
             }),
             space: Condvar::new(),
         });
-        let sender = ChunkSender { shared: shared.clone(), capacity: capacity.max(1), done: false };
-        (sender, ResponseBody { kind: Kind::Stream(ChunkReceiver { shared }), observer: None })
+        let sender = ChunkSender { shared: shared.clone(), capacity: capacity.max(1), send_timeout, done: false };
+        (sender, ResponseBody { kind: Kind::Stream(ChunkReceiver { shared, handed_out: false }), observer: None })
     }
 }
 
@@ -203,6 +205,7 @@ pub struct Closed;
 pub struct ChunkSender {
     shared: Arc<Shared>,
     capacity: usize,
+    send_timeout: Option<Duration>,
     done: bool,
 }
 
@@ -221,9 +224,14 @@ impl ChunkSender {
         Ok(None)
     }
 
-    /// Queues a chunk, waiting while the queue holds `capacity` bytes or more.
+    /// Queues a chunk, waiting while the queue holds `capacity` bytes or more. Gives up, as if
+    /// the client had gone, when the client takes nothing for the send timeout: on HTTP/2 a
+    /// client can stop reading one stream (by granting it no flow-control window) while the
+    /// connection stays busy, so only the stream itself can tell.
     pub fn send_blocking(&self, chunk: Bytes) -> Result<(), Closed> {
         let mut state = self.shared.state.lock().unwrap();
+        let mut queued = state.queued_bytes;
+        let mut since = Instant::now();
         loop {
             if state.receiver_gone {
                 return Err(Closed);
@@ -232,7 +240,24 @@ impl ChunkSender {
                 Self::push(&mut state, chunk);
                 return Ok(());
             }
-            state = self.shared.space.wait(state).unwrap();
+            let Some(limit) = self.send_timeout else {
+                state = self.shared.space.wait(state).unwrap();
+                continue;
+            };
+            if state.queued_bytes < queued {
+                // The client took some: its stall starts again.
+                queued = state.queued_bytes;
+                since = Instant::now();
+            }
+            let Some(left) = limit.checked_sub(since.elapsed()).filter(|left| !left.is_zero()) else {
+                state.receiver_gone = true;
+                crate::telemetry::log::info(format_args!(
+                    "a client read none of its response for {} s (--send-timeout); giving up on it",
+                    limit.as_secs_f64()
+                ));
+                return Err(Closed);
+            };
+            state = self.shared.space.wait_timeout(state, left).unwrap().0;
         }
     }
 
@@ -282,6 +307,8 @@ impl Drop for ChunkSender {
 
 struct ChunkReceiver {
     shared: Arc<Shared>,
+    /// A chunk was handed out since the last time the body made hyper wait.
+    handed_out: bool,
 }
 
 impl ChunkReceiver {
@@ -291,6 +318,7 @@ impl ChunkReceiver {
             state.queued_bytes -= chunk.len();
             drop(state);
             self.shared.space.notify_one();
+            self.handed_out = true;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
         match &state.end {
@@ -299,9 +327,18 @@ impl ChunkReceiver {
                     Some(w) if w.will_wake(cx.waker()) => {}
                     _ => state.waker = Some(cx.waker().clone()),
                 }
+                self.handed_out = false;
                 Poll::Pending
             }
             End::Finished => Poll::Ready(None),
+            End::Aborted(_) if self.handed_out => {
+                // hyper drops what it has buffered when a body fails, without writing it, and
+                // it buffers the chunks it gets until the body makes it wait. Waiting once
+                // here lets it write out every byte the app produced before the abort.
+                self.handed_out = false;
+                cx.waker().wake_by_ref();
+                Poll::Pending
+            }
             End::Aborted(reason) => Poll::Ready(Some(Err(BodyAborted(reason.clone())))),
         }
     }
@@ -349,7 +386,7 @@ mod tests {
 
     #[test]
     fn channel_delivers_chunks_in_order_then_ends() {
-        let (tx, body) = ResponseBody::channel(4);
+        let (tx, body) = ResponseBody::channel(4, None);
         let producer = thread::spawn(move || {
             for i in 0..50u8 {
                 tx.send_blocking(Bytes::from(vec![i; 3])).unwrap();
@@ -365,7 +402,7 @@ mod tests {
 
     #[test]
     fn sender_waits_when_capacity_is_reached() {
-        let (tx, _body) = ResponseBody::channel(10);
+        let (tx, _body) = ResponseBody::channel(10, None);
         assert_eq!(tx.try_send(Bytes::from_static(b"0123456789")).unwrap(), None);
         let back = tx.try_send(Bytes::from_static(b"x")).unwrap();
         assert_eq!(back, Some(Bytes::from_static(b"x")));
@@ -373,13 +410,13 @@ mod tests {
 
     #[test]
     fn oversized_chunk_passes_when_queue_is_empty() {
-        let (tx, _body) = ResponseBody::channel(2);
+        let (tx, _body) = ResponseBody::channel(2, None);
         assert_eq!(tx.try_send(Bytes::from_static(b"larger than two")).unwrap(), None);
     }
 
     #[test]
     fn dropping_receiver_unblocks_and_closes_sender() {
-        let (tx, body) = ResponseBody::channel(1);
+        let (tx, body) = ResponseBody::channel(1, None);
         tx.send_blocking(Bytes::from_static(b"a")).unwrap();
         let waiter = thread::spawn(move || tx.send_blocking(Bytes::from_static(b"b")));
         thread::sleep(Duration::from_millis(50));
@@ -388,14 +425,27 @@ mod tests {
     }
 
     #[test]
+    fn an_abort_waits_once_after_the_last_chunk_so_hyper_writes_it_out() {
+        let (tx, mut body) = ResponseBody::channel(64, None);
+        tx.send_blocking(Bytes::from_static(b"01234")).unwrap();
+        tx.abort("short");
+        let waker = std::task::Waker::noop();
+        let mut cx = Context::from_waker(waker);
+        let mut poll = || Pin::new(&mut body).poll_frame(&mut cx);
+        assert!(matches!(poll(), Poll::Ready(Some(Ok(frame))) if frame.data_ref().unwrap() == "01234"));
+        assert!(poll().is_pending(), "the chunk must get a chance to be written before the error");
+        assert!(matches!(poll(), Poll::Ready(Some(Err(BodyAborted(reason)))) if reason == "short"));
+    }
+
+    #[test]
     fn abort_and_dropped_sender_yield_errors() {
-        let (tx, body) = ResponseBody::channel(8);
+        let (tx, body) = ResponseBody::channel(8, None);
         tx.send_blocking(Bytes::from_static(b"part")).unwrap();
         tx.abort("boom");
         let err = block_on_frames(body).unwrap_err();
         assert!(err.0.contains("boom"));
 
-        let (tx, body) = ResponseBody::channel(8);
+        let (tx, body) = ResponseBody::channel(8, None);
         drop(tx);
         assert!(block_on_frames(body).is_err());
     }

@@ -54,40 +54,90 @@ pub(super) async fn drive<S, B>(
     B: http_body::Body + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
+    let mut stopped = false;
     let ended = {
         let stopping = stop.changed();
         tokio::pin!(stopping);
-        let mut asked = false;
         std::future::poll_fn(|cx| {
-            if !asked && stopping.as_mut().poll(cx).is_ready() {
-                asked = true;
+            if !stopped && stopping.as_mut().poll(cx).is_ready() {
+                stopped = true;
                 Pin::new(&mut conn).graceful_shutdown();
             }
             Pin::new(&mut conn).poll(cx)
         })
         .await
     };
-    let Err(err) = ended else { return };
-    if err.is_parse() {
-        // hyper has answered 400, 414 or 431 itself (or closed at an HTTP/2 preface, a
-        // protocol this server does not speak).
-        log::info(format_args!("{label}refused a malformed request from {peer}: {err}"));
-        return;
-    }
-    if err.is_incomplete_message() {
-        let parts = conn.into_parts();
-        if !parts.read_buf.is_empty() {
+    let parts = conn.into_parts();
+    let stream = parts.io.inner().stream();
+    // A stop closes idle keep-alive connections, whose clients may hold them open for a long
+    // time: only those with bytes still coming linger then.
+    let unread = !parts.read_buf.is_empty();
+    match ended {
+        Ok(()) => {}
+        Err(err) if err.is_parse() => {
+            // hyper has answered 400, 414 or 431 (coldbrew's answer went out in place of its
+            // own), or closed at an HTTP/2 preface under `--http 1`.
+            match parts.io.inner().refused() {
+                Some(status) => log::info(format_args!(
+                    "{label}refused a malformed request from {peer}: {err}; answered {}",
+                    status.as_u16()
+                )),
+                None => log::info(format_args!("{label}refused a malformed request from {peer}: {err}")),
+            }
+        }
+        Err(err) if err.is_incomplete_message() && !parts.read_buf.is_empty() => {
             // The client ended its side in the middle of a request head: hyper gives up
             // without an answer, so the 400 is written here.
             log::info(format_args!(
                 "{label}refused a malformed request from {peer}: the connection ended inside the request head"
             ));
-            checks::answer_unparsed(parts.io.inner().stream());
-            return;
+            checks::answer_unparsed(stream);
+        }
+        Err(err) => {
+            log::debug(format_args!("{label}connection from {peer} ended: {err}"));
+            if err.is_user() {
+                // The response was aborted (the app raised mid-body or sent less than its
+                // Content-Length): the client must see the message cut short, at once.
+                return;
+            }
         }
     }
-    log::debug(format_args!("{label}connection from {peer} ended: {err}"));
+    if !stopped || unread || has_pending_bytes(stream) {
+        linger(stream).await;
+    }
 }
+
+/// Whether the client has sent bytes the server has not read.
+fn has_pending_bytes(stream: &tokio::net::TcpStream) -> bool {
+    let mut probe = [0u8; 1];
+    matches!(stream.try_read(&mut probe), Ok(n) if n > 0)
+}
+
+/// After the server ends a connection, bytes the client still sends (the unread rest of a
+/// body the app did not want, a pipelined request after `Connection: close`) would make the
+/// kernel answer with a reset, which can destroy the response before the client read it. So
+/// the write side is shut (the client sees the end of the response) and what arrives is read
+/// and dropped until the client closes too, or for [`LINGER`] at most.
+async fn linger(stream: &tokio::net::TcpStream) {
+    let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
+    let mut sink = [0u8; 4096];
+    let deadline = tokio::time::Instant::now() + LINGER;
+    loop {
+        match stream.try_read(&mut sink) {
+            Ok(0) => return,
+            Ok(_) => continue,
+            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
+            Err(_) => return,
+        }
+        match tokio::time::timeout_at(deadline, stream.readable()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(_)) | Err(_) => return,
+        }
+    }
+}
+
+/// The longest a closing connection reads and drops what its client still sends.
+const LINGER: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Runs an HTTP/2 connection to its end; once `stop` changes it sends GOAWAY and lets the
 /// open streams finish.

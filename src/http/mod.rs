@@ -8,6 +8,8 @@ mod body;
 pub mod forwarded;
 mod checks;
 mod connection;
+mod header_case;
+mod hyper_refusal;
 mod server;
 mod watchdog;
 
@@ -15,6 +17,7 @@ use std::future::Future;
 use std::net::SocketAddr;
 
 pub use body::{ChunkSender, Closed, ResponseBody};
+pub use header_case::OriginalCase;
 pub use checks::{log_refused, too_large, Limits, Rejection};
 pub use server::{serve, Protocols, ServerOptions, Stop};
 

@@ -16,7 +16,7 @@ use super::checks::{self, Limits};
 use super::connection::{self, Graceful};
 use super::forwarded::TrustedProxies;
 use super::watchdog::{self, ConnClock, Tracked, Watched};
-use super::{ConnInfo, Handler};
+use super::{ConnInfo, Handler, OriginalCase};
 use crate::telemetry::access::Observation;
 use crate::telemetry::log;
 use crate::telemetry::request_headers::TelemetryHeaders;
@@ -68,6 +68,9 @@ pub struct ServerOptions {
     /// Wait for a full request head at most this long once its first byte arrived (slowloris
     /// guard); `None`: no limit.
     pub header_read_timeout: Option<Duration>,
+    /// How long the client may read none of a response before its connection is closed
+    /// (`--send-timeout`); `None`: no limit.
+    pub send_timeout: Option<Duration>,
     /// How long a connection may wait, idle, for its next request; zero turns keep-alive off
     /// (and then a new connection waits for its first request at most `header_read_timeout`).
     pub keep_alive: Duration,
@@ -98,7 +101,7 @@ pub async fn serve<H: Handler>(
     options: ServerOptions,
     shutdown: impl Future<Output = Stop>,
 ) -> usize {
-    let local = listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0)));
+    let local = canonical(listener.local_addr().unwrap_or_else(|_| SocketAddr::from(([0, 0, 0, 0], 0))));
     let mut builder = http1::Builder::new();
     builder
         .timer(TokioTimer::new())
@@ -107,12 +110,16 @@ pub async fn serve<H: Handler>(
         // switch to copying every body into one per-connection buffer that keeps its largest
         // size: 1 MiB responses at 64 connections held 74 MiB instead of 8 MiB.
         .writev(true)
+        // Names as the app wrote them: most are Title-Case, the rest are restored as the head
+        // is written (header_case.rs). Some clients and many tests still compare case.
+        .title_case_headers(true)
         // Timed per connection by the watchdog instead: hyper's timer would cost one per
         // request and would also cut idle keep-alive connections at the header timeout.
         .header_read_timeout(None);
     let deadlines = watchdog::Limits {
         idle: if options.keep_alive.is_zero() { options.header_read_timeout } else { Some(options.keep_alive) },
         head: options.header_read_timeout,
+        send: options.send_timeout,
     };
     // hyper's own cap on a head is its read buffer, which a head that arrives in one large
     // read can overshoot; this one holds whatever the reads.
@@ -140,6 +147,7 @@ pub async fn serve<H: Handler>(
     let limits = options.limits;
     let serve_connection = |stream: TcpStream, peer: SocketAddr| {
         let _ = stream.set_nodelay(true);
+        let peer = canonical(peer);
         let mut conn_info = ConnInfo::new(peer, local);
         conn_info.trusted_proxy = options.trusted_proxies.trusts_peer(peer.ip());
         let trusted = options.trusted_proxies.clone();
@@ -185,6 +193,11 @@ pub async fn serve<H: Handler>(
                     (None, None) => unreachable!("either refused or passed on"),
                 };
                 response.headers_mut().entry(http::header::SERVER).or_insert(SERVER_HEADER);
+                if let Some(case) = response.extensions_mut().remove::<OriginalCase>() {
+                    if http1 {
+                        clock.restore_case(case);
+                    }
+                }
                 if http1 && draining.load(Ordering::Relaxed) {
                     // hyper closes the connection after a response that says so.
                     response.headers_mut().insert(http::header::CONNECTION, CLOSE);
@@ -221,7 +234,11 @@ pub async fn serve<H: Handler>(
                 () = served => {}
                 // Dropping the connection closes it.
                 expiry = watchdog::expired(&clock, deadlines) => {
-                    log::debug(format_args!("{label}connection from {peer} closed: {expiry}"));
+                    if matches!(expiry, watchdog::Expiry::Send(_)) {
+                        log::info(format_args!("{label}connection from {peer} closed: {expiry}"));
+                    } else {
+                        log::debug(format_args!("{label}connection from {peer} closed: {expiry}"));
+                    }
                 }
             }
         });
@@ -283,6 +300,12 @@ pub async fn serve<H: Handler>(
             1
         }
     }
+}
+
+/// An IPv4 client of a dual-stack listener as the IPv4 address it is (`203.0.113.7`, not
+/// `::ffff:203.0.113.7`), for the environ, the logs, the metrics and `--forwarded-allow-ips`.
+fn canonical(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// Whether the first bytes a client sends are HTTP/2's preface. Looks without taking them, and

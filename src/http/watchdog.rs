@@ -20,8 +20,8 @@
 
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
-use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering::Relaxed};
+use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll};
 use std::time::Duration;
 
@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::ResponseBody;
+use super::header_case::{self, OriginalCase};
 use crate::clock::Moment;
 
 const IDLE: u64 = 0;
@@ -39,12 +40,53 @@ const BUSY: u64 = 2;
 const PHASE: u64 = 3;
 
 /// The phase of one connection and when it began: `(nanoseconds << 2) | phase`, the time a
-/// [`Moment`] (2^62 ns is over a century of uptime).
-pub(super) struct ConnClock(AtomicU64);
+/// [`Moment`] (2^62 ns is over a century of uptime); and since when the client has taken none
+/// of what the server writes (0: it is taking it).
+pub(super) struct ConnClock(AtomicU64, AtomicU64, HeadCase);
+
+/// The app's own case of the next response head's names, handed from the service to the
+/// socket writer (HTTP/1 has one response at a time per connection).
+#[derive(Default)]
+struct HeadCase {
+    waiting: AtomicBool,
+    names: Mutex<Option<OriginalCase>>,
+}
 
 impl ConnClock {
     pub fn new() -> Arc<Self> {
-        Arc::new(ConnClock(AtomicU64::new(Moment::now().nanos() << 2 | IDLE)))
+        Arc::new(ConnClock(AtomicU64::new(Moment::now().nanos() << 2 | IDLE), AtomicU64::new(0), HeadCase::default()))
+    }
+
+    /// The next response head goes out with these names as the app wrote them.
+    #[cold]
+    pub fn restore_case(&self, case: OriginalCase) {
+        *self.2.names.lock().unwrap() = Some(case);
+        self.2.waiting.store(true, Relaxed);
+    }
+
+    #[inline]
+    fn take_case(&self) -> Option<OriginalCase> {
+        if !self.2.waiting.load(Relaxed) {
+            return None;
+        }
+        self.2.waiting.store(false, Relaxed);
+        self.2.names.lock().unwrap().take()
+    }
+
+    /// A write found the socket full: the client's stall starts now unless it had already.
+    #[cold]
+    fn write_blocked(&self) {
+        if self.1.load(Relaxed) == 0 {
+            self.1.store(Moment::now().nanos().max(1), Relaxed);
+        }
+    }
+
+    /// A write went through: the client is reading.
+    #[inline]
+    fn write_done(&self) {
+        if self.1.load(Relaxed) != 0 {
+            self.1.store(0, Relaxed);
+        }
     }
 
     /// Bytes arrived from the client: an idle connection starts receiving a request head.
@@ -92,6 +134,8 @@ impl ConnClock {
 pub(super) struct Limits {
     pub idle: Option<Duration>,
     pub head: Option<Duration>,
+    /// How long the client may take none of what the server writes (`--send-timeout`).
+    pub send: Option<Duration>,
 }
 
 /// Why a connection was closed.
@@ -99,6 +143,7 @@ pub(super) struct Limits {
 pub(super) enum Expiry {
     Idle(Duration),
     Head(Duration),
+    Send(Duration),
 }
 
 impl std::fmt::Display for Expiry {
@@ -106,6 +151,7 @@ impl std::fmt::Display for Expiry {
         match self {
             Expiry::Idle(d) => write!(f, "idle for {} s (--keep-alive)", d.as_secs_f64()),
             Expiry::Head(d) => write!(f, "no complete request head within {} s (--header-timeout)", d.as_secs_f64()),
+            Expiry::Send(d) => write!(f, "the client read none of its response for {} s (--send-timeout)", d.as_secs_f64()),
         }
     }
 }
@@ -115,10 +161,8 @@ impl std::fmt::Display for Expiry {
 /// `min(limits)` while nothing is due: in the idle phase it must look again within the head
 /// limit, since a head may start at any moment.
 pub(super) async fn expired(clock: &ConnClock, limits: Limits) -> Expiry {
-    let tick = match (limits.idle, limits.head) {
-        (Some(a), Some(b)) => a.min(b),
-        (Some(a), None) | (None, Some(a)) => a,
-        (None, None) => return std::future::pending().await,
+    let Some(tick) = [limits.idle, limits.head, limits.send].into_iter().flatten().min() else {
+        return std::future::pending().await;
     };
     let tick_ns = (tick.as_nanos() as u64).max(1);
     let sleep = tokio::time::sleep(tick);
@@ -132,8 +176,10 @@ pub(super) async fn expired(clock: &ConnClock, limits: Limits) -> Expiry {
             HEAD => limits.head.map(|d| (d, Expiry::Head(d))),
             _ => None,
         };
+        let stalled = clock.1.load(Relaxed);
+        let send = limits.send.filter(|_| stalled != 0).map(|d| (stalled, d, Expiry::Send(d)));
         let mut next = now + tick_ns;
-        if let Some((limit, expiry)) = limit {
+        for (since, limit, expiry) in limit.map(|(d, expiry)| (since, d, expiry)).into_iter().chain(send) {
             let due = since + limit.as_nanos() as u64;
             if now >= due {
                 return expiry;
@@ -144,19 +190,117 @@ pub(super) async fn expired(clock: &ConnClock, limits: Limits) -> Expiry {
     }
 }
 
-/// The socket, reporting to the clock when bytes arrive.
+/// The socket, reporting to the clock when bytes arrive and whether the client takes what is
+/// written, and putting coldbrew's answer in place of hyper's own to a malformed head.
 pub(super) struct Watched {
     stream: TcpStream,
     clock: Arc<ConnClock>,
+    /// coldbrew's answer in place of hyper's, and how much of it has been written.
+    refusal: Option<Box<Refusal>>,
+    /// A response head with the app's case of its names, and how much of it has been written.
+    head: Option<Box<(Vec<u8>, usize)>>,
+}
+
+struct Refusal {
+    status: http::StatusCode,
+    answer: Vec<u8>,
+    written: usize,
 }
 
 impl Watched {
     pub fn new(stream: TcpStream, clock: Arc<ConnClock>) -> Self {
-        Watched { stream, clock }
+        Watched { stream, clock, refusal: None, head: None }
     }
 
     pub fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// The status of hyper's own answer to a malformed head, if it gave one.
+    pub fn refused(&self) -> Option<http::StatusCode> {
+        self.refusal.as_ref().map(|r| r.status)
+    }
+
+    /// Whether `buf` is hyper's answer to a malformed head; if so, coldbrew's answer is queued
+    /// in its place. Checked only on short writes that begin like one.
+    #[inline]
+    fn replaces(&mut self, buf: &[u8]) -> bool {
+        if buf.len() > 256 || !buf.starts_with(b"HTTP/1.1 4") || self.refusal.is_some() {
+            return false;
+        }
+        let Some((status, answer)) = super::hyper_refusal::replacement(buf) else { return false };
+        self.refusal = Some(Box::new(Refusal { status, answer, written: 0 }));
+        true
+    }
+
+    /// Writes what is left of coldbrew's answer in place of hyper's.
+    fn poll_refusal(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        let Some(refusal) = self.refusal.as_mut() else { return Poll::Ready(Ok(())) };
+        while refusal.written < refusal.answer.len() {
+            match Pin::new(&mut self.stream).poll_write(cx, &refusal.answer[refusal.written..]) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => refusal.written += n,
+                Poll::Ready(Err(err)) => return Poll::Ready(Err(err)),
+                Poll::Pending => {
+                    self.clock.write_blocked();
+                    return Poll::Pending;
+                }
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
+    /// Writes `bufs`, with the app's case of the names in a response head hyper begins in the
+    /// first of them. hyper's head and the one written differ only in the case of letters, so
+    /// whatever was written of one is what hyper counts as written of the other.
+    #[cold]
+    fn write_with_case(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        if self.head.is_none() {
+            if let Some(case) = self.clock.take_case() {
+                let mut head = bufs[0].to_vec();
+                header_case::restore(&mut head, &case);
+                self.head = Some(Box::new((head, 0)));
+            }
+        }
+        let Some(head) = self.head.as_mut() else {
+            let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+            return self.watch_write(polled);
+        };
+        let rest = &head.0[head.1..];
+        if rest.len() != bufs[0].len() {
+            // Not the head it was made for: write what hyper gave.
+            self.head = None;
+            let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+            return self.watch_write(polled);
+        }
+        const MOST: usize = 16;
+        let mut slices = [io::IoSlice::new(&[]); MOST];
+        slices[0] = io::IoSlice::new(rest);
+        let count = bufs.len().min(MOST);
+        slices[1..count].copy_from_slice(&bufs[1..count]);
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, &slices[..count]);
+        if let Poll::Ready(Ok(n)) = polled {
+            head.1 += n.min(rest.len());
+            if head.1 == head.0.len() {
+                self.head = None;
+            }
+        }
+        self.watch_write(polled)
+    }
+
+    /// Whether this write needs [`write_with_case`](Self::write_with_case).
+    #[inline]
+    fn has_case(&self, first: &[u8]) -> bool {
+        self.head.is_some() || (self.clock.2.waiting.load(Relaxed) && first.starts_with(b"HTTP/1."))
+    }
+
+    /// Reports hyper's answer as written once coldbrew's has been, or has started to be.
+    fn write_refusal(&mut self, cx: &mut Context<'_>, len: usize) -> Poll<io::Result<usize>> {
+        match self.poll_refusal(cx) {
+            Poll::Ready(Err(err)) => Poll::Ready(Err(err)),
+            // The rest goes out with the flush hyper does next.
+            _ => Poll::Ready(Ok(len)),
+        }
     }
 }
 
@@ -172,15 +316,44 @@ impl AsyncRead for Watched {
     }
 }
 
+impl Watched {
+    /// Tells the clock whether the client is taking what is written.
+    #[inline]
+    fn watch_write(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(n)) if n > 0 => self.clock.write_done(),
+            Poll::Pending => self.clock.write_blocked(),
+            _ => {}
+        }
+        polled
+    }
+}
+
 impl AsyncWrite for Watched {
     #[inline]
     fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write(cx, buf)
+        if self.replaces(buf) {
+            return self.write_refusal(cx, buf.len());
+        }
+        if self.has_case(buf) {
+            return self.write_with_case(cx, &[io::IoSlice::new(buf)]);
+        }
+        let polled = Pin::new(&mut self.stream).poll_write(cx, buf);
+        self.watch_write(polled)
     }
 
     #[inline]
     fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.stream).poll_write_vectored(cx, bufs)
+        if let [buf] = bufs {
+            if self.replaces(buf) {
+                return self.write_refusal(cx, buf.len());
+            }
+        }
+        if bufs.first().is_some_and(|first| self.has_case(first)) {
+            return self.write_with_case(cx, bufs);
+        }
+        let polled = Pin::new(&mut self.stream).poll_write_vectored(cx, bufs);
+        self.watch_write(polled)
     }
 
     #[inline]
@@ -190,11 +363,17 @@ impl AsyncWrite for Watched {
 
     #[inline]
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.refusal.is_some() {
+            std::task::ready!(self.poll_refusal(cx))?;
+        }
         Pin::new(&mut self.stream).poll_flush(cx)
     }
 
     #[inline]
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.refusal.is_some() {
+            std::task::ready!(self.poll_refusal(cx))?;
+        }
         Pin::new(&mut self.stream).poll_shutdown(cx)
     }
 }
@@ -267,7 +446,7 @@ mod tests {
 
     #[tokio::test]
     async fn head_limit_applies_from_the_first_byte_and_idle_limit_between_requests() {
-        let limits = Limits { idle: Some(Duration::from_millis(300)), head: Some(Duration::from_millis(60)) };
+        let limits = Limits { idle: Some(Duration::from_millis(300)), head: Some(Duration::from_millis(60)), send: None };
         // Idle, then a head starts and stalls: closed at the head limit after its first byte.
         let clock = ConnClock::new();
         let started = Instant::now();

@@ -117,6 +117,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
     let options = ServerOptions {
         graceful_timeout: config.graceful_timeout,
         header_read_timeout: config.header_read_timeout,
+        send_timeout: config.send_timeout,
         keep_alive: config.keep_alive,
         observe: true,
         label: "",

@@ -448,6 +448,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Outp
     let options = crate::http::ServerOptions {
         graceful_timeout: SHUTDOWN_GRACE,
         header_read_timeout: Some(HEADER_READ_TIMEOUT),
+        send_timeout: Some(crate::config::DEFAULT_SEND_TIMEOUT),
         keep_alive: crate::config::DEFAULT_KEEP_ALIVE,
         observe: false,
         label: "metrics: ",

@@ -67,6 +67,19 @@ impl InputStream {
         self.timed_out.load(Ordering::Relaxed)
     }
 
+    /// The response is complete: gives the unread rest of the body back to the connection, so
+    /// that when the connection closes depends on the end of the response, never on when
+    /// Python frees this object (a reference cycle through the environ can keep it for seconds,
+    /// or for good). Later reads see the end of the body. A read in progress on another thread
+    /// (which WSGI does not allow after the response) keeps its part and drops it when done.
+    pub(crate) fn release(&self) {
+        let mut state = self.state.lock().unwrap();
+        if matches!(state.source, Source::Network { .. }) {
+            state.source = Source::Exhausted;
+        }
+        state.buf = Bytes::new();
+    }
+
     /// `Some(limit)` once reading went over `--limit-request-body`.
     pub(crate) fn too_large(&self) -> Option<u64> {
         self.state.lock().unwrap().too_large

@@ -53,6 +53,8 @@ pub(crate) struct WorkerContext {
     pub environ: EnvironBuilder,
     pub runtime: Handle,
     pub response_buffer: usize,
+    /// `--send-timeout`, for a streamed response whose client stops reading.
+    pub send_timeout: Option<Duration>,
     /// `--body-timeout`, for bodies the app streams from the connection.
     pub body_timeout: Option<std::time::Duration>,
     pub empty_input: Py<InputStream>,
@@ -119,6 +121,7 @@ impl Pool {
             environ,
             runtime,
             response_buffer: config.response_buffer,
+            send_timeout: config.send_timeout,
             body_timeout: config.body_timeout,
             empty_input: Py::new(py, InputStream::empty())?,
             trace_var,

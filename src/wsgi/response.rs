@@ -9,6 +9,7 @@
 
 use std::borrow::Cow;
 use std::sync::Mutex;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
@@ -24,7 +25,7 @@ use super::pool::WorkerContext;
 use super::shared_bytes;
 use super::streams::FileWrapper;
 use super::{InputStream, RequestBody, RequestJob};
-use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
+use crate::http::{self as proto, ChunkSender, Closed, OriginalCase, ResponseBody};
 use crate::telemetry::{log, metrics, TraceContext};
 
 pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
@@ -58,7 +59,7 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         Ok(environ) => environ,
         Err(err) => return internal_error(py, ctx, &parts, err, reply),
     };
-    let exchange = match Bound::new(py, StartResponse::new(reply, ctx.response_buffer, parts.method, parts.uri)) {
+    let exchange = match Bound::new(py, StartResponse::new(reply, ctx.response_buffer, ctx.send_timeout, parts.method, parts.uri)) {
         Ok(exchange) => exchange,
         Err(err) => {
             log::error(format_args!("cannot prepare start_response: {err}"));
@@ -80,9 +81,12 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         if streamed.as_ref().is_some_and(|s| s.get().timed_out()) {
             exchange.get().fail_slow_body(py, ctx, err);
         } else {
-            let too_large = streamed.and_then(|input| input.get().too_large());
+            let too_large = streamed.as_ref().and_then(|input| input.get().too_large());
             exchange.get().fail(py, ctx, err, too_large);
         }
+    }
+    if let Some(input) = streamed {
+        input.get().release();
     }
     metrics::python_busy(-1);
     log::set_current_trace(None);
@@ -220,6 +224,8 @@ struct Exchange {
     reply: Option<oneshot::Sender<proto::Response>>,
     stream: Option<ChunkSender>,
     buffer: usize,
+    /// `--send-timeout`.
+    send_timeout: Option<Duration>,
     head_request: bool,
     client_gone: bool,
     /// The app's Content-Length once the head is sent, and the body bytes queued since.
@@ -232,6 +238,8 @@ struct Head {
     reason: Option<ReasonPhrase>,
     headers: HeaderMap,
     content_length: Option<u64>,
+    /// The names the app wrote in other than Title-Case, to send as written.
+    case: Option<OriginalCase>,
 }
 
 impl Head {
@@ -242,12 +250,15 @@ impl Head {
         if let Some(reason) = self.reason {
             response.extensions_mut().insert(reason);
         }
+        if let Some(case) = self.case {
+            response.extensions_mut().insert(case);
+        }
         response
     }
 }
 
 impl StartResponse {
-    fn new(reply: oneshot::Sender<proto::Response>, buffer: usize, method: Method, uri: http::Uri) -> Self {
+    fn new(reply: oneshot::Sender<proto::Response>, buffer: usize, send_timeout: Option<Duration>, method: Method, uri: http::Uri) -> Self {
         let head_request = method == Method::HEAD;
         StartResponse {
             request: RequestLine { method, uri },
@@ -256,6 +267,7 @@ impl StartResponse {
                 reply: Some(reply),
                 stream: None,
                 buffer,
+                send_timeout,
                 head_request,
                 client_gone: false,
                 declared: None,
@@ -291,7 +303,7 @@ impl StartResponse {
         let sender = {
             let mut state = self.state.lock().unwrap();
             if state.reply.is_some() {
-                let (sender, body) = ResponseBody::channel(state.buffer);
+                let (sender, body) = ResponseBody::channel(state.buffer, state.send_timeout);
                 Self::commit(&mut state, body).map_err(SendError::App)?;
                 state.stream = Some(sender);
             }
@@ -553,6 +565,7 @@ fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         .map_err(|_| PyTypeError::new_err(format!("headers must be a list, not {}", type_name(headers))))?;
     let mut map = HeaderMap::with_capacity(list.len() + 2);
     let mut content_length = None;
+    let mut case = None;
     for item in list.iter() {
         let pair = item.cast::<PyTuple>().map_err(|_| {
             PyTypeError::new_err(format!("each header must be a (name, value) tuple, not {}", type_name(&item)))
@@ -584,9 +597,10 @@ fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             }
             content_length = Some(parsed);
         }
+        OriginalCase::note(&mut case, &name_bytes, || map.get_all(&name).iter().count());
         map.append(name, value);
     }
-    Ok(Head { status, reason, headers: map, content_length })
+    Ok(Head { status, reason, headers: map, content_length, case })
 }
 
 fn parse_status(status: &Bound<'_, PyAny>) -> PyResult<(StatusCode, Option<ReasonPhrase>)> {
