@@ -16,7 +16,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use serde::ser::{Serialize, Serializer};
 
-use super::log::{self, escape_controls, timestamp_text, write_timestamp, Format, JsonObject, Timestamp, TIMESTAMP_LEN};
+use super::log::{self, access_time_text, escape_controls, Format, JsonObject, Timestamp, ACCESS_TIME_LEN};
 use super::metrics;
 use super::request_headers::TelemetryHeaders;
 use super::sink::{self, Entry, Render, Target};
@@ -160,14 +160,8 @@ fn parse_format(format: &str) -> Result<AccessLog, String> {
         let after = &rest[at + 2..];
         let close = after.find(")s").ok_or_else(|| format!("unterminated atom in access log format: {rest:?}"))?;
         let atom = &after[..close];
-        if atom == "t" {
-            push_part(&mut log.parts, literal("["));
-            push_part(&mut log.parts, Part::Time);
-            push_part(&mut log.parts, literal("]"));
-        } else {
-            let part = parse_atom(atom, &mut log.request_headers, &mut log.response_headers)?;
-            push_part(&mut log.parts, part);
-        }
+        let part = parse_atom(atom, &mut log.request_headers, &mut log.response_headers)?;
+        push_part(&mut log.parts, part);
         rest = &after[close + 2..];
     }
     if !rest.is_empty() {
@@ -215,6 +209,7 @@ fn parse_atom(atom: &str, request: &mut Vec<HeaderName>, response: &mut Vec<Head
     }
     Ok(match atom {
         "h" => Part::Remote,
+        "t" => Part::Time,
         "l" | "u" => literal("-"),
         "r" => Part::RequestLine,
         "s" => Part::Status,
@@ -256,7 +251,7 @@ impl AccessLog {
                 Part::Literal(Literal { short: Some(_), .. }) => Short::ROOM,
                 Part::Literal(Literal { text, short: None }) => text.len(),
                 Part::Remote => AddrText::BLOCK,
-                Part::Time => TIMESTAMP_LEN,
+                Part::Time => ACCESS_TIME_LEN,
                 Part::RequestLine => {
                     uses.method += 1;
                     uses.target += 1;
@@ -711,7 +706,7 @@ impl AccessLog {
                     let (block, len) = o.remote.block();
                     line.block(block, len);
                 }
-                Atom::Time => line.block(&timestamp_text(entry.time), TIMESTAMP_LEN),
+                Atom::Time => line.block(&access_time_text(entry.time), ACCESS_TIME_LEN),
                 Atom::RequestLine => {
                     line.method(&o.method);
                     line.byte(b' ');
@@ -740,7 +735,7 @@ impl AccessLog {
             match part {
                 Part::Literal(literal) => out.extend_from_slice(literal.text.as_bytes()),
                 Part::Remote => out.extend_from_slice(o.remote.as_str().as_bytes()),
-                Part::Time => write_timestamp(entry.time, out),
+                Part::Time => out.extend_from_slice(&access_time_text(entry.time)),
                 Part::RequestLine => {
                     out.extend_from_slice(o.method.as_str().as_bytes());
                     out.push(b' ');
@@ -976,9 +971,9 @@ mod tests {
             log.parts,
             [
                 Part::Remote,
-                Part::Literal(" - - [".into()),
+                Part::Literal(" - - ".into()),
                 Part::Time,
-                Part::Literal("] e\\x1bv\\x09".into()),
+                Part::Literal(" e\\x1bv\\x09".into()),
                 Part::Status,
             ]
         );
@@ -1094,6 +1089,9 @@ mod tests {
         let line = line.strip_prefix("earlier line\n").unwrap();
         let (_, after_time) = line.split_once("] ").unwrap();
         assert!(line.starts_with("2001:db8::1 - - ["), "{line}");
+        let time = &line["2001:db8::1 - - ".len()..line.find("] ").unwrap() + 1];
+        assert_eq!(time.len(), ACCESS_TIME_LEN, "{time}");
+        assert!(time.ends_with(" +0000]"), "{time}");
         let pid = std::process::id();
         assert_eq!(
             after_time,

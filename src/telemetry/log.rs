@@ -381,6 +381,42 @@ pub fn timestamp_text(since: Duration) -> [u8; TIMESTAMP_LEN] {
     text
 }
 
+/// How long the access log's `%(t)s` is: `[02/Dec/2026:14:12:19 +0000]`.
+pub const ACCESS_TIME_LEN: usize = 28;
+
+/// The access log's `%(t)s` as gunicorn writes it, brackets included, so that tools reading
+/// the combined format parse it. Always UTC: coldbrew has no time-zone database, and a
+/// container's clock is UTC anyway. The text only changes once a second, so each thread keeps
+/// the last one it made.
+pub fn access_time_text(since: Duration) -> [u8; ACCESS_TIME_LEN] {
+    thread_local! {
+        static LAST: Cell<(u64, [u8; ACCESS_TIME_LEN])> = const { Cell::new((u64::MAX, [0; ACCESS_TIME_LEN])) };
+    }
+    let secs = since.as_secs();
+    LAST.with(|last| {
+        let (cached_secs, cached) = last.get();
+        if cached_secs == secs {
+            return cached;
+        }
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days as i64);
+        let formatted = format!(
+            "[{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000]",
+            MONTHS[month as usize - 1],
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60
+        );
+        let mut text = [b' '; ACCESS_TIME_LEN];
+        // A year past 9999 would not fit; it is cut rather than overrunning the block.
+        let len = formatted.len().min(ACCESS_TIME_LEN);
+        text[..len].copy_from_slice(&formatted.as_bytes()[..len]);
+        last.set((secs, text));
+        text
+    })
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -430,6 +466,30 @@ mod tests {
         assert_eq!(utc_timestamp(t), "2026-11-25T20:30:00.250Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn access_times_read_like_gunicorns() {
+        let text = |secs: u64, nanos: u32| String::from_utf8(access_time_text(Duration::new(secs, nanos)).to_vec()).unwrap();
+        assert_eq!(text(0, 0), "[01/Jan/1970:00:00:00 +0000]");
+        // 2026-12-02T14:12:19.999Z: the fraction is not shown, and the cached second is reused.
+        assert_eq!(text(1_796_220_739, 999_999_999), "[02/Dec/2026:14:12:19 +0000]");
+        assert_eq!(text(1_796_220_739, 0), "[02/Dec/2026:14:12:19 +0000]");
+        assert_eq!(text(1_796_220_740, 0), "[02/Dec/2026:14:12:20 +0000]");
+        assert_eq!(text(951_782_400, 0), "[29/Feb/2000:00:00:00 +0000]");
+        assert_eq!(text(1_793_491_199, 0), "[31/Oct/2026:23:59:59 +0000]");
+        for secs in (0..4_000_000_000u64).step_by(86_399 * 37) {
+            let want = chrono_free_reference(secs);
+            assert_eq!(text(secs, 0), want, "{secs}");
+        }
+    }
+
+    /// The same text from the ISO timestamp, which has its own tests.
+    fn chrono_free_reference(secs: u64) -> String {
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let iso = String::from_utf8(timestamp_text(Duration::from_secs(secs)).to_vec()).unwrap();
+        let (year, month, day) = (&iso[0..4], &iso[5..7], &iso[8..10]);
+        format!("[{day}/{}/{year}:{} +0000]", MONTHS[month.parse::<usize>().unwrap() - 1], &iso[11..19])
     }
 
     #[test]
