@@ -573,13 +573,6 @@ struct AccessEntry {
     time: Duration,
 }
 
-/// A header value as text, one code point per byte (latin-1), so bytes 0x80 and above survive.
-fn latin1_text(value: &HeaderValue) -> String {
-    let mut text = String::new();
-    push_latin1(&mut text, value.as_bytes());
-    text
-}
-
 fn push_latin1(text: &mut String, bytes: &[u8]) {
     text.extend(bytes.iter().map(|&b| b as char));
 }
@@ -688,7 +681,7 @@ impl AccessLog {
         let mut room = self.fixed_room + uses.method * (o.method.as_str().len() + LineWriter::METHOD_ROOM);
         let mut client_text = |text: &[u8], uses: usize| {
             room += uses * text.len();
-            uses == 0 || is_printable_ascii(text)
+            uses == 0 || is_plain_text(text)
         };
         let clean = client_text(o.target().as_bytes(), uses.target)
             && o.user_agent.as_ref().is_none_or(|v| client_text(v.as_bytes(), uses.user_agent))
@@ -726,9 +719,9 @@ impl AccessLog {
         line.byte(b'\n');
     }
 
-    /// A line in which something the client sent holds control characters or bytes beyond
-    /// ASCII: only that is checked and escaped, since the method is a token and the address,
-    /// numbers and time are ours.
+    /// A line in which something the client sent holds control characters, quotes, backslashes
+    /// or bytes beyond ASCII: only that is checked and escaped, since the method is a token and
+    /// the address, numbers and time are ours.
     fn write_escaped_text(&self, entry: &AccessEntry, out: &mut Vec<u8>) {
         let o = &entry.observation;
         for part in &self.parts {
@@ -848,9 +841,11 @@ fn push_number(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(log::decimal(n, &mut [0; 20]).as_bytes());
 }
 
-/// Whether every byte is printable ASCII (0x20 to 0x7e).
-fn is_printable_ascii(bytes: &[u8]) -> bool {
-    every_byte(bytes, |b| b.wrapping_sub(0x20) < 0x5f)
+/// Whether every byte goes into a line as it is: printable ASCII (0x20 to 0x7e) but the quote,
+/// which would end a quoted field of a text line or a JSON string, and the backslash, which
+/// would make the escapes ambiguous.
+fn is_plain_text(bytes: &[u8]) -> bool {
+    every_byte(bytes, |b| (b.wrapping_sub(0x20) < 0x5f) & (b != b'"') & (b != b'\\'))
 }
 
 /// Whether `rule` holds for every byte, which must include `b'a'`. The bytes are taken 16 at a
@@ -876,22 +871,34 @@ fn every_byte(bytes: &[u8], rule: impl Fn(u8) -> bool + Copy) -> bool {
     blocks.iter().fold(true, |all, b| all & block(b)) & block(last)
 }
 
-/// Request text (a target may hold any code point from U+0080 up, C1 controls too), with
-/// control characters escaped.
+/// Request text for a text line: every byte that is not [plain](is_plain_text) as `\xNN`, the
+/// way nginx writes them, so that a line is always ASCII, one line, and split by its quotes
+/// as the format has them, whatever the client sent (a target may hold UTF-8, a header any
+/// byte from 0x80 up).
 fn push_text(out: &mut Vec<u8>, text: &str) {
-    if is_printable_ascii(text.as_bytes()) {
-        out.extend_from_slice(text.as_bytes());
-    } else {
-        out.extend_from_slice(escape_controls(text, false).as_bytes());
+    push_escaped(out, text.as_bytes());
+}
+
+fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    if is_plain_text(bytes) {
+        return out.extend_from_slice(bytes);
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() + 16);
+    for &b in bytes {
+        if is_plain_text(&[b]) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
     }
 }
 
-/// A header value as latin-1 text with control characters escaped, or `-`.
+/// A header value for a text line, escaped as [`push_text`] does, or `-`.
 fn push_header(out: &mut Vec<u8>, value: Option<&HeaderValue>) {
     match value {
         None => out.push(b'-'),
-        Some(v) if is_printable_ascii(v.as_bytes()) => out.extend_from_slice(v.as_bytes()),
-        Some(v) => out.extend_from_slice(escape_controls(&latin1_text(v), false).as_bytes()),
+        Some(v) => push_escaped(out, v.as_bytes()),
     }
 }
 
@@ -995,8 +1002,8 @@ mod tests {
     }
 
     #[test]
-    fn printable_ascii_is_0x20_to_0x7e() {
-        check_every_byte_everywhere(is_printable_ascii, |b| (0x20..=0x7e).contains(&b));
+    fn plain_text_is_printable_ascii_but_quote_and_backslash() {
+        check_every_byte_everywhere(is_plain_text, |b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
     }
 
     fn entry(log: &AccessLog, request: http::Request<()>) -> AccessEntry {
@@ -1045,11 +1052,30 @@ mod tests {
             .body(())
             .unwrap();
         let line = text_line(r#""%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-evil}i)s %(U)s %(q)s %(D)s"#, request);
+        // Every byte outside printable ASCII, as the client sent it: UTF-8 in the target,
+        // latin-1 in the headers.
         assert_eq!(
             line,
-            "\"GET /caf\u{e9}/\\x85x?q=\\x9b31m HTTP/1.1\" 200 5 \"https://example.com/\" \"a\\x09b\\x85c\u{ff}\" \\x9b2J \
-             /caf\u{e9}/\\x85x q=\\x9b31m 1500\n"
+            "\"GET /caf\\xc3\\xa9/\\xc2\\x85x?q=\\xc2\\x9b31m HTTP/1.1\" 200 5 \"https://example.com/\" \"a\\x09b\\x85c\\xff\" \
+             \\x9b2J /caf\\xc3\\xa9/\\xc2\\x85x q=\\xc2\\x9b31m 1500\n"
         );
+    }
+
+    #[test]
+    fn quotes_and_backslashes_cannot_end_a_quoted_field() {
+        let request = http::Request::get("/a\"b\\c?d=\\")
+            .header("user-agent", "x\" \"forged")
+            .header("referer", "\\\"")
+            .header("x-id", "\"")
+            .body(())
+            .unwrap();
+        let line = text_line(r#""%(r)s" "%(f)s" "%(a)s" "%({x-id}i)s" %(U)s %(q)s"#, request);
+        assert_eq!(
+            line,
+            "\"GET /a\\x22b\\x5cc?d=\\x5c HTTP/1.1\" \"\\x5c\\x22\" \"x\\x22 \\x22forged\" \"\\x22\" /a\\x22b\\x5cc d=\\x5c\n"
+        );
+        // The eight quotes of the format, and no other.
+        assert_eq!(line.matches('"').count(), 8);
     }
 
     const EVERY_ATOM: &str = "%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s %(B)s \"%(f)s\" \"%(a)s\" %(T)s %(D)s %(M)s %(L)s \
@@ -1121,7 +1147,8 @@ mod tests {
             atoms in proptest::collection::vec(0usize..24, 0..40),
             literals in proptest::collection::vec("[ -~]{0,40}", 40),
             target in "/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,300}",
-            agent in proptest::option::of("[ -~]{0,300}"),
+            // Printable, and without the quote and the backslash, which a text line escapes.
+            agent in proptest::option::of("[ !#-\\[\\]-~]{0,300}"),
             status in 100u16..1000,
             bytes in proptest::num::u64::ANY,
             micros in proptest::num::u64::ANY,

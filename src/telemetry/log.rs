@@ -236,7 +236,7 @@ impl<'a> JsonObject<'a> {
 
     pub fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> serde_json::Result<()> {
         self.key(key);
-        serde_json::to_writer(&mut *self.out, value)
+        value.serialize(&mut serde_json::Serializer::with_formatter(&mut *self.out, ControlsEscaped))
     }
 
     pub fn object(&mut self, key: &'static str, fields: impl FnOnce(&mut JsonObject<'_>) -> serde_json::Result<()>) -> serde_json::Result<()> {
@@ -245,6 +245,30 @@ impl<'a> JsonObject<'a> {
         fields(&mut inner)?;
         inner.out.push(b'}');
         Ok(())
+    }
+}
+
+/// serde_json's compact output, but for the characters JSON lets through unescaped that a
+/// terminal or a line splitter may act on: DEL, the C1 controls (U+0085 ends a line for some
+/// readers, U+009B starts a terminal escape) and the Unicode line and paragraph separators.
+/// They are written `\u00NN`, so a log line stays one plain line however it is read.
+struct ControlsEscaped;
+
+impl serde_json::ser::Formatter for ControlsEscaped {
+    fn write_string_fragment<W: ?Sized + Write>(&mut self, writer: &mut W, fragment: &str) -> std::io::Result<()> {
+        // U+007F is 0x7f; the others are encoded from 0xc2 up.
+        if !fragment.bytes().any(|b| b == 0x7f || b >= 0xc2) {
+            return writer.write_all(fragment.as_bytes());
+        }
+        let mut start = 0;
+        for (at, c) in fragment.char_indices() {
+            if matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}') {
+                writer.write_all(&fragment.as_bytes()[start..at])?;
+                write!(writer, "\\u{:04x}", c as u32)?;
+                start = at + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
     }
 }
 
@@ -457,6 +481,20 @@ mod tests {
         assert!(line.ends_with('\n'));
         let value: serde_json::Value = serde_json::from_str(line).unwrap();
         assert_eq!(value, serde_json::json!({"message": hostile, "nested": {"n": 7, "ok": true}, "after": ""}));
+    }
+
+    #[test]
+    fn json_lines_escape_what_terminals_and_line_splitters_act_on() {
+        let text = "a\u{7f}b\u{85}c\u{9b}31m\u{a0}\u{e9}\u{2028}\u{2029}\u{1b}\"";
+        let mut out = Vec::new();
+        write_json_line(&mut out, |entry| entry.field("message", text));
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(
+            line,
+            "{\"message\":\"a\\u007fb\\u0085c\\u009b31m\u{a0}\u{e9}\\u2028\\u2029\\u001b\\\"\"}\n"
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["message"], text);
     }
 
     #[test]
