@@ -72,6 +72,22 @@ pub(super) async fn drive<S, B>(
         // hyper has answered 400, 414 or 431 itself (or closed at an HTTP/2 preface, a
         // protocol this server does not speak).
         log::info(format_args!("{label}refused a malformed request from {peer}: {err}"));
+        // hyper answered with an empty body, except at an HTTP/2 preface. Until this function
+        // has the connection's clock and the listener's `observe`, the entry's time is now and
+        // only the app's listener (label "") is observed, as `ServerOptions::observe` has it.
+        let uri_too_long = err.is_parse_too_large() && err.to_string().contains("URI too long");
+        let status = match () {
+            () if err.is_parse_version_h2() => None,
+            () if uri_too_long => Some(http::StatusCode::URI_TOO_LONG),
+            () if err.is_parse_too_large() => Some(http::StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE),
+            () => Some(http::StatusCode::BAD_REQUEST),
+        };
+        if let Some(status) = status {
+            let head = conn.into_parts().read_buf;
+            let peer_ip = super::ConnInfo::new(peer, peer).peer_ip;
+            let now = crate::clock::Moment::now();
+            crate::telemetry::access::record_unparsed(label.is_empty(), peer_ip, status, &head, now, 0);
+        }
         return;
     }
     if err.is_incomplete_message() {

@@ -26,6 +26,9 @@ use crate::clock::{Moment, WallClock};
 use crate::http::AddrText;
 
 mod json_line;
+mod unparsed;
+
+pub use unparsed::record_unparsed;
 
 /// gunicorn's default access-log format.
 pub const DEFAULT_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
@@ -797,13 +800,19 @@ fn write_less_common(part: &Part, entry: &AccessEntry, line: &mut LineWriter<'_>
 impl AccessEntry {
     /// The value of a numeric atom that is not about the response body.
     fn number(&self, part: &Part) -> u64 {
-        match part {
-            Part::Seconds => self.latency.as_secs(),
-            Part::Micros => self.latency.as_micros() as u64,
-            Part::Millis => self.latency.as_millis() as u64,
-            Part::Pid => std::process::id() as u64,
-            _ => 0,
-        }
+        latency_number(part, self.latency)
+    }
+}
+
+/// The value of `%(T)s`, `%(D)s`, `%(M)s` or `%(p)s`.
+#[inline]
+fn latency_number(part: &Part, latency: Duration) -> u64 {
+    match part {
+        Part::Seconds => latency.as_secs(),
+        Part::Micros => latency.as_micros() as u64,
+        Part::Millis => latency.as_millis() as u64,
+        Part::Pid => std::process::id() as u64,
+        _ => 0,
     }
 }
 
