@@ -1,10 +1,12 @@
 """--max-pending: requests, not connections, use capacity. Past the bound new requests get 503
 with Retry-After at once; idle keep-alive connections (a proxy's pool) never count."""
 
+import re
 import resource
 import shutil
 import socket
 import time
+from datetime import datetime
 
 import pytest
 
@@ -45,6 +47,46 @@ def test_past_max_pending_new_requests_get_503(serve, tmp_path):
         busy.close()
         for conn in others:
             conn.close()
+
+
+SHED_LINE = re.compile(r"^\[(\S+)\] \[\d+\] \[WARNING\] shed (\d+) requests? since the last such line", re.M)
+
+
+def test_shedding_is_reported_once_a_second_with_the_count(serve, tmp_path):
+    """The 503s are in the access log; the server log gets one line at once when shedding
+    starts, then at most one a second, each saying how many were shed since the one before."""
+    server = serve(APP, "--threads", "1", "--max-pending", "1", env={"HTTP_APPS_STATE_DIR": str(tmp_path)})
+    busy = RawConn.open(server, timeout=30.0)
+    waiting = RawConn.open(server, timeout=30.0)
+    try:
+        busy.send(get("/sleep?s=4&tag=busy"))
+        wait_for_file(tmp_path / "busy.started", server.proc)
+        waiting.send(get("/waiting"))
+        time.sleep(0.3)
+        shed, started = 0, time.monotonic()
+        while time.monotonic() - started < 2.5:
+            with RawConn.open(server) as conn:
+                conn.send(get(f"/shed/{shed}"))
+                assert conn.read_response().status == 503
+            shed += 1
+        elapsed = time.monotonic() - started
+        assert busy.read_response().status == 200
+        assert waiting.read_response().status == 200
+    finally:
+        busy.close()
+        waiting.close()
+    # The line for the last of them is due a second after the one before it.
+    time.sleep(1.2)
+    assert server.stop() == 0
+    found = SHED_LINE.findall(server.stderr)
+    assert sum(int(count) for _, count in found) == shed, (shed, server.stderr)
+    # One at the first, then one a second while they last, and one for the rest.
+    assert 2 <= len(found) <= int(elapsed) + 2, (elapsed, found)
+    assert int(found[0][1]) == 1, found
+    stamps = [datetime.fromisoformat(stamp.replace("Z", "+00:00")) for stamp, _ in found]
+    gaps = [(b - a).total_seconds() for a, b in zip(stamps, stamps[1:])]
+    assert all(gap >= 0.99 for gap in gaps), gaps
+    assert len(SHED_LINE.findall(server.stderr)) == len(re.findall(r"shed \d+ request", server.stderr))
 
 
 def test_idle_keep_alive_connections_do_not_use_capacity(serve):

@@ -48,6 +48,8 @@ TEXT_LINE = re.compile(
     r"^\[(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d(?:\.\d+)?Z)\] \[(\d+)\] \[(DEBUG|INFO|WARNING|ERROR|CRITICAL)\] (.*)$"
 )
 LATENCY = re.compile(r"^\d+\.\d+s$")
+# gunicorn's %(t)s without its brackets: the combined log format's time.
+GUNICORN_TIME = re.compile(r"^\d\d/(Jan|Feb|Mar|Apr|May|Jun|Jul|Aug|Sep|Oct|Nov|Dec)/\d{4}:\d\d:\d\d:\d\d \+0000$")
 DEFAULT_ACCESS_LINE = re.compile(
     r'^(?P<h>\S+) - - \[(?P<t>[^\]]+)\] "(?P<r>[^"]*)" (?P<s>\d{3}) (?P<b>\d+|-) "(?P<f>[^"]*)" "(?P<a>[^"]*)"$'
 )
@@ -382,6 +384,7 @@ def test_access_log_text_default_format(serve):
     m = DEFAULT_ACCESS_LINE.match(lines[0])
     assert m, lines[0]
     assert m["h"] == "127.0.0.1"
+    assert GUNICORN_TIME.match(m["t"]), m["t"]
     assert m["r"] == "GET /bytes?n=5 HTTP/1.1"
     assert m["s"] == "200"
     assert m["b"] == "5"
@@ -479,6 +482,29 @@ def test_access_entry_time_is_when_the_request_began_and_latency_covers_the_app(
     assert sent - 0.001 <= began <= answered - 0.3, (sent, began, answered)
     latency = float(entry["httpRequest"]["latency"].rstrip("s"))
     assert 0.3 <= latency <= answered - sent, (latency, answered - sent)
+
+
+def test_access_log_time_is_gunicorns_and_when_the_request_began(serve):
+    """%(t)s is gunicorn's `[02/Dec/2026:14:12:19 +0000]`, brackets included, in any format,
+    and names the second the request began, not the one it ended in."""
+    server = serve(APP, "--access-logfile", "-", "--access-logformat", "%(t)s|%(U)s")
+    times = []
+    for _ in range(3):
+        sent = time.time()
+        assert request(server, "/sleep?ms=1100").status == 200
+        times.append((sent, time.time()))
+    assert server.stop() == 0
+    lines = lines_of(server.stdout)
+    assert len(lines) == 3, lines
+    for line, (sent, answered) in zip(lines, times):
+        stamp, path = line.split("|")
+        assert path == "/sleep", line
+        assert stamp.startswith("[") and stamp.endswith("]"), line
+        assert GUNICORN_TIME.match(stamp[1:-1]), line
+        began = datetime.strptime(stamp, "[%d/%b/%Y:%H:%M:%S %z]").timestamp()
+        # Whole seconds: the second the request began is at or before it was sent, and more
+        # than a second before the answer.
+        assert int(sent) <= began <= sent + 0.1 and began < answered - 1, (line, sent, answered)
 
 
 # --------------------------------------------------------------------------------------

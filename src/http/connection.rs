@@ -47,6 +47,7 @@ pub(super) async fn drive<S, B>(
     mut conn: http1::Connection<TokioIo<Watched>, S>,
     mut stop: watch::Receiver<()>,
     label: &'static str,
+    observe: bool,
     peer: SocketAddr,
 ) where
     S: HttpService<Incoming, ResBody = B> + Unpin,
@@ -68,7 +69,8 @@ pub(super) async fn drive<S, B>(
         .await
     };
     let parts = conn.into_parts();
-    let stream = parts.io.inner().stream();
+    let watched = parts.io.inner();
+    let stream = watched.stream();
     // A stop closes idle keep-alive connections, whose clients may hold them open for a long
     // time: only those with bytes still coming linger then.
     let unread = !parts.read_buf.is_empty();
@@ -77,11 +79,14 @@ pub(super) async fn drive<S, B>(
         Err(err) if err.is_parse() => {
             // hyper has answered 400, 414 or 431 (coldbrew's answer went out in place of its
             // own), or closed at an HTTP/2 preface under `--http 1`.
-            match parts.io.inner().refused() {
-                Some(status) => log::info(format_args!(
-                    "{label}refused a malformed request from {peer}: {err}; answered {}",
-                    status.as_u16()
-                )),
+            match watched.refused() {
+                Some(status) => {
+                    log::info(format_args!(
+                        "{label}refused a malformed request from {peer}: {err}; answered {}",
+                        status.as_u16()
+                    ));
+                    record_unparsed(observe, peer, status, &parts.read_buf, watched);
+                }
                 None => log::info(format_args!("{label}refused a malformed request from {peer}: {err}")),
             }
         }
@@ -92,6 +97,7 @@ pub(super) async fn drive<S, B>(
                 "{label}refused a malformed request from {peer}: the connection ended inside the request head"
             ));
             checks::answer_unparsed(stream);
+            record_unparsed(observe, peer, http::StatusCode::BAD_REQUEST, &parts.read_buf, watched);
         }
         Err(err) => {
             log::debug(format_args!("{label}connection from {peer} ended: {err}"));
@@ -105,6 +111,13 @@ pub(super) async fn drive<S, B>(
     if !stopped || unread || has_pending_bytes(stream) {
         linger(stream).await;
     }
+}
+
+/// The access-log entry and the metrics of a request refused before hyper could parse its head:
+/// it began when its first byte arrived.
+fn record_unparsed(observe: bool, peer: SocketAddr, status: http::StatusCode, head: &[u8], watched: &Watched) {
+    let peer_ip = super::ConnInfo::new(peer, peer).peer_ip;
+    crate::telemetry::access::record_unparsed(observe, peer_ip, status, head, watched.head_began(), 0);
 }
 
 /// Whether the client has sent bytes the server has not read.

@@ -226,7 +226,7 @@ pub async fn serve<H: Handler>(
                 if http2 {
                     connection::drive_h2(h2.serve_connection(io, service), stop, label, peer).await;
                 } else {
-                    connection::drive(h1.serve_connection(io, service), stop, label, peer).await;
+                    connection::drive(h1.serve_connection(io, service), stop, label, observe, peer).await;
                 }
             };
             tokio::select! {

@@ -216,6 +216,11 @@ impl Watched {
         &self.stream
     }
 
+    /// When the request head now arriving (or the last one) began to arrive.
+    pub fn head_began(&self) -> Moment {
+        Moment::from_nanos(self.clock.load().1)
+    }
+
     /// The status of hyper's own answer to a malformed head, if it gave one.
     pub fn refused(&self) -> Option<http::StatusCode> {
         self.refusal.as_ref().map(|r| r.status)

@@ -16,7 +16,7 @@ use http::uri::PathAndQuery;
 use http::{HeaderMap, HeaderName, HeaderValue, Method, Version};
 use serde::ser::{Serialize, Serializer};
 
-use super::log::{self, escape_controls, timestamp_text, write_timestamp, Format, JsonObject, Timestamp, TIMESTAMP_LEN};
+use super::log::{self, access_time_text, escape_controls, Format, JsonObject, Timestamp, ACCESS_TIME_LEN};
 use super::metrics;
 use super::request_headers::TelemetryHeaders;
 use super::sink::{self, Entry, Render, Target};
@@ -26,6 +26,9 @@ use crate::clock::{Moment, WallClock};
 use crate::http::AddrText;
 
 mod json_line;
+mod unparsed;
+
+pub use unparsed::record_unparsed;
 
 /// gunicorn's default access-log format.
 pub const DEFAULT_FORMAT: &str = r#"%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s""#;
@@ -160,14 +163,8 @@ fn parse_format(format: &str) -> Result<AccessLog, String> {
         let after = &rest[at + 2..];
         let close = after.find(")s").ok_or_else(|| format!("unterminated atom in access log format: {rest:?}"))?;
         let atom = &after[..close];
-        if atom == "t" {
-            push_part(&mut log.parts, literal("["));
-            push_part(&mut log.parts, Part::Time);
-            push_part(&mut log.parts, literal("]"));
-        } else {
-            let part = parse_atom(atom, &mut log.request_headers, &mut log.response_headers)?;
-            push_part(&mut log.parts, part);
-        }
+        let part = parse_atom(atom, &mut log.request_headers, &mut log.response_headers)?;
+        push_part(&mut log.parts, part);
         rest = &after[close + 2..];
     }
     if !rest.is_empty() {
@@ -215,6 +212,7 @@ fn parse_atom(atom: &str, request: &mut Vec<HeaderName>, response: &mut Vec<Head
     }
     Ok(match atom {
         "h" => Part::Remote,
+        "t" => Part::Time,
         "l" | "u" => literal("-"),
         "r" => Part::RequestLine,
         "s" => Part::Status,
@@ -256,7 +254,7 @@ impl AccessLog {
                 Part::Literal(Literal { short: Some(_), .. }) => Short::ROOM,
                 Part::Literal(Literal { text, short: None }) => text.len(),
                 Part::Remote => AddrText::BLOCK,
-                Part::Time => TIMESTAMP_LEN,
+                Part::Time => ACCESS_TIME_LEN,
                 Part::RequestLine => {
                     uses.method += 1;
                     uses.target += 1;
@@ -578,13 +576,6 @@ struct AccessEntry {
     time: Duration,
 }
 
-/// A header value as text, one code point per byte (latin-1), so bytes 0x80 and above survive.
-fn latin1_text(value: &HeaderValue) -> String {
-    let mut text = String::new();
-    push_latin1(&mut text, value.as_bytes());
-    text
-}
-
 fn push_latin1(text: &mut String, bytes: &[u8]) {
     text.extend(bytes.iter().map(|&b| b as char));
 }
@@ -693,7 +684,7 @@ impl AccessLog {
         let mut room = self.fixed_room + uses.method * (o.method.as_str().len() + LineWriter::METHOD_ROOM);
         let mut client_text = |text: &[u8], uses: usize| {
             room += uses * text.len();
-            uses == 0 || is_printable_ascii(text)
+            uses == 0 || is_plain_text(text)
         };
         let clean = client_text(o.target().as_bytes(), uses.target)
             && o.user_agent.as_ref().is_none_or(|v| client_text(v.as_bytes(), uses.user_agent))
@@ -711,7 +702,7 @@ impl AccessLog {
                     let (block, len) = o.remote.block();
                     line.block(block, len);
                 }
-                Atom::Time => line.block(&timestamp_text(entry.time), TIMESTAMP_LEN),
+                Atom::Time => line.block(&access_time_text(entry.time), ACCESS_TIME_LEN),
                 Atom::RequestLine => {
                     line.method(&o.method);
                     line.byte(b' ');
@@ -731,16 +722,16 @@ impl AccessLog {
         line.byte(b'\n');
     }
 
-    /// A line in which something the client sent holds control characters or bytes beyond
-    /// ASCII: only that is checked and escaped, since the method is a token and the address,
-    /// numbers and time are ours.
+    /// A line in which something the client sent holds control characters, quotes, backslashes
+    /// or bytes beyond ASCII: only that is checked and escaped, since the method is a token and
+    /// the address, numbers and time are ours.
     fn write_escaped_text(&self, entry: &AccessEntry, out: &mut Vec<u8>) {
         let o = &entry.observation;
         for part in &self.parts {
             match part {
                 Part::Literal(literal) => out.extend_from_slice(literal.text.as_bytes()),
                 Part::Remote => out.extend_from_slice(o.remote.as_str().as_bytes()),
-                Part::Time => write_timestamp(entry.time, out),
+                Part::Time => out.extend_from_slice(&access_time_text(entry.time)),
                 Part::RequestLine => {
                     out.extend_from_slice(o.method.as_str().as_bytes());
                     out.push(b' ');
@@ -809,13 +800,19 @@ fn write_less_common(part: &Part, entry: &AccessEntry, line: &mut LineWriter<'_>
 impl AccessEntry {
     /// The value of a numeric atom that is not about the response body.
     fn number(&self, part: &Part) -> u64 {
-        match part {
-            Part::Seconds => self.latency.as_secs(),
-            Part::Micros => self.latency.as_micros() as u64,
-            Part::Millis => self.latency.as_millis() as u64,
-            Part::Pid => std::process::id() as u64,
-            _ => 0,
-        }
+        latency_number(part, self.latency)
+    }
+}
+
+/// The value of `%(T)s`, `%(D)s`, `%(M)s` or `%(p)s`.
+#[inline]
+fn latency_number(part: &Part, latency: Duration) -> u64 {
+    match part {
+        Part::Seconds => latency.as_secs(),
+        Part::Micros => latency.as_micros() as u64,
+        Part::Millis => latency.as_millis() as u64,
+        Part::Pid => std::process::id() as u64,
+        _ => 0,
     }
 }
 
@@ -853,9 +850,11 @@ fn push_number(out: &mut Vec<u8>, n: u64) {
     out.extend_from_slice(log::decimal(n, &mut [0; 20]).as_bytes());
 }
 
-/// Whether every byte is printable ASCII (0x20 to 0x7e).
-fn is_printable_ascii(bytes: &[u8]) -> bool {
-    every_byte(bytes, |b| b.wrapping_sub(0x20) < 0x5f)
+/// Whether every byte goes into a line as it is: printable ASCII (0x20 to 0x7e) but the quote,
+/// which would end a quoted field of a text line or a JSON string, and the backslash, which
+/// would make the escapes ambiguous.
+fn is_plain_text(bytes: &[u8]) -> bool {
+    every_byte(bytes, |b| (b.wrapping_sub(0x20) < 0x5f) & (b != b'"') & (b != b'\\'))
 }
 
 /// Whether `rule` holds for every byte, which must include `b'a'`. The bytes are taken 16 at a
@@ -881,22 +880,34 @@ fn every_byte(bytes: &[u8], rule: impl Fn(u8) -> bool + Copy) -> bool {
     blocks.iter().fold(true, |all, b| all & block(b)) & block(last)
 }
 
-/// Request text (a target may hold any code point from U+0080 up, C1 controls too), with
-/// control characters escaped.
+/// Request text for a text line: every byte that is not [plain](is_plain_text) as `\xNN`, the
+/// way nginx writes them, so that a line is always ASCII, one line, and split by its quotes
+/// as the format has them, whatever the client sent (a target may hold UTF-8, a header any
+/// byte from 0x80 up).
 fn push_text(out: &mut Vec<u8>, text: &str) {
-    if is_printable_ascii(text.as_bytes()) {
-        out.extend_from_slice(text.as_bytes());
-    } else {
-        out.extend_from_slice(escape_controls(text, false).as_bytes());
+    push_escaped(out, text.as_bytes());
+}
+
+fn push_escaped(out: &mut Vec<u8>, bytes: &[u8]) {
+    if is_plain_text(bytes) {
+        return out.extend_from_slice(bytes);
+    }
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    out.reserve(bytes.len() + 16);
+    for &b in bytes {
+        if is_plain_text(&[b]) {
+            out.push(b);
+        } else {
+            out.extend_from_slice(&[b'\\', b'x', HEX[usize::from(b >> 4)], HEX[usize::from(b & 15)]]);
+        }
     }
 }
 
-/// A header value as latin-1 text with control characters escaped, or `-`.
+/// A header value for a text line, escaped as [`push_text`] does, or `-`.
 fn push_header(out: &mut Vec<u8>, value: Option<&HeaderValue>) {
     match value {
         None => out.push(b'-'),
-        Some(v) if is_printable_ascii(v.as_bytes()) => out.extend_from_slice(v.as_bytes()),
-        Some(v) => out.extend_from_slice(escape_controls(&latin1_text(v), false).as_bytes()),
+        Some(v) => push_escaped(out, v.as_bytes()),
     }
 }
 
@@ -976,9 +987,9 @@ mod tests {
             log.parts,
             [
                 Part::Remote,
-                Part::Literal(" - - [".into()),
+                Part::Literal(" - - ".into()),
                 Part::Time,
-                Part::Literal("] e\\x1bv\\x09".into()),
+                Part::Literal(" e\\x1bv\\x09".into()),
                 Part::Status,
             ]
         );
@@ -1000,8 +1011,8 @@ mod tests {
     }
 
     #[test]
-    fn printable_ascii_is_0x20_to_0x7e() {
-        check_every_byte_everywhere(is_printable_ascii, |b| (0x20..=0x7e).contains(&b));
+    fn plain_text_is_printable_ascii_but_quote_and_backslash() {
+        check_every_byte_everywhere(is_plain_text, |b| (0x20..=0x7e).contains(&b) && b != b'"' && b != b'\\');
     }
 
     fn entry(log: &AccessLog, request: http::Request<()>) -> AccessEntry {
@@ -1050,11 +1061,30 @@ mod tests {
             .body(())
             .unwrap();
         let line = text_line(r#""%(r)s" %(s)s %(b)s "%(f)s" "%(a)s" %({x-evil}i)s %(U)s %(q)s %(D)s"#, request);
+        // Every byte outside printable ASCII, as the client sent it: UTF-8 in the target,
+        // latin-1 in the headers.
         assert_eq!(
             line,
-            "\"GET /caf\u{e9}/\\x85x?q=\\x9b31m HTTP/1.1\" 200 5 \"https://example.com/\" \"a\\x09b\\x85c\u{ff}\" \\x9b2J \
-             /caf\u{e9}/\\x85x q=\\x9b31m 1500\n"
+            "\"GET /caf\\xc3\\xa9/\\xc2\\x85x?q=\\xc2\\x9b31m HTTP/1.1\" 200 5 \"https://example.com/\" \"a\\x09b\\x85c\\xff\" \
+             \\x9b2J /caf\\xc3\\xa9/\\xc2\\x85x q=\\xc2\\x9b31m 1500\n"
         );
+    }
+
+    #[test]
+    fn quotes_and_backslashes_cannot_end_a_quoted_field() {
+        let request = http::Request::get("/a\"b\\c?d=\\")
+            .header("user-agent", "x\" \"forged")
+            .header("referer", "\\\"")
+            .header("x-id", "\"")
+            .body(())
+            .unwrap();
+        let line = text_line(r#""%(r)s" "%(f)s" "%(a)s" "%({x-id}i)s" %(U)s %(q)s"#, request);
+        assert_eq!(
+            line,
+            "\"GET /a\\x22b\\x5cc?d=\\x5c HTTP/1.1\" \"\\x5c\\x22\" \"x\\x22 \\x22forged\" \"\\x22\" /a\\x22b\\x5cc d=\\x5c\n"
+        );
+        // The eight quotes of the format, and no other.
+        assert_eq!(line.matches('"').count(), 8);
     }
 
     const EVERY_ATOM: &str = "%(h)s %(l)s %(u)s %(t)s \"%(r)s\" %(s)s %(b)s %(B)s \"%(f)s\" \"%(a)s\" %(T)s %(D)s %(M)s %(L)s \
@@ -1094,6 +1124,9 @@ mod tests {
         let line = line.strip_prefix("earlier line\n").unwrap();
         let (_, after_time) = line.split_once("] ").unwrap();
         assert!(line.starts_with("2001:db8::1 - - ["), "{line}");
+        let time = &line["2001:db8::1 - - ".len()..line.find("] ").unwrap() + 1];
+        assert_eq!(time.len(), ACCESS_TIME_LEN, "{time}");
+        assert!(time.ends_with(" +0000]"), "{time}");
         let pid = std::process::id();
         assert_eq!(
             after_time,
@@ -1123,7 +1156,8 @@ mod tests {
             atoms in proptest::collection::vec(0usize..24, 0..40),
             literals in proptest::collection::vec("[ -~]{0,40}", 40),
             target in "/[A-Za-z0-9._~!$&'()*+,;=:@%/?-]{0,300}",
-            agent in proptest::option::of("[ -~]{0,300}"),
+            // Printable, and without the quote and the backslash, which a text line escapes.
+            agent in proptest::option::of("[ !#-\\[\\]-~]{0,300}"),
             status in 100u16..1000,
             bytes in proptest::num::u64::ANY,
             micros in proptest::num::u64::ANY,

@@ -236,7 +236,7 @@ impl<'a> JsonObject<'a> {
 
     pub fn field<T: Serialize + ?Sized>(&mut self, key: &'static str, value: &T) -> serde_json::Result<()> {
         self.key(key);
-        serde_json::to_writer(&mut *self.out, value)
+        value.serialize(&mut serde_json::Serializer::with_formatter(&mut *self.out, ControlsEscaped))
     }
 
     pub fn object(&mut self, key: &'static str, fields: impl FnOnce(&mut JsonObject<'_>) -> serde_json::Result<()>) -> serde_json::Result<()> {
@@ -245,6 +245,30 @@ impl<'a> JsonObject<'a> {
         fields(&mut inner)?;
         inner.out.push(b'}');
         Ok(())
+    }
+}
+
+/// serde_json's compact output, but for the characters JSON lets through unescaped that a
+/// terminal or a line splitter may act on: DEL, the C1 controls (U+0085 ends a line for some
+/// readers, U+009B starts a terminal escape) and the Unicode line and paragraph separators.
+/// They are written `\u00NN`, so a log line stays one plain line however it is read.
+struct ControlsEscaped;
+
+impl serde_json::ser::Formatter for ControlsEscaped {
+    fn write_string_fragment<W: ?Sized + Write>(&mut self, writer: &mut W, fragment: &str) -> std::io::Result<()> {
+        // U+007F is 0x7f; the others are encoded from 0xc2 up.
+        if !fragment.bytes().any(|b| b == 0x7f || b >= 0xc2) {
+            return writer.write_all(fragment.as_bytes());
+        }
+        let mut start = 0;
+        for (at, c) in fragment.char_indices() {
+            if matches!(c, '\u{7f}'..='\u{9f}' | '\u{2028}' | '\u{2029}') {
+                writer.write_all(&fragment.as_bytes()[start..at])?;
+                write!(writer, "\\u{:04x}", c as u32)?;
+                start = at + c.len_utf8();
+            }
+        }
+        writer.write_all(&fragment.as_bytes()[start..])
     }
 }
 
@@ -381,6 +405,42 @@ pub fn timestamp_text(since: Duration) -> [u8; TIMESTAMP_LEN] {
     text
 }
 
+/// How long the access log's `%(t)s` is: `[02/Dec/2026:14:12:19 +0000]`.
+pub const ACCESS_TIME_LEN: usize = 28;
+
+/// The access log's `%(t)s` as gunicorn writes it, brackets included, so that tools reading
+/// the combined format parse it. Always UTC: coldbrew has no time-zone database, and a
+/// container's clock is UTC anyway. The text only changes once a second, so each thread keeps
+/// the last one it made.
+pub fn access_time_text(since: Duration) -> [u8; ACCESS_TIME_LEN] {
+    thread_local! {
+        static LAST: Cell<(u64, [u8; ACCESS_TIME_LEN])> = const { Cell::new((u64::MAX, [0; ACCESS_TIME_LEN])) };
+    }
+    let secs = since.as_secs();
+    LAST.with(|last| {
+        let (cached_secs, cached) = last.get();
+        if cached_secs == secs {
+            return cached;
+        }
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let (days, rem) = (secs / 86_400, secs % 86_400);
+        let (year, month, day) = civil_from_days(days as i64);
+        let formatted = format!(
+            "[{day:02}/{}/{year:04}:{:02}:{:02}:{:02} +0000]",
+            MONTHS[month as usize - 1],
+            rem / 3600,
+            (rem % 3600) / 60,
+            rem % 60
+        );
+        let mut text = [b' '; ACCESS_TIME_LEN];
+        // A year past 9999 would not fit; it is cut rather than overrunning the block.
+        let len = formatted.len().min(ACCESS_TIME_LEN);
+        text[..len].copy_from_slice(&formatted.as_bytes()[..len]);
+        last.set((secs, text));
+        text
+    })
+}
+
 /// Days since 1970-01-01 to a proleptic Gregorian date (Howard Hinnant's algorithm).
 pub(crate) fn civil_from_days(days: i64) -> (i64, u32, u32) {
     let z = days + 719_468;
@@ -424,12 +484,50 @@ mod tests {
     }
 
     #[test]
+    fn json_lines_escape_what_terminals_and_line_splitters_act_on() {
+        let text = "a\u{7f}b\u{85}c\u{9b}31m\u{a0}\u{e9}\u{2028}\u{2029}\u{1b}\"";
+        let mut out = Vec::new();
+        write_json_line(&mut out, |entry| entry.field("message", text));
+        let line = String::from_utf8(out).unwrap();
+        assert_eq!(
+            line,
+            "{\"message\":\"a\\u007fb\\u0085c\\u009b31m\u{a0}\u{e9}\\u2028\\u2029\\u001b\\\"\"}\n"
+        );
+        let value: serde_json::Value = serde_json::from_str(&line).unwrap();
+        assert_eq!(value["message"], text);
+    }
+
+    #[test]
     fn timestamps_are_utc_iso8601() {
         assert_eq!(utc_timestamp(UNIX_EPOCH), "1970-01-01T00:00:00.000Z");
         let t = UNIX_EPOCH + Duration::from_millis(1_795_638_600_250);
         assert_eq!(utc_timestamp(t), "2026-11-25T20:30:00.250Z");
         let leap = UNIX_EPOCH + Duration::from_secs(951_782_400); // 2000-02-29
         assert_eq!(utc_timestamp(leap), "2000-02-29T00:00:00.000Z");
+    }
+
+    #[test]
+    fn access_times_read_like_gunicorns() {
+        let text = |secs: u64, nanos: u32| String::from_utf8(access_time_text(Duration::new(secs, nanos)).to_vec()).unwrap();
+        assert_eq!(text(0, 0), "[01/Jan/1970:00:00:00 +0000]");
+        // 2026-12-02T14:12:19.999Z: the fraction is not shown, and the cached second is reused.
+        assert_eq!(text(1_796_220_739, 999_999_999), "[02/Dec/2026:14:12:19 +0000]");
+        assert_eq!(text(1_796_220_739, 0), "[02/Dec/2026:14:12:19 +0000]");
+        assert_eq!(text(1_796_220_740, 0), "[02/Dec/2026:14:12:20 +0000]");
+        assert_eq!(text(951_782_400, 0), "[29/Feb/2000:00:00:00 +0000]");
+        assert_eq!(text(1_793_491_199, 0), "[31/Oct/2026:23:59:59 +0000]");
+        for secs in (0..4_000_000_000u64).step_by(86_399 * 37) {
+            let want = chrono_free_reference(secs);
+            assert_eq!(text(secs, 0), want, "{secs}");
+        }
+    }
+
+    /// The same text from the ISO timestamp, which has its own tests.
+    fn chrono_free_reference(secs: u64) -> String {
+        const MONTHS: [&str; 12] = ["Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec"];
+        let iso = String::from_utf8(timestamp_text(Duration::from_secs(secs)).to_vec()).unwrap();
+        let (year, month, day) = (&iso[0..4], &iso[5..7], &iso[8..10]);
+        format!("[{day}/{}/{year}:{} +0000]", MONTHS[month.parse::<usize>().unwrap() - 1], &iso[11..19])
     }
 
     #[test]

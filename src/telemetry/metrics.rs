@@ -123,6 +123,16 @@ pub fn request_finished(method: &Method, status: u16, latency: Duration, bytes_o
     registry().record(method, status, latency, bytes_out);
 }
 
+/// A request answered before it could be observed (hyper's parser refused its head): counted
+/// by method (`None`: one that could not be read, counted as "other") and status like any
+/// other, but never in flight.
+pub fn request_refused(method: Option<&Method>, status: u16, latency: Duration, bytes_out: u64) {
+    if !enabled() {
+        return;
+    }
+    registry().record_at(method.map_or(METHODS.len() - 1, method_index), status, latency, bytes_out);
+}
+
 /// A request that started ([`request_started`]) ended without any response (its future was
 /// dropped before a response head existed): in-flight −1, nothing counted.
 #[inline]
@@ -334,8 +344,14 @@ impl Registry {
         }
     }
 
+    #[inline]
     fn record(&self, method: &Method, status: u16, latency: Duration, bytes_out: u64) {
-        self.requests[method_index(method)][class_index(status)].fetch_add(1, Relaxed);
+        self.record_at(method_index(method), status, latency, bytes_out);
+    }
+
+    #[inline]
+    fn record_at(&self, method: usize, status: u16, latency: Duration, bytes_out: u64) {
+        self.requests[method][class_index(status)].fetch_add(1, Relaxed);
         self.buckets[bucket_index(latency)].fetch_add(1, Relaxed);
         let micros = u64::try_from(latency.as_micros()).unwrap_or(u64::MAX);
         self.duration_sum_micros.fetch_add(micros, Relaxed);

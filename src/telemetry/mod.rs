@@ -6,6 +6,7 @@ pub mod access;
 pub mod log;
 pub mod metrics;
 pub mod request_headers;
+pub mod shedding;
 pub mod sink;
 mod text_line;
 pub mod trace;

@@ -202,8 +202,11 @@ impl Handler for WsgiHandler {
 fn enqueue(queue: &Sender<RequestJob>, doorbell: &Doorbell, job: RequestJob) -> bool {
     // Counted before it can be taken, so the gauge never dips below the truth.
     metrics::requests_waiting(1);
-    if queue.try_send(job).is_err() {
+    if let Err(err) = queue.try_send(job) {
         metrics::requests_waiting(-1);
+        if err.is_full() {
+            crate::telemetry::shedding::request_shed();
+        }
         return false;
     }
     doorbell.ring();
