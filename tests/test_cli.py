@@ -1070,8 +1070,19 @@ def test_factory_exception_is_chained(apps_on_path):
 
 
 def test_asgi_app_is_rejected(apps_on_path):
-    with pytest.raises(AppLoadError, match="looks like an ASGI app"):
+    with pytest.raises(AppLoadError) as exc:
         load_app("cli_apps:asgi_app")
+    assert exc.value.message.startswith(
+        "'cli_apps:asgi_app' is an ASGI app (an async function), and this version of coldbrew "
+        "serves WSGI apps only: serve it with an ASGI server such as uvicorn or hypercorn"
+    )
+    assert not exc.value.show_traceback
+
+
+def test_asgi_app_with_a_coroutine_call_is_rejected(apps_on_path):
+    with pytest.raises(AppLoadError) as exc:
+        load_app("cli_apps:asgi_instance")
+    assert "is an ASGI app (its __call__ is a coroutine function)" in exc.value.message
 
 
 @pytest.mark.parametrize(
