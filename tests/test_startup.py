@@ -180,3 +180,28 @@ def test_workers_from_a_real_cgroup_v1_quota(tmp_path, v1_cgroup):  # noqa: F811
         assert server.stop() == 0, server.stderr
     fields = report(server)
     assert (fields["workers"], fields["why"]) == ("2", "cgroup v1 quota 2 CPU")
+
+
+# --------------------------------------------------------------------------------------
+# The container's limits are read once per start
+# --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("args", [(), ("--workers", "1"), ("--workers", "2")],
+                         ids=["sized from the cgroup", "one worker", "two workers"])
+def test_the_container_is_probed_once(tmp_path, args):
+    root = tmp_path / "cgroup"
+    root.mkdir()
+    (root / "cgroup.controllers").write_text("cpu memory\n")
+    (root / "cpu.max").write_text("200000 100000\n")
+    (root / "memory.max").write_text(f"{384 * 1024 * 1024}\n")
+    server = Server("warm_apps:app", "--log-level", "debug", "--cgroup-root", str(root), *args,
+                    env={"WARM_STATE_DIR": str(tmp_path), "WEB_CONCURRENCY": None})
+    wait_open(server)
+    assert server.stop() == 0, server.stderr
+    probes = [line for line in server.stderr.splitlines() if "container probed: " in line]
+    assert len(probes) == 1, server.stderr
+    assert "cgroup v2, CPU quota 2 (cgroup v2 cpu.max), memory limit 402653184 bytes" in probes[0]
+    fields = report(server)
+    assert fields["memory"] == "memory limit 384 MiB"
+    assert fields["workers"] == (args[1] if args else "2")

@@ -218,10 +218,11 @@ pub(crate) struct Startup<'a> {
 }
 
 /// The one startup line: version, interface, address, workers × threads and why, the memory
-/// limit, and where the time to the open port went.
+/// limit, and where the time to the open port went. The limits are those found when the
+/// workers were sized, not read again.
 pub(crate) fn startup_report(startup: &Startup<'_>) {
     let config = startup.config;
-    let resources = container::probe(config.cgroup_root.as_deref());
+    let resources = container::probed(config.cgroup_root.as_deref());
     let memory = resources.memory_limit.map_or_else(|| "no memory limit".to_owned(), |m| format!("memory limit {}", format_bytes(m)));
     let why = if config.workers_reason.is_empty() { String::new() } else { format!(" ({})", config.workers_reason) };
     log::info(format_args!(
