@@ -1129,12 +1129,21 @@ def fake_core(isolated):
     core.calls = []
     core.logs = []
     core.raises = None
+    core.bind_raises = None
+    core.bound = []
+
+    def bind(cfg):
+        core.bound.append((cfg, set(sys.modules)))
+        if core.bind_raises is not None:
+            raise core.bind_raises
+        return object()
 
     def serve(app, cfg, **_timings):
         core.calls.append((app, cfg, os.getcwd(), list(sys.path)))
         if core.raises is not None:
             raise core.raises
 
+    core.bind = bind
     core.serve = serve
     core.log = lambda level, message: core.logs.append((level, message))
     core.levels = []
@@ -1189,6 +1198,16 @@ def test_main_bind_failure_without_errno(fake_core, capsys):
     assert last_line(capsys.readouterr().err) == (
         "coldbrew: error: cannot listen on nohost:8123: failed to resolve 'nohost'"
     )
+
+
+def test_main_binds_before_importing_the_app(fake_core, capsys):
+    sys.modules.pop("cli_apps", None)
+    fake_core.bind_raises = OSError(errno.EADDRINUSE, "Address already in use (os error 98)")
+    assert cli.main(["-b", "127.0.0.1:8123", "cli_apps:app"]) == 1
+    [(cfg, modules)] = fake_core.bound
+    assert "cli_apps" not in modules and "cli_apps" not in sys.modules
+    assert fake_core.calls == []
+    assert capsys.readouterr().err == "coldbrew: error: cannot listen on 127.0.0.1:8123: Address already in use\n"
 
 
 def test_main_keyboard_interrupt_exits_0_quietly(fake_core, capsys):
@@ -1327,6 +1346,7 @@ def test_main_with_a_plain_app_imports_no_heavy_module():
         "core = types.ModuleType('coldbrew._coldbrew')\n"
         "core.served = []\n"
         "core.serve = lambda app, cfg, **timings: core.served.append((app, cfg))\n"
+        "core.bind = lambda cfg: object()\n"
         "core.log = lambda level, message: None\n"
         "core.set_log_level = lambda level: None\n"
         "sys.modules['coldbrew._coldbrew'] = core\n"
