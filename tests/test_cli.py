@@ -114,9 +114,11 @@ def test_help_lists_every_option():
     assert result.returncode == 0, result.stderr
     for flag in ALL_FLAGS:
         assert flag in result.stdout, flag
-    assert "MODULE:ATTR" in result.stdout
-    assert "COLDBREW_CMD_ARGS" in result.stdout
+    assert "usage: coldbrew [OPTIONS] MODULE[:ATTR]" in result.stdout
     help_text = " ".join(result.stdout.split())
+    assert "the WSGI app: MODULE[:ATTR]" in help_text
+    assert "answer PATH, whatever the method, in Rust without the app" in help_text
+    assert "COLDBREW_CMD_ARGS" in result.stdout
     assert "in gunicorn's %(atom)s syntax (JSON mode writes Cloud Logging's httpRequest instead)" in help_text
     assert "(default: json on Cloud Run, where K_SERVICE is set; text elsewhere)" in help_text
     assert result.stderr == ""

@@ -33,7 +33,7 @@ import sys
 # below leaves to it; shlex only when COLDBREW_CMD_ARGS or COLDBREW_ENV is set.
 
 PROG = "coldbrew"
-USAGE = "coldbrew [OPTIONS] MODULE:ATTR"
+USAGE = "coldbrew [OPTIONS] MODULE[:ATTR]"
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "0.0.0.0"
@@ -648,7 +648,7 @@ def parse_forwarded_allow_ips(text):
 def parse_app(text):
     spec = text.strip()
     if not spec:
-        raise _bad("empty app (expected MODULE:ATTR)")
+        raise _bad("empty app (expected MODULE[:ATTR])")
     return spec
 
 
@@ -729,8 +729,8 @@ _OPTIONS = (
     ("max_requests_jitter", ("--max-requests-jitter",), "N", parse_count, False,
      "add a random 0..N to each worker's --max-requests, so they are not replaced together"),
     ("health_path", ("--health-path",), "PATH", parse_health_path, False,
-     "answer GET PATH in Rust, without the app: 200 while serving, 503 while draining "
-     "(default: off)"),
+     "answer PATH, whatever the method, in Rust without the app: 200 while serving, 503 "
+     "while draining (default: off)"),
     ("cgroup_root", ("--cgroup-root",), "DIR", parse_dir, False,
      "where to read the container's CPU and memory limits (default: found through "
      "/proc/self/mountinfo)"),
@@ -765,8 +765,8 @@ _OPTIONS = (
 )
 
 _APP_HELP = (
-    "the WSGI app: MODULE:ATTR, where ATTR is a name, a dotted path or a factory "
-    "call such as create_app('prod') (default ATTR: application, then app)"
+    "the WSGI app: MODULE[:ATTR], where ATTR is a name, a dotted path or a factory "
+    "call such as create_app('prod') (without ATTR: the module's application, else its app)"
 )
 
 _EPILOG = (
@@ -971,7 +971,7 @@ def parse(argv=None, environ=None):
 
     if "app" not in values:
         raise ConfigError(
-            "missing APP: give MODULE:ATTR on the command line or in COLDBREW_APP",
+            "missing APP: give MODULE[:ATTR] on the command line or in COLDBREW_APP",
             usage=True,
         )
 

@@ -24,7 +24,7 @@ import sys
 DEFAULT_ATTRS = ("application", "app")
 
 _SPEC_HELP = (
-    "expected MODULE:ATTR, where ATTR is a name, a dotted path, or a factory "
+    "expected MODULE[:ATTR], where ATTR is a name, a dotted path, or a factory "
     "call with literal arguments such as create_app('prod')"
 )
 
