@@ -670,7 +670,8 @@ _OPTIONS = (
      f"(default: {DEFAULT_HOST}:$PORT, PORT defaults to {DEFAULT_PORT})"),
     ("workers", ("-w", "--workers"), "N", parse_positive_int, False,
      "worker processes (default: $WEB_CONCURRENCY, else the cgroup CPU quota rounded up, "
-     "else the CPUs this process may run on); 1 runs a single process with no supervisor"),
+     "else the CPUs this process may run on); 1 runs a single process with no supervisor, "
+     "unless coldbrew is PID 1 or --max-requests is set"),
     ("threads", ("--threads",), "N", parse_positive_int, False,
      f"number of Python threads running the app (default: {DEFAULT_THREADS})"),
     ("graceful_timeout", ("--graceful-timeout",), "SECONDS", parse_seconds, False,
