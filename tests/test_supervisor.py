@@ -340,6 +340,16 @@ def test_failed_reload_keeps_the_current_workers(serve, state):
     )
     assert server.stop() == 0, server.stderr
     assert "RuntimeError: this version of the app is broken" in server.stderr
+    # The new worker's failure is the supervisor's ERROR line, with the traceback under it; the
+    # worker prints nothing of its own, and nothing ends the server's output as a failure.
+    lines = server.stderr.splitlines()
+    failed = [i for i, line in enumerate(lines) if "keeping the current workers" in line]
+    assert failed, server.stderr
+    assert lines.count("Traceback (most recent call last):") == len(failed), server.stderr
+    for i in failed:
+        assert lines[i].endswith("trying again in 10 s:"), lines[i]
+        assert lines[i + 1] == "Traceback (most recent call last):", server.stderr
+    assert "coldbrew: error:" not in server.stderr
 
 
 def _stderr_so_far(server):
