@@ -329,3 +329,31 @@ def test_the_container_is_probed_once(tmp_path, args):
     fields = report(server)
     assert fields["memory"] == "memory limit 384 MiB"
     assert fields["workers"] == (args[1] if args else "2")
+
+
+def test_workers_ready_when_another_fails_exit_at_once(tmp_path):
+    """The ready workers were blocked waiting for "go", deaf to SIGTERM, until the KILL deadline:
+    8 s of --graceful-timeout and 1.5 s more, with a "did not stop in time" warning each."""
+    (tmp_path / "one_fails.py").write_text(
+        "import os, time\n"
+        "try:\n"
+        "    os.close(os.open(os.path.join(os.environ['CLAIM_DIR'], 'claimed'), os.O_CREAT | os.O_EXCL))\n"
+        "except FileExistsError:\n"
+        "    pass\n"
+        "else:\n"
+        "    time.sleep(1)  # the others are ready by now\n"
+        "    raise RuntimeError('only this worker fails')\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'']\n"
+    )
+    started = time.monotonic()
+    result = run_server("--workers", "3", "one_fails:app", cwd=tmp_path, env={"CLAIM_DIR": str(tmp_path)})
+    elapsed = time.monotonic() - started
+    assert result.returncode == 3, result.stderr
+    lines = result.stderr.splitlines()
+    assert lines.count("Traceback (most recent call last):") == 1, result.stderr
+    assert [line for line in lines if line.startswith("coldbrew: ")] == [lines[-1]], result.stderr
+    assert lines[-1].endswith("could not start: cannot import module 'one_fails': RuntimeError: only this worker fails")
+    assert "did not stop in time" not in result.stderr
+    assert elapsed < 6, f"took {elapsed:.1f} s: the ready workers waited for the KILL deadline"
