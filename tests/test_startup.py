@@ -264,6 +264,26 @@ def test_a_failing_import_is_one_traceback_and_one_line(workers):
 
 
 @pytest.mark.parametrize("workers", ["1", "3"])
+def test_a_metrics_port_in_use_is_found_before_the_app_is_imported(tmp_path, workers):
+    marker = tmp_path / "imported"
+    (tmp_path / "marking_app.py").write_text(
+        f"open({str(marker)!r}, 'a').close()\n"
+        "def app(environ, start_response):\n"
+        "    start_response('200 OK', [])\n"
+        "    return [b'']\n"
+    )
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        result = run_server("--workers", workers, "--metrics-bind", f"127.0.0.1:{port}", "marking_app:app",
+                            cwd=tmp_path)
+    assert result.returncode == 1, result.stderr
+    assert result.stderr == f"coldbrew: error: cannot listen for metrics on 127.0.0.1:{port}: Address already in use\n"
+    assert not marker.exists()
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
 @pytest.mark.parametrize("spec, what", [
     ("cli_apps:asgi_app", "an async function"),
     ("cli_apps:asgi_instance", "its __call__ is a coroutine function"),

@@ -64,7 +64,7 @@ pub fn bind_sockets(config: &ServerConfig) -> PyResult<BoundSockets> {
     let app = bind_socket(&config.host, config.port).map_err(os_error)?;
     let metrics = match &config.metrics_bind {
         Some((host, port)) => Some(bind_socket(host, *port).map_err(|err| {
-            PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {err}"))
+            PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {}", reason(&err)))
         })?),
         None => None,
     };
@@ -75,8 +75,17 @@ pub fn bind_sockets(config: &ServerConfig) -> PyResult<BoundSockets> {
 /// ("Address already in use") rather than Rust's ("... (os error 98)").
 fn os_error(err: std::io::Error) -> PyErr {
     match err.raw_os_error() {
-        Some(code) => pyo3::exceptions::PyOSError::new_err((code, err.to_string())),
+        Some(code) => pyo3::exceptions::PyOSError::new_err((code, reason(&err))),
         None => err.into(),
+    }
+}
+
+/// An I/O error as the one line of an error message says it: without Rust's "(os error N)".
+fn reason(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match (err.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(at)) => text[..at].to_owned(),
+        _ => text,
     }
 }
 
@@ -150,7 +159,7 @@ pub fn run(
             let bound = Sockets::take_or_bind(sockets, &config)?;
             if let (Some(socket), Some((host, port))) = (&bound.metrics, &config.metrics_bind) {
                 socket.listen(128).map_err(|err| {
-                    PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {err}"))
+                    PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {}", reason(&err)))
                 })?;
             }
             bound.app.listen(config.backlog).map_err(os_error)?;
