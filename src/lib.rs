@@ -20,34 +20,58 @@ use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-/// Serves `app` until a stop signal, then drains and returns. `worker` is the link a forked
-/// worker got from `supervise`; `timings` is how long the app's import and warm-up took, in
-/// seconds, for the startup report.
+/// Binds the app's address (and `--metrics-bind`) without listening, so that an address in use
+/// is reported before the app is imported. Returns the sockets for `serve` or `supervise`.
 #[pyfunction]
-#[pyo3(signature = (app, config, *, worker=None, timings=(0.0, 0.0)))]
+fn bind(config: &Bound<'_, PyAny>) -> PyResult<lifecycle::Sockets> {
+    let config = config::ServerConfig::from_py(config)?;
+    Ok(lifecycle::Sockets { bound: Some(lifecycle::bind_sockets(&config)?) })
+}
+
+/// Serves `app` until a stop signal, then drains and returns. `worker` is the link a forked
+/// worker got from `supervise`; otherwise `sockets` are what `bind` returned (bound now if
+/// None). `timings` is how long the app's import and warm-up took, in seconds, and `started`
+/// the `time.monotonic()` at which the interpreter began running coldbrew, for the startup
+/// report.
+#[pyfunction]
+#[pyo3(signature = (app, config, *, worker=None, sockets=None, timings=(0.0, 0.0), started=None))]
 fn serve(
     py: Python<'_>,
     app: Py<PyAny>,
     config: &Bound<'_, PyAny>,
     worker: Option<&Bound<'_, lifecycle::WorkerLink>>,
+    sockets: Option<&Bound<'_, lifecycle::Sockets>>,
     timings: (f64, f64),
+    started: Option<f64>,
 ) -> PyResult<()> {
     let config = config::ServerConfig::from_py(config)?;
+    let mut sockets = sockets.map(|s| s.borrow_mut());
     match worker {
-        Some(worker) => lifecycle::run(py, app, config, Some(&mut worker.borrow_mut()), timings),
-        None => lifecycle::run(py, app, config, None, timings),
+        Some(worker) => lifecycle::run(py, app, config, Some(&mut worker.borrow_mut()), None, timings, started),
+        None => lifecycle::run(py, app, config, None, sockets.as_deref_mut(), timings, started),
     }
 }
 
-/// Runs the supervisor of `config.workers` worker processes. Returns `(exit status, reason)`
-/// in the supervisor once the server has stopped (the reason is None after a clean stop), and a
-/// `Worker` link in each forked worker, which
-/// goes on to import the app (unless preloaded) and call `serve(..., worker=link)`.
+/// Runs the supervisor of `config.workers` worker processes on `sockets` (from `bind`; bound
+/// now if None). Returns `(exit status, reason, traceback)` in the supervisor once the server
+/// has stopped (reason and traceback are None after a clean stop), and a `Worker` link in each
+/// forked worker, which goes on to import the app (unless preloaded) and call
+/// `serve(..., worker=link)`.
 #[pyfunction]
-fn supervise(py: Python<'_>, config: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+#[pyo3(signature = (config, sockets=None, started=None))]
+fn supervise(
+    py: Python<'_>,
+    config: &Bound<'_, PyAny>,
+    sockets: Option<&Bound<'_, lifecycle::Sockets>>,
+    started: Option<f64>,
+) -> PyResult<Py<PyAny>> {
     let config = config::ServerConfig::from_py(config)?;
-    match lifecycle::supervise(py, &config)? {
-        lifecycle::Outcome::Exit(status, failure) => Ok((status, failure).into_pyobject(py)?.into_any().unbind()),
+    let mut sockets = sockets.map(|s| s.borrow_mut());
+    match lifecycle::supervise(py, &config, sockets.as_deref_mut(), started)? {
+        lifecycle::Outcome::Exit(status, failure) => {
+            let (line, traceback) = failure.map_or((None, None), |f| (Some(f.line), f.traceback));
+            Ok((status, line, traceback).into_pyobject(py)?.into_any().unbind())
+        }
         lifecycle::Outcome::Worker(link) => Ok(Py::new(py, link)?.into_any()),
     }
 }
@@ -123,6 +147,8 @@ fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     m.add_function(wrap_pyfunction!(serve, m)?)?;
     m.add_function(wrap_pyfunction!(supervise, m)?)?;
+    m.add_function(wrap_pyfunction!(bind, m)?)?;
+    m.add_class::<lifecycle::Sockets>()?;
     m.add_class::<lifecycle::WorkerLink>()?;
     m.add_function(wrap_pyfunction!(log, m)?)?;
     m.add_function(wrap_pyfunction!(set_log_level, m)?)?;

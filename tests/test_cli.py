@@ -114,9 +114,11 @@ def test_help_lists_every_option():
     assert result.returncode == 0, result.stderr
     for flag in ALL_FLAGS:
         assert flag in result.stdout, flag
-    assert "MODULE:ATTR" in result.stdout
-    assert "COLDBREW_CMD_ARGS" in result.stdout
+    assert "usage: coldbrew [OPTIONS] MODULE[:ATTR]" in result.stdout
     help_text = " ".join(result.stdout.split())
+    assert "the WSGI app: MODULE[:ATTR]" in help_text
+    assert "answer PATH, whatever the method, in Rust without the app" in help_text
+    assert "COLDBREW_CMD_ARGS" in result.stdout
     assert "in gunicorn's %(atom)s syntax (JSON mode writes Cloud Logging's httpRequest instead)" in help_text
     assert "(default: json on Cloud Run, where K_SERVICE is set; text elsewhere)" in help_text
     assert result.stderr == ""
@@ -1070,8 +1072,19 @@ def test_factory_exception_is_chained(apps_on_path):
 
 
 def test_asgi_app_is_rejected(apps_on_path):
-    with pytest.raises(AppLoadError, match="looks like an ASGI app"):
+    with pytest.raises(AppLoadError) as exc:
         load_app("cli_apps:asgi_app")
+    assert exc.value.message.startswith(
+        "'cli_apps:asgi_app' is an ASGI app (an async function), and this version of coldbrew "
+        "serves WSGI apps only: serve it with an ASGI server such as uvicorn or hypercorn"
+    )
+    assert not exc.value.show_traceback
+
+
+def test_asgi_app_with_a_coroutine_call_is_rejected(apps_on_path):
+    with pytest.raises(AppLoadError) as exc:
+        load_app("cli_apps:asgi_instance")
+    assert "is an ASGI app (its __call__ is a coroutine function)" in exc.value.message
 
 
 @pytest.mark.parametrize(
@@ -1118,12 +1131,21 @@ def fake_core(isolated):
     core.calls = []
     core.logs = []
     core.raises = None
+    core.bind_raises = None
+    core.bound = []
+
+    def bind(cfg):
+        core.bound.append((cfg, set(sys.modules)))
+        if core.bind_raises is not None:
+            raise core.bind_raises
+        return object()
 
     def serve(app, cfg, **_timings):
         core.calls.append((app, cfg, os.getcwd(), list(sys.path)))
         if core.raises is not None:
             raise core.raises
 
+    core.bind = bind
     core.serve = serve
     core.log = lambda level, message: core.logs.append((level, message))
     core.levels = []
@@ -1178,6 +1200,16 @@ def test_main_bind_failure_without_errno(fake_core, capsys):
     assert last_line(capsys.readouterr().err) == (
         "coldbrew: error: cannot listen on nohost:8123: failed to resolve 'nohost'"
     )
+
+
+def test_main_binds_before_importing_the_app(fake_core, capsys):
+    sys.modules.pop("cli_apps", None)
+    fake_core.bind_raises = OSError(errno.EADDRINUSE, "Address already in use (os error 98)")
+    assert cli.main(["-b", "127.0.0.1:8123", "cli_apps:app"]) == 1
+    [(cfg, modules)] = fake_core.bound
+    assert "cli_apps" not in modules and "cli_apps" not in sys.modules
+    assert fake_core.calls == []
+    assert capsys.readouterr().err == "coldbrew: error: cannot listen on 127.0.0.1:8123: Address already in use\n"
 
 
 def test_main_keyboard_interrupt_exits_0_quietly(fake_core, capsys):
@@ -1316,6 +1348,7 @@ def test_main_with_a_plain_app_imports_no_heavy_module():
         "core = types.ModuleType('coldbrew._coldbrew')\n"
         "core.served = []\n"
         "core.serve = lambda app, cfg, **timings: core.served.append((app, cfg))\n"
+        "core.bind = lambda cfg: object()\n"
         "core.log = lambda level, message: None\n"
         "core.set_log_level = lambda level: None\n"
         "sys.modules['coldbrew._coldbrew'] = core\n"

@@ -11,6 +11,7 @@
 import http.client
 import importlib.util
 import os
+import re
 import sys
 
 import pytest
@@ -126,7 +127,7 @@ def test_post_fork_hook_runs_in_every_worker_after_the_fork(serve, tmp_path):
         assert client == worker, "the client was not made again in the worker"
 
 
-HOOK_ERROR = ("coldbrew: error: --post-fork preload_apps:broken_hook raised RuntimeError: "
+HOOK_ERROR = ("--post-fork preload_apps:broken_hook raised RuntimeError: "
               "cannot reach the database (marker-5d1c)")
 
 
@@ -145,10 +146,13 @@ def test_failing_post_fork_hook_stops_startup_with_status_3(serve, preload):
     stderr = "\n".join(lines)
     assert code == 3, stderr
     assert lines and lines[-1].startswith("coldbrew: error: "), stderr
-    # The worker names the hook and its exception, with the traceback, before it exits. (As a
-    # substring: the workers write to the same stderr, and a line's end is a write of its own.)
-    assert HOOK_ERROR in stderr, stderr
-    assert "Traceback (most recent call last):" in stderr, stderr
+    # The first worker to fail names the hook and its exception, and the supervisor prints its
+    # traceback once (not once per worker) before that last line.
+    assert re.fullmatch(r"coldbrew: error: worker \d+ \(pid \d+\) could not start: " + re.escape(HOOK_ERROR),
+                        lines[-1]), stderr
+    assert [line for line in lines if line.startswith("coldbrew: error: ")] == [lines[-1]], stderr
+    assert lines.count("Traceback (most recent call last):") == 1, stderr
+    assert lines[-2] == "RuntimeError: cannot reach the database (marker-5d1c)", stderr
 
 
 def test_failing_post_fork_hook_is_named_on_the_last_line(serve):

@@ -4,6 +4,15 @@ Importing this package is cheap: the compiled core, ``coldbrew._coldbrew``,
 is imported only when something needs it.
 """
 
+from time import monotonic as _monotonic
+
+# When the interpreter began running coldbrew: the `coldbrew` command and `python -m coldbrew`
+# both import this package first. The startup line's "port open N ms after coldbrew started"
+# counts from here. The process's start time in /proc would not do: it is when the process was
+# forked, and a start-up script ending in `exec coldbrew` is the same process, forked before
+# all the script did. What this misses is the interpreter's own start-up before this line.
+STARTED = _monotonic()
+
 __all__ = ["get_version"]
 
 

@@ -86,11 +86,22 @@ _worker_link = None
 def _report_load_error(err):
     from coldbrew.loader import print_traceback
 
-    if err.show_traceback and err.__cause__ is not None:
+    show = err.show_traceback and err.__cause__ is not None
+    if _worker_link is not None:
+        # The supervisor prints it, once: every worker imports the same app, and N workers
+        # printing the same traceback at once would interleave them.
+        traceback = None
+        if show:
+            import io
+
+            text = io.StringIO()
+            print_traceback(err.__cause__, file=text)
+            traceback = text.getvalue()
+        _worker_link.report_failure(err.message, traceback)
+        return
+    if show:
         print_traceback(err.__cause__)
     _error(err.message)
-    if _worker_link is not None:
-        _worker_link.report_failure(err.message)
 
 
 def _load(config):
@@ -163,6 +174,12 @@ def _post_fork(config):
         _report_load_error(err)
         return False
     return True
+
+
+def _started():
+    import coldbrew
+
+    return coldbrew.STARTED
 
 
 def _serving_errors(config, action):
@@ -245,6 +262,12 @@ def run(invocation):
 
         cloud_logging.install(config.log_level)
 
+    # Bound, not listening, before anything of the app's is imported: a port in use is then
+    # reported at once, whether one process serves or a supervisor runs the workers.
+    sockets = _serving_errors(config, lambda: core.bind(config))
+    if isinstance(sockets, int):
+        return sockets
+
     app = None
     import_seconds = 0.0
     worker = None
@@ -265,11 +288,13 @@ def run(invocation):
             # Objects that exist now move to a generation the collector never visits, so it
             # does not write to (and un-share) the pages the workers inherit.
             gc.freeze()
-        worker = _serving_errors(config, lambda: core.supervise(config))
+        worker = _serving_errors(config, lambda: core.supervise(config, sockets, _started()))
         if isinstance(worker, int):
             return worker  # the supervisor could not start
         if isinstance(worker, tuple):
-            status, failure = worker  # the supervisor is done
+            status, failure, traceback = worker  # the supervisor is done
+            if traceback:
+                sys.stderr.write(traceback)
             if failure:
                 _error(failure)
             return status
@@ -287,7 +312,9 @@ def run(invocation):
         return EXIT_APP_ERROR
     timings = (import_seconds, warmup_seconds)
     if worker is None:
-        return _serving_errors(config, lambda: serve(app, config, timings=timings))
+        return _serving_errors(
+            config, lambda: serve(app, config, sockets=sockets, timings=timings, started=_started())
+        )
     return _serving_errors(config, lambda: serve(app, config, worker=worker, timings=timings))
 
 

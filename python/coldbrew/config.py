@@ -33,7 +33,7 @@ import sys
 # below leaves to it; shlex only when COLDBREW_CMD_ARGS or COLDBREW_ENV is set.
 
 PROG = "coldbrew"
-USAGE = "coldbrew [OPTIONS] MODULE:ATTR"
+USAGE = "coldbrew [OPTIONS] MODULE[:ATTR]"
 
 DEFAULT_PORT = 8080
 DEFAULT_HOST = "0.0.0.0"
@@ -653,7 +653,7 @@ def parse_forwarded_allow_ips(text):
 def parse_app(text):
     spec = text.strip()
     if not spec:
-        raise _bad("empty app (expected MODULE:ATTR)")
+        raise _bad("empty app (expected MODULE[:ATTR])")
     return spec
 
 
@@ -675,7 +675,8 @@ _OPTIONS = (
      f"(default: {DEFAULT_HOST}:$PORT, PORT defaults to {DEFAULT_PORT})"),
     ("workers", ("-w", "--workers"), "N", parse_positive_int, False,
      "worker processes (default: $WEB_CONCURRENCY, else the cgroup CPU quota rounded up, "
-     "else the CPUs this process may run on); 1 runs a single process with no supervisor"),
+     "else the CPUs this process may run on); 1 runs a single process with no supervisor, "
+     "unless coldbrew is PID 1 or --max-requests is set"),
     ("threads", ("--threads",), "N", parse_positive_int, False,
      f"number of Python threads running the app (default: {DEFAULT_THREADS})"),
     ("graceful_timeout", ("--graceful-timeout",), "SECONDS", parse_seconds, False,
@@ -737,8 +738,8 @@ _OPTIONS = (
     ("max_requests_jitter", ("--max-requests-jitter",), "N", parse_count, False,
      "add a random 0..N to each worker's --max-requests, so they are not replaced together"),
     ("health_path", ("--health-path",), "PATH", parse_health_path, False,
-     "answer GET PATH in Rust, without the app: 200 while serving, 503 while draining "
-     "(default: off)"),
+     "answer PATH, whatever the method, in Rust without the app: 200 while serving, 503 "
+     "while draining (default: off)"),
     ("cgroup_root", ("--cgroup-root",), "DIR", parse_dir, False,
      "where to read the container's CPU and memory limits (default: found through "
      "/proc/self/mountinfo)"),
@@ -773,8 +774,8 @@ _OPTIONS = (
 )
 
 _APP_HELP = (
-    "the WSGI app: MODULE:ATTR, where ATTR is a name, a dotted path or a factory "
-    "call such as create_app('prod') (default ATTR: application, then app)"
+    "the WSGI app: MODULE[:ATTR], where ATTR is a name, a dotted path or a factory "
+    "call such as create_app('prod') (without ATTR: the module's application, else its app)"
 )
 
 _EPILOG = (
@@ -979,7 +980,7 @@ def parse(argv=None, environ=None):
 
     if "app" not in values:
         raise ConfigError(
-            "missing APP: give MODULE:ATTR on the command line or in COLDBREW_APP",
+            "missing APP: give MODULE[:ATTR] on the command line or in COLDBREW_APP",
             usage=True,
         )
 

@@ -24,7 +24,7 @@ import sys
 DEFAULT_ATTRS = ("application", "app")
 
 _SPEC_HELP = (
-    "expected MODULE:ATTR, where ATTR is a name, a dotted path, or a factory "
+    "expected MODULE[:ATTR], where ATTR is a name, a dotted path, or a factory "
     "call with literal arguments such as create_app('prod')"
 )
 
@@ -278,10 +278,20 @@ def load_app(spec):
         raise AppLoadError(f"{name!r} is not callable (got {type(obj).__name__})")
 
     if _looks_async(obj):
-        raise AppLoadError(
-            f"{name!r} looks like an ASGI app (it is async); coldbrew serves WSGI apps"
-        )
+        raise AppLoadError(_asgi_message(name, obj))
     return obj
+
+
+def _asgi_message(name, obj):
+    """Why an async callable cannot be served, and what to do instead."""
+    import inspect
+
+    what = "an async function" if inspect.iscoroutinefunction(obj) else "its __call__ is a coroutine function"
+    return (
+        f"{name!r} is an ASGI app ({what}), and this version of coldbrew serves WSGI apps only: "
+        "serve it with an ASGI server such as uvicorn or hypercorn, or name the app's WSGI "
+        "callable instead (for Django, mysite.wsgi rather than mysite.asgi)"
+    )
 
 
 def print_traceback(exc, file=None):

@@ -15,6 +15,7 @@ use std::io::Read;
 use std::os::unix::ffi::OsStringExt;
 use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Component, Path, PathBuf};
+use std::sync::Mutex;
 
 /// What the process may use, as found at startup.
 #[derive(Clone, Debug, PartialEq)]
@@ -45,10 +46,48 @@ const UNLIMITED_MEMORY: u64 = 1 << 60;
 /// More than any cgroup file read here holds; a larger file is garbage, not a reason to read on.
 const MAX_FILE: u64 = 4096;
 
+/// The last probe and the root it read. Sizing the workers (in Python, before the import) and
+/// the startup report (once the port opens) both need the limits; the report takes them from
+/// here, so one start reads the cgroup files once.
+static LAST_PROBE: Mutex<Option<(Option<PathBuf>, Resources)>> = Mutex::new(None);
+
 /// Reads the limits of the process's cgroup. `None` reads the real system; in tests,
 /// `cgroup_root` stands in for the mount point(s): a cgroup2 mount if it has
 /// `cgroup.controllers`, otherwise a directory of v1 mounts like /sys/fs/cgroup.
 pub fn probe(cgroup_root: Option<&Path>) -> Resources {
+    let resources = read_limits(cgroup_root);
+    crate::telemetry::log::debug(format_args!("container probed: {}", resources.describe()));
+    if let Ok(mut last) = LAST_PROBE.lock() {
+        *last = Some((cgroup_root.map(Path::to_path_buf), resources.clone()));
+    }
+    resources
+}
+
+/// What the last [`probe`] of `cgroup_root` found, or a new probe if there was none.
+pub fn probed(cgroup_root: Option<&Path>) -> Resources {
+    let last = LAST_PROBE.lock().ok().and_then(|last| last.clone());
+    match last {
+        Some((root, resources)) if root.as_deref() == cgroup_root => resources,
+        _ => probe(cgroup_root),
+    }
+}
+
+impl Resources {
+    /// One line for the debug log.
+    fn describe(&self) -> String {
+        let version = self.cgroup_version.map_or_else(|| "no cgroup".to_owned(), |v| format!("cgroup v{v}"));
+        let quota = match (self.cpu_quota, self.cpu_quota_source) {
+            (Some(q), Some(source)) => format!("CPU quota {q} ({source})"),
+            (Some(q), None) => format!("CPU quota {q}"),
+            _ => "no CPU quota".to_owned(),
+        };
+        let memory = self.memory_limit.map_or_else(|| "no memory limit".to_owned(), |m| format!("memory limit {m} bytes"));
+        let affinity = self.affinity.map_or_else(|| "affinity unknown".to_owned(), |a| format!("affinity {a} CPU(s)"));
+        format!("{version}, {quota}, {memory}, {affinity}, {} online core(s)", self.cores)
+    }
+}
+
+fn read_limits(cgroup_root: Option<&Path>) -> Resources {
     let membership = Membership::parse(&std::fs::read_to_string("/proc/self/cgroup").unwrap_or_default());
     let (cpu, memory) = match cgroup_root {
         Some(root) => (in_tree(root, "cpu", &membership), in_tree(root, "memory", &membership)),

@@ -3,9 +3,11 @@
 //!
 //! Startup order is what the platform's TCP startup probe relies on: the app is imported (in
 //! Python, before `serve` is called) and the Python threads are running before the port opens.
-//! With one worker, one process does everything ([`run`] binds and serves). With more, the
-//! [`supervisor`] binds the port, forks the workers, and makes the socket listen once every
-//! worker reports ready; each worker then serves the inherited socket through [`run`].
+//! The port is bound ([`bind_sockets`]) before the import, though, so that an address in use
+//! is reported at once rather than after a long import. With one worker, one process does
+//! everything ([`run`] listens on the bound socket and serves). With more, the [`supervisor`]
+//! forks the workers and makes the socket listen once every worker reports ready; each worker
+//! then serves the inherited socket through [`run`].
 
 pub mod container;
 mod memory;
@@ -27,17 +29,79 @@ use crate::http::{self, ConnInfo, Handler, ServerOptions, Stop};
 use crate::telemetry::{access, log, metrics, sink};
 use crate::wsgi::Pool;
 
-pub use supervisor::{supervise, Outcome};
+pub use supervisor::{supervise, Failure, Outcome};
 pub use worker::WorkerLink;
 use worker::Recycler;
 
 /// How long Python threads get to return after the connections have drained.
 const THREAD_GRACE: Duration = Duration::from_millis(500);
 
+/// The app's socket and the metrics socket, bound but not listening yet. Python gets them
+/// from `bind()` before it imports the app and hands them to `serve()` or `supervise()`.
+#[pyclass(module = "coldbrew._coldbrew", name = "Sockets")]
+pub struct Sockets {
+    pub(crate) bound: Option<BoundSockets>,
+}
+
+pub struct BoundSockets {
+    pub app: Socket,
+    pub metrics: Option<Socket>,
+}
+
+impl Sockets {
+    /// The sockets themselves: bound by `bind()`, or now if there were none.
+    pub(crate) fn take_or_bind(sockets: Option<&mut Sockets>, config: &ServerConfig) -> PyResult<BoundSockets> {
+        match sockets.and_then(|s| s.bound.take()) {
+            Some(bound) => Ok(bound),
+            None => bind_sockets(config),
+        }
+    }
+}
+
+/// Binds the app's address and `--metrics-bind` without listening: no connection is accepted
+/// before the app can answer, but an address that is taken fails here, before the import.
+pub fn bind_sockets(config: &ServerConfig) -> PyResult<BoundSockets> {
+    let app = bind_socket(&config.host, config.port).map_err(os_error)?;
+    let metrics = match &config.metrics_bind {
+        Some((host, port)) => Some(bind_socket(host, *port).map_err(|err| {
+            PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {}", reason(&err)))
+        })?),
+        None => None,
+    };
+    Ok(BoundSockets { app, metrics })
+}
+
+/// An OSError that carries the errno, so that Python can name the reason in its own words
+/// ("Address already in use") rather than Rust's ("... (os error 98)").
+fn os_error(err: std::io::Error) -> PyErr {
+    match err.raw_os_error() {
+        Some(code) => pyo3::exceptions::PyOSError::new_err((code, reason(&err))),
+        None => err.into(),
+    }
+}
+
+/// An I/O error as the one line of an error message says it: without Rust's "(os error N)".
+fn reason(err: &std::io::Error) -> String {
+    let text = err.to_string();
+    match (err.raw_os_error(), text.rfind(" (os error ")) {
+        (Some(_), Some(at)) => text[..at].to_owned(),
+        _ => text,
+    }
+}
+
 /// Serves `app` until a stop signal. `link` is set in a worker process forked by the
-/// supervisor, which owns the port; otherwise this process binds it. `timings` are the import
-/// and warm-up seconds, for the startup report.
-pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&mut WorkerLink>, timings: (f64, f64)) -> PyResult<()> {
+/// supervisor, which owns the port; otherwise this process listens on `sockets` (bound now if
+/// not given). `timings` are the import and warm-up seconds and `started` the
+/// `time.monotonic()` at which the interpreter began running coldbrew, for the startup report.
+pub fn run(
+    py: Python<'_>,
+    app: Py<PyAny>,
+    config: ServerConfig,
+    link: Option<&mut WorkerLink>,
+    sockets: Option<&mut Sockets>,
+    timings: (f64, f64),
+    started: Option<f64>,
+) -> PyResult<()> {
     let mut inherited = match link {
         Some(link) => Some(link.take().ok_or_else(|| PyRuntimeError::new_err("this worker link was already used"))?),
         None => None,
@@ -84,20 +148,24 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
             inherited.report_ready(timings)?;
             // The supervisor says go once every worker is ready and the socket listens.
             if !py.detach(|| inherited.wait_for_go()) {
-                log::info(format_args!("the supervisor is gone before this worker started; exiting"));
+                // The server is stopping (another worker failed, say) or the supervisor is gone; it
+                // says why, so this is not news.
+                log::debug(format_args!("stopped before this worker started serving; exiting"));
                 return Ok(());
             }
             (listener, metrics_listener)
         }
         None => {
-            let metrics_listener = match &config.metrics_bind {
-                Some((host, port)) => Some(bind(host, *port, 128).map_err(|err| {
-                    PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {err}"))
-                })?),
-                None => None,
-            };
-            let listener = bind(&config.host, config.port, config.backlog)?;
-            let startup = process_age();
+            let bound = Sockets::take_or_bind(sockets, &config)?;
+            if let (Some(socket), Some((host, port))) = (&bound.metrics, &config.metrics_bind) {
+                socket.listen(128).map_err(|err| {
+                    PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {}", reason(&err)))
+                })?;
+            }
+            bound.app.listen(config.backlog).map_err(os_error)?;
+            let listener = std::net::TcpListener::from(bound.app);
+            let metrics_listener = bound.metrics.map(std::net::TcpListener::from);
+            let startup = since_start(started);
             metrics::set_startup_seconds(startup.map_or(0.0, |d| d.as_secs_f64()));
             startup_report(&Startup {
                 config: &config,
@@ -105,7 +173,7 @@ pub fn run(py: Python<'_>, app: Py<PyAny>, config: ServerConfig, link: Option<&m
                 workers: 1,
                 import_seconds: timings.0,
                 warmup_seconds: timings.1,
-                exec_to_open: startup,
+                open_after: startup,
             });
             (listener, metrics_listener)
         }
@@ -215,14 +283,16 @@ pub(crate) struct Startup<'a> {
     pub workers: usize,
     pub import_seconds: f64,
     pub warmup_seconds: f64,
-    pub exec_to_open: Option<Duration>,
+    /// From when the interpreter began running coldbrew to the open port.
+    pub open_after: Option<Duration>,
 }
 
 /// The one startup line: version, interface, address, workers × threads and why, the memory
-/// limit, and where the time to the open port went.
+/// limit, and where the time to the open port went. The limits are those found when the
+/// workers were sized, not read again.
 pub(crate) fn startup_report(startup: &Startup<'_>) {
     let config = startup.config;
-    let resources = container::probe(config.cgroup_root.as_deref());
+    let resources = container::probed(config.cgroup_root.as_deref());
     let memory = resources.memory_limit.map_or_else(|| "no memory limit".to_owned(), |m| format!("memory limit {}", format_bytes(m)));
     let why = if config.workers_reason.is_empty() { String::new() } else { format!(" ({})", config.workers_reason) };
     log::info(format_args!(
@@ -236,7 +306,7 @@ pub(crate) fn startup_report(startup: &Startup<'_>) {
         memory,
         (startup.import_seconds * 1000.0).round(),
         (startup.warmup_seconds * 1000.0).round(),
-        startup.exec_to_open.map(|d| format!(", port open {} ms after exec", d.as_millis())).unwrap_or_default()
+        startup.open_after.map(|d| format!(", port open {} ms after coldbrew started", d.as_millis())).unwrap_or_default()
     ));
 }
 
@@ -294,16 +364,22 @@ fn raise_fd_limit() {
     }
 }
 
-/// Time since this process was exec'd, from /proc (10 ms resolution).
-pub(crate) fn process_age() -> Option<Duration> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
-    // Fields after the command name, which is in parentheses and may hold spaces.
-    let fields: Vec<&str> = stat.rsplit_once(')')?.1.split_whitespace().collect();
-    let start_ticks: f64 = fields.get(19)?.parse().ok()?;
-    let uptime: f64 = std::fs::read_to_string("/proc/uptime").ok()?.split_whitespace().next()?.parse().ok()?;
-    let ticks = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as f64;
-    let age = uptime - start_ticks / ticks;
-    (age >= 0.0).then(|| Duration::from_secs_f64(age))
+/// Time since `started`, a reading of `time.monotonic()` (CLOCK_MONOTONIC) that coldbrew's
+/// package takes as the interpreter begins to run it.
+///
+/// Not the process's start time in /proc: that is when it was forked, and a start-up script
+/// that ends in `exec coldbrew` is the same process, forked before everything the script did.
+/// No clock records the exec itself; the first reading coldbrew's own code can take comes
+/// after it by only the interpreter's own start-up.
+pub(crate) fn since_start(started: Option<f64>) -> Option<Duration> {
+    let started = started.filter(|s| s.is_finite() && *s >= 0.0)?;
+    let mut now = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec passed.
+    if unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut now) } != 0 {
+        return None;
+    }
+    let elapsed = now.tv_sec as f64 + now.tv_nsec as f64 * 1e-9 - started;
+    (elapsed >= 0.0).then(|| Duration::from_secs_f64(elapsed))
 }
 
 /// Resolves when a stop signal arrives: TERM asks for a graceful stop, INT and QUIT for a
@@ -362,12 +438,6 @@ pub(crate) fn bind_socket(host: &str, port: u16) -> std::io::Result<Socket> {
     }
     socket.bind(&addr.into())?;
     Ok(socket)
-}
-
-fn bind(host: &str, port: u16, backlog: i32) -> std::io::Result<std::net::TcpListener> {
-    let socket = bind_socket(host, port)?;
-    socket.listen(backlog)?;
-    Ok(socket.into())
 }
 
 pub(crate) fn display_addr(addr: SocketAddr) -> String {

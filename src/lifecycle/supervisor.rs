@@ -22,8 +22,8 @@ use std::time::{Duration, Instant};
 use pyo3::prelude::*;
 use socket2::Socket;
 
-use super::worker::{duplicate, pipe, Inherited, WorkerLink};
-use super::{bind_socket, display_addr, process_age, startup_report, Startup};
+use super::worker::{duplicate, pipe, unescape_line, Inherited, WorkerLink};
+use super::{display_addr, since_start, startup_report, Sockets, Startup};
 use crate::config::ServerConfig;
 use crate::telemetry::log;
 use crate::telemetry::metrics::SharedSlots;
@@ -32,8 +32,14 @@ use crate::telemetry::metrics::SharedSlots;
 /// in a freshly forked worker, its link, to go on and serve.
 pub enum Outcome {
     /// The exit status, and why the server stopped when that was a failure.
-    Exit(i32, Option<String>),
+    Exit(i32, Option<Failure>),
     Worker(WorkerLink),
+}
+
+/// Why the server stopped: the command's last line, and the traceback to print before it.
+pub struct Failure {
+    pub line: String,
+    pub traceback: Option<String>,
 }
 
 /// Metrics slots: slot 0 for exited workers' counts, the rest one per live worker. Bounds how
@@ -73,8 +79,8 @@ struct Worker {
     slot: usize,
     /// Read end of the worker's status pipe; None once it reached end of file.
     status: Option<File>,
-    /// Write end of the worker's control pipe.
-    control: File,
+    /// Write end of the worker's control pipe; closed once the server stops.
+    control: Option<File>,
     pending: Vec<u8>,
     ready_at: Option<Instant>,
     /// TERM (or INT) has been sent: it no longer counts as serving.
@@ -84,6 +90,9 @@ struct Worker {
     timings: (f64, f64),
     /// Why it could not start, as it reported before exiting.
     failed: Option<String>,
+    /// The traceback behind `failed`. Workers do not print it themselves: with several
+    /// workers failing the same import, it would be printed once per worker, interleaved.
+    traceback: Option<String>,
 }
 
 impl Worker {
@@ -121,19 +130,16 @@ pub struct Supervisor<'a> {
     /// After a replacement failed to start, the next one waits until then.
     replace_not_before: Option<Instant>,
     exit_status: i32,
-    failure: Option<String>,
+    failure: Option<Failure>,
+    /// `time.monotonic()` when the interpreter began running coldbrew, for the startup line.
+    started: Option<f64>,
 }
 
 /// Runs the supervisor until the server stops (returns `Exit`) or, in a forked child, returns
-/// that worker's link.
-pub fn supervise(py: Python<'_>, config: &ServerConfig) -> PyResult<Outcome> {
-    let listener = bind_socket(&config.host, config.port)?;
-    let metrics_listener = match &config.metrics_bind {
-        Some((host, port)) => Some(bind_socket(host, *port).map_err(|err| {
-            pyo3::exceptions::PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {err}"))
-        })?),
-        None => None,
-    };
+/// that worker's link. `sockets` are the bound sockets from `bind()` (bound here if None).
+pub fn supervise(py: Python<'_>, config: &ServerConfig, sockets: Option<&mut Sockets>, started: Option<f64>) -> PyResult<Outcome> {
+    let bound = Sockets::take_or_bind(sockets, config)?;
+    let (listener, metrics_listener) = (bound.app, bound.metrics);
     let metrics = if config.metrics_bind.is_some() { Some(SharedSlots::new(METRICS_SLOTS)?) } else { None };
     let (signals, old_mask) = take_signals()?;
     let mut supervisor = Supervisor {
@@ -154,6 +160,7 @@ pub fn supervise(py: Python<'_>, config: &ServerConfig) -> PyResult<Outcome> {
         replace_not_before: None,
         exit_status: 0,
         failure: None,
+        started,
     };
     let outcome = supervisor.run(py);
     if matches!(outcome, Ok(Outcome::Exit(..))) {
@@ -170,7 +177,12 @@ impl Supervisor<'_> {
             }
             if let State::Stopping { .. } = self.state {
                 if self.workers.is_empty() {
-                    log::info(format_args!("shutdown complete"));
+                    if self.failure.is_some() {
+                        // The failure is the last line; a "shutdown complete" would bury it.
+                        log::debug(format_args!("shutdown complete"));
+                    } else {
+                        log::info(format_args!("shutdown complete"));
+                    }
                     return Ok(Outcome::Exit(self.exit_status, self.failure.take()));
                 }
             }
@@ -269,13 +281,14 @@ impl Supervisor<'_> {
             pid,
             slot,
             status: Some(status_read),
-            control: control_write,
+            control: Some(control_write),
             pending: Vec::new(),
             ready_at: None,
             stopping: false,
             replaces,
             timings: (0.0, 0.0),
             failed: None,
+            traceback: None,
         });
         Ok(None)
     }
@@ -430,6 +443,9 @@ impl Supervisor<'_> {
         let signal = if fast { libc::SIGINT } else { libc::SIGTERM };
         for worker in &mut self.workers {
             worker.stopping = true;
+            // A worker that is ready but waiting for `go` blocks on this pipe, not on signals:
+            // closing it lets that worker exit now rather than at the KILL deadline.
+            worker.control = None;
             kill(worker.pid, signal);
         }
     }
@@ -494,6 +510,10 @@ impl Supervisor<'_> {
                 let reason = line.split_once(' ').map_or("", |(_, r)| r);
                 self.workers[index].failed = Some(reason.to_owned());
             }
+            Some("traceback") => {
+                let text = line.split_once(' ').map_or("", |(_, t)| t);
+                self.workers[index].traceback = Some(unescape_line(text));
+            }
             _ => log::warn(format_args!("unexpected message from a worker: {line:?}")),
         }
     }
@@ -502,7 +522,7 @@ impl Supervisor<'_> {
     fn open_port(&mut self) {
         let listener = self.listener.as_ref().expect("the listener lives until the stop");
         if let Err(err) = listener.listen(self.config.backlog) {
-            self.failure = Some(format!("cannot listen: {err}"));
+            self.failure = Some(Failure { line: format!("cannot listen: {err}"), traceback: None });
             self.exit_status = 1;
             self.stop(true, "cannot listen");
             return;
@@ -516,7 +536,7 @@ impl Supervisor<'_> {
         for index in 0..self.workers.len() {
             go(&mut self.workers[index]);
         }
-        let startup = process_age();
+        let startup = since_start(self.started);
         if let Some(metrics) = &self.metrics {
             metrics.set_startup_seconds(startup.map_or(0.0, |d| d.as_secs_f64()));
         }
@@ -530,7 +550,7 @@ impl Supervisor<'_> {
             workers: self.workers.len(),
             import_seconds: import,
             warmup_seconds: warmup,
-            exec_to_open: startup,
+            open_after: startup,
         });
     }
 
@@ -579,7 +599,7 @@ impl Supervisor<'_> {
         }
     }
 
-    fn on_exit(&mut self, worker: Worker, status: libc::c_int) {
+    fn on_exit(&mut self, mut worker: Worker, status: libc::c_int) {
         let how = describe_exit(status);
         if worker.stopping {
             log::debug(format_args!("worker {} (pid {}) stopped: {how}", worker.id, worker.pid));
@@ -591,10 +611,13 @@ impl Supervisor<'_> {
         let now = Instant::now();
         let early = worker.ready_at.is_none_or(|ready| now.duration_since(ready) < MIN_UPTIME);
         if self.state == State::Starting {
-            self.failure = Some(match &worker.failed {
+            let line = match &worker.failed {
                 Some(reason) => format!("worker {} (pid {}) could not start: {reason}", worker.id, worker.pid),
                 None => format!("worker {} (pid {}) {how} before it was ready", worker.id, worker.pid),
-            });
+            };
+            // Only the first failure is reported: the stop below makes the other workers'
+            // exits expected ones, whatever they would have said.
+            self.failure = Some(Failure { line, traceback: worker.traceback.take() });
             self.exit_status = match exit_code(status) {
                 Some(3) => 3,
                 _ => 1,
@@ -606,16 +629,23 @@ impl Supervisor<'_> {
             // The workers it would replace keep serving; try again later, not in a tight loop.
             let reason = worker.failed.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
             log::error(format_args!(
-                "new worker {} (pid {}) {how} before it was ready{reason}; keeping the current workers and trying again in {} s",
+                "new worker {} (pid {}) {how} before it was ready{reason}; keeping the current workers and trying again in {} s{}",
                 worker.id,
                 worker.pid,
-                BACKOFF_CAP.as_secs()
+                BACKOFF_CAP.as_secs(),
+                traceback_after(&worker)
             ));
             // The queue stays: the reload (or recycling) is tried again after the hold.
             self.replace_not_before = Some(now + BACKOFF_CAP);
             return;
         }
-        log::warn(format_args!("worker {} (pid {}) {how}; starting another", worker.id, worker.pid));
+        let reason = worker.failed.as_deref().map(|r| format!(": {r}")).unwrap_or_default();
+        log::warn(format_args!(
+            "worker {} (pid {}) {how}{reason}; starting another{}",
+            worker.id,
+            worker.pid,
+            traceback_after(&worker)
+        ));
         self.count_restart();
         if early {
             self.failures += 1;
@@ -623,11 +653,10 @@ impl Supervisor<'_> {
             let backoff = BACKOFF_START.saturating_mul(1 << (self.failures - 1).min(10)).min(BACKOFF_CAP);
             self.spawn_not_before = Some(now + backoff);
             if self.failures >= CRASH_LOOP {
-                self.failure = Some(format!(
-                    "{} workers in a row died within {} s of starting; stopping",
-                    self.failures,
-                    MIN_UPTIME.as_secs()
-                ));
+                self.failure = Some(Failure {
+                    line: format!("{} workers in a row died within {} s of starting; stopping", self.failures, MIN_UPTIME.as_secs()),
+                    traceback: None,
+                });
                 self.exit_status = 1;
                 self.stop(false, "workers keep crashing");
             }
@@ -669,6 +698,11 @@ impl Supervisor<'_> {
     }
 }
 
+/// A worker's traceback on lines of its own after a log message, or nothing.
+fn traceback_after(worker: &Worker) -> String {
+    worker.traceback.as_deref().map(|t| format!(":\n{}", t.trim_end())).unwrap_or_default()
+}
+
 #[derive(Default)]
 struct Ready {
     signals: bool,
@@ -676,7 +710,8 @@ struct Ready {
 }
 
 fn go(worker: &mut Worker) {
-    if let Err(err) = worker.control.write_all(b"go\n") {
+    let Some(control) = worker.control.as_mut() else { return };
+    if let Err(err) = control.write_all(b"go\n") {
         log::warn(format_args!("cannot reach worker {} (pid {}): {err}", worker.id, worker.pid));
     }
 }

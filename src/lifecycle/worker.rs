@@ -49,12 +49,24 @@ impl WorkerLink {
         format!("<coldbrew worker {}>", self.id)
     }
 
-    /// Tells the supervisor why this worker cannot start (one line), so that its own last
-    /// line can say so.
-    fn report_failure(&mut self, reason: &str) {
+    /// Tells the supervisor why this worker cannot start (one line) and, if there is one, the
+    /// traceback behind it. The worker prints neither: the supervisor prints them once for the
+    /// whole server, however many workers failed alike.
+    #[pyo3(signature = (reason, traceback=None))]
+    fn report_failure(&mut self, reason: &str, traceback: Option<&str>) {
         if let Some(inherited) = self.inner.as_mut() {
             let line: String = reason.chars().map(|c| if c.is_control() { ' ' } else { c }).collect();
-            let _ = writeln!(inherited.status, "failed {line}");
+            let mut message = String::new();
+            if let Some(traceback) = traceback {
+                message.push_str("traceback ");
+                escape_line(traceback, &mut message);
+                message.push('\n');
+            }
+            message.push_str("failed ");
+            message.push_str(&line);
+            message.push('\n');
+            // One write: the supervisor may read the pipe at any moment.
+            let _ = inherited.status.write_all(message.as_bytes());
         }
     }
 }
@@ -97,6 +109,38 @@ impl Recycler {
     }
 }
 
+/// Appends `text` to `out` as one line of the status protocol: backslashes and line ends
+/// escaped, so that a multi-line traceback travels as one message.
+fn escape_line(text: &str, out: &mut String) {
+    for c in text.chars() {
+        match c {
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            c => out.push(c),
+        }
+    }
+}
+
+/// The text [`escape_line`] escaped.
+pub(crate) fn unescape_line(line: &str) -> String {
+    let mut out = String::with_capacity(line.len());
+    let mut chars = line.chars();
+    while let Some(c) = chars.next() {
+        if c != '\\' {
+            out.push(c);
+            continue;
+        }
+        match chars.next() {
+            Some('n') => out.push('\n'),
+            Some('r') => out.push('\r'),
+            Some(other) => out.push(other),
+            None => out.push('\\'),
+        }
+    }
+    out
+}
+
 /// A pipe as (read end, write end), both close-on-exec so the app's subprocesses never hold
 /// them.
 pub(crate) fn pipe() -> std::io::Result<(File, File)> {
@@ -116,4 +160,18 @@ pub(crate) fn duplicate(fd: &impl AsRawFd) -> std::io::Result<OwnedFd> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(unsafe { OwnedFd::from_raw_fd(new) })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_traceback_survives_the_status_line() {
+        let text = "Traceback (most recent call last):\n  File \"C:\\app\\n.py\", line 1\r\nZeroDivisionError: division by zero\n";
+        let mut line = String::new();
+        escape_line(text, &mut line);
+        assert!(!line.contains('\n') && !line.contains('\r'), "{line:?}");
+        assert_eq!(unescape_line(&line), text);
+    }
 }

@@ -45,3 +45,13 @@ def returns_none():
 
 async def asgi_app(scope, receive, send):
     pass
+
+
+class _AsgiApp:
+    """What Starlette, FastAPI and Django's ASGIHandler look like: an object whose __call__ is async."""
+
+    async def __call__(self, scope, receive, send):
+        pass
+
+
+asgi_instance = _AsgiApp()
