@@ -47,8 +47,8 @@ ALL_FLAGS = [
     "--access-logformat", "--gcp-project", "--metrics-bind", "--version", "--help",
     "-w", "--workers", "-t", "--timeout", "--preload", "--post-fork", "--warmup",
     "--max-requests", "--max-requests-jitter", "--health-path", "--cgroup-root",
-    "--http", "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout", "--max-pending",
-    "--limit-request-line", "--limit-request-fields", "--limit-request-field-size", "--limit-request-body",
+    "--http", "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout", "--send-timeout",
+    "--max-pending", "--limit-request-line", "--limit-request-fields", "--limit-request-field-size", "--limit-request-body",
 ]
 
 CONFIG_FIELDS = [
@@ -58,7 +58,8 @@ CONFIG_FIELDS = [
     "log_format", "app_log_handler", "access_logfile", "access_logformat", "gcp_project",
     "metrics_host", "metrics_port", "workers_reason", "preload", "post_fork", "max_requests",
     "max_requests_jitter", "timeout", "warmup", "health_path", "cgroup_root",
-    "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout", "max_pending", "http",
+    "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout", "send_timeout", "max_pending",
+    "http",
 ]
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -386,6 +387,7 @@ def test_defaults():
         header_timeout=30.0,
         keep_alive=620.0,
         body_timeout=60.0,
+        send_timeout=60.0,
         max_pending=1024,
     )
     assert cfg == Config("main:app")
@@ -503,6 +505,7 @@ def test_repeatable_env_from_every_source_in_precedence_order():
         ("COLDBREW_HEADER_TIMEOUT", "7.5", "header_timeout", 7.5),
         ("COLDBREW_KEEP_ALIVE", "0", "keep_alive", 0.0),
         ("COLDBREW_BODY_TIMEOUT", "12", "body_timeout", 12.0),
+        ("COLDBREW_SEND_TIMEOUT", "7", "send_timeout", 7.0),
         ("COLDBREW_MAX_PENDING", "2", "max_pending", 2),
         ("COLDBREW_HTTP", "2", "http", "2"),
         ("COLDBREW_LIMIT_REQUEST_LINE", "8190", "limit_request_line", 8190),
