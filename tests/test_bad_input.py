@@ -361,6 +361,10 @@ def test_expect_is_ignored_on_http10(server):
 # --limit-request-body
 
 
+# What follows a request line of line_of's: the Host an HTTP/1.1 request must have.
+HOST_END = b"\r\nHost: example.com\r\n\r\n"
+
+
 def line_of(length):
     """A request line of exactly `length` bytes (CRLF not counted)."""
     fixed = len("GET / HTTP/1.1")
@@ -368,22 +372,22 @@ def line_of(length):
 
 
 def test_request_line_limit_default(server):
-    got = responses(server, line_of(4094) + b"\r\n\r\n" + COUNTER)
+    got = responses(server, line_of(4094) + HOST_END + COUNTER)
     assert got[0].status == 200
-    resp = refused(server, line_of(4095) + b"\r\n\r\n", 414)
+    resp = refused(server, line_of(4095) + HOST_END, 414)
     assert resp.body == b"URI Too Long: the request line is longer than 4094 bytes\n"
     assert resp.header("connection") == "close"
 
 
 def test_request_line_limit_option(serve):
     server = serve(APP, "--limit-request-line", "100")
-    assert responses(server, line_of(100) + b"\r\n\r\n" + COUNTER)[0].status == 200
-    refused(server, line_of(101) + b"\r\n\r\n", 414)
+    assert responses(server, line_of(100) + HOST_END + COUNTER)[0].status == 200
+    refused(server, line_of(101) + HOST_END, 414)
 
     unlimited = serve(APP, "--limit-request-line", "0")
-    assert responses(unlimited, line_of(60_000) + b"\r\n\r\n" + COUNTER)[0].status == 200
+    assert responses(unlimited, line_of(60_000) + HOST_END + COUNTER)[0].status == 200
     # Past 65534 bytes hyper refuses the URI itself.
-    refused(unlimited, line_of(70_000) + b"\r\n\r\n", 414)
+    refused(unlimited, line_of(70_000) + HOST_END, 414)
 
 
 def fields(count):
@@ -495,6 +499,7 @@ REFUSALS = [
     (request("/c", ["Transfer-Encoding: chunked"], b"zz\r\n", method="POST"), False, "malformed or incomplete request body"),
     (request("/d", ["Content-Length: 40000000"], method="POST"), False, "larger than this server accepts (33554432 bytes); answered 413"),
     (request("/e", ["Expect: x"]), False, "the only expectation supported is 100-continue; answered 417"),
+    (request("/f", host=False), False, "an HTTP/1.1 request without a Host header; answered 400: GET /f"),
 ]
 
 

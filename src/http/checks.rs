@@ -118,6 +118,11 @@ pub fn check(
     if hosts > 1 {
         return Err(Rejection::bad("more than one Host header"));
     }
+    // RFC 9112 section 3.2 requires the 400; HTTP/1.0 predates Host and HTTP/2 names the
+    // host in :authority.
+    if hosts == 0 && version == Version::HTTP_11 {
+        return Err(Rejection::bad("an HTTP/1.1 request without a Host header"));
+    }
     if content_types > 1 {
         return Err(Rejection::bad("more than one Content-Type header"));
     }
@@ -133,6 +138,19 @@ pub fn check(
     }
     if uri.path() == "*" && method != Method::OPTIONS {
         return Err(Rejection::bad("the * target is only valid with OPTIONS"));
+    }
+    // With an absolute-form target the server must take the host from the target and ignore
+    // Host (RFC 9112 section 3.2.2), while the app reads Host. The client must send them
+    // identical, less the target's userinfo (section 3.2): refusing a Host that differs leaves
+    // the app one host to read.
+    if version < Version::HTTP_2 {
+        if let (Some(_), Some(authority), Some(host)) = (uri.scheme(), uri.authority(), headers.get(header::HOST)) {
+            let authority = authority.as_str();
+            let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            if !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) {
+                return Err(Rejection::bad("the Host header differs from the target's authority"));
+            }
+        }
     }
 
     if transfer_encoding {
@@ -256,12 +274,19 @@ fn valid_host(value: &[u8]) -> bool {
 mod tests {
     use super::*;
 
+    /// A head as an HTTP/1.1 client sends it: with a Host, the target's authority if it has
+    /// one, unless the test gives its own.
     fn head(method: &str, target: &str, headers: &[(&str, &str)]) -> (Method, Uri, HeaderMap) {
         let mut map = HeaderMap::new();
         for (name, value) in headers {
             map.append(header::HeaderName::from_bytes(name.as_bytes()).unwrap(), HeaderValue::from_str(value).unwrap());
         }
-        (Method::from_bytes(method.as_bytes()).unwrap(), target.parse().unwrap(), map)
+        let uri: Uri = target.parse().unwrap();
+        if !map.contains_key(header::HOST) {
+            let host = uri.authority().map_or("a", |a| a.as_str());
+            map.insert(header::HOST, HeaderValue::from_str(host).unwrap());
+        }
+        (Method::from_bytes(method.as_bytes()).unwrap(), uri, map)
     }
 
     fn run(method: &str, target: &str, headers: &[(&str, &str)], limits: &Limits) -> Result<(), StatusCode> {
@@ -343,6 +368,29 @@ mod tests {
         assert_eq!(status("POST", "/", &[("expect", "foo")]), Err(StatusCode::EXPECTATION_FAILED));
         let (method, uri, map) = head("POST", "/", &[("expect", "foo")]);
         assert_eq!(check(&method, &uri, Version::HTTP_10, &map, None, &Limits::default()), Ok(()));
+    }
+
+    #[test]
+    fn host_is_required_on_http11_only() {
+        let none = HeaderMap::new();
+        let on = |version| check(&Method::GET, &Uri::from_static("/"), version, &none, None, &Limits::default()).map_err(|r| r.status);
+        assert_eq!(on(Version::HTTP_11), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(on(Version::HTTP_10), Ok(()));
+        assert_eq!(on(Version::HTTP_2), Ok(()));
+    }
+
+    #[test]
+    fn absolute_form_host_must_be_the_targets_authority() {
+        assert_eq!(status("GET", "http://example.com/a", &[("host", "example.com")]), Ok(()));
+        assert_eq!(status("GET", "http://Example.COM:80/a", &[("host", "example.com:80")]), Ok(()));
+        assert_eq!(status("GET", "http://example.com/a", &[("host", "evil.example")]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(status("GET", "http://example.com/a", &[("host", "example.com:80")]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(status("GET", "http://example.com/a", &[("host", "")]), Err(StatusCode::BAD_REQUEST));
+        assert_eq!(status("GET", "http://u:p@example.com:8080/a", &[("host", "example.com:8080")]), Ok(()));
+        assert_eq!(status("GET", "http://example.com@evil.example/a", &[("host", "example.com")]), Err(StatusCode::BAD_REQUEST));
+        // HTTP/1.0 may leave Host out: nothing to compare.
+        let (method, uri, _) = head("GET", "http://example.com/a", &[]);
+        assert_eq!(check(&method, &uri, Version::HTTP_10, &HeaderMap::new(), None, &Limits::default()), Ok(()));
     }
 
     #[test]
