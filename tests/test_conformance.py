@@ -99,12 +99,6 @@ DEVIATIONS = {
                   "client closes: coldbrew never calls the app with a truncated body"),
     "valid/rfc9112_target_authority_connect_01": (("reject", 501), "a WSGI app cannot open a tunnel: CONNECT is 501"),
     "valid/rfc9112_target_authority_ipv6_01": (("reject", 501), "a WSGI app cannot open a tunnel: CONNECT is 501"),
-    "invalid/rfc9112_smuggle_cl_te_chunked_01": (
-        ("accept", [{"method": "POST", "target": "/p", "version": [1, 1],
-                     "headers": [["HOST", "example.com"], ["TRANSFER-ENCODING", "chunked"]], "body_b64": "",
-                     "closes": True}]),
-        "Content-Length with Transfer-Encoding: hyper frames the body by Transfer-Encoding alone and closes the "
-        "connection after the response, as RFC 9112 section 6.1 allows; the Content-Length never reaches the app"),
     "invalid/limit_header_default_01": (
         ("accept", [{"method": "GET", "target": "/", "version": [1, 0], "headers": [["X", "y" * 8187]], "body_b64": ""}]),
         "--limit-request-field-size 0 means no limit of coldbrew's own, as gunicorn's documentation says; "

@@ -240,6 +240,296 @@ fn http_date(time: std::time::SystemTime) -> String {
     )
 }
 
+/// Follows the bytes of an HTTP/1 connection as they arrive, ahead of hyper's parser, for the
+/// three things a strict reading of RFC 9112 refuses and hyper's parsed head can no longer
+/// show: `Content-Length` together with `Transfer-Encoding` (hyper drops the length before
+/// coldbrew sees the head), a bare LF as a line end (hyper's parser takes it for CRLF), and
+/// whitespace after a chunk size with no extension after it (hyper's decoder skips it).
+///
+/// To know which bytes are a head and which a body, it frames every message as hyper does:
+/// by the chunked coding when there is a `Transfer-Encoding` (hyper refuses any other), else
+/// by `Content-Length`, else no body; a chunked body byte by byte with hyper's own grammar.
+/// It never needs to know what hyper has consumed, only the order of the bytes. Wherever
+/// hyper would refuse the bytes anyway, or they are not what it expects, it stops looking:
+/// after a refusal hyper closes the connection, so no later byte is ever a request, and an
+/// unexpected form it cannot frame it leaves alone rather than guess.
+///
+/// It refuses by overwriting the offending byte with NUL, which hyper's parser and chunked
+/// decoder refuse at any position: the request then takes hyper's one path for malformed
+/// requests (400 with an empty body, the connection closed, one log line, the app never
+/// called). Fixed size, no allocation; a head costs one pass over its bytes, a body with a
+/// length costs nothing per byte.
+#[derive(Debug)]
+pub(super) struct RawScan {
+    state: Scan,
+    /// The previous byte of a head line was CR.
+    cr: bool,
+    /// Bytes matched of a field name, or of `PRI ` in a request line; in a length, 0 before
+    /// its digits, 1 inside them, 2 after them.
+    at: u8,
+    /// Which of Content-Length and Transfer-Encoding this head has had.
+    seen: u8,
+    /// The Content-Length, the chunk size, or what is left of either.
+    size: u64,
+}
+
+const CL: u8 = 1;
+const TE: u8 = 2;
+const CONTENT_LENGTH: &[u8] = b"content-length";
+const TRANSFER_ENCODING: &[u8] = b"transfer-encoding";
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Scan {
+    /// Before a request line, where empty lines are skipped.
+    Idle,
+    RequestLine,
+    /// At the start of a field line, or of the empty line that ends the head.
+    LineStart,
+    /// In a field name that may still be the one in `which` (CL or TE).
+    Name(u8),
+    /// In a Content-Length value.
+    Length,
+    /// In the rest of a line that matters only for where it ends.
+    Rest,
+    Body,
+    ChunkStart,
+    ChunkSize,
+    /// Whitespace after a chunk size.
+    ChunkSpace,
+    ChunkExtension,
+    ChunkSizeLf,
+    ChunkData,
+    ChunkDataCr,
+    ChunkDataLf,
+    /// After the last chunk: a trailer line, or the CR of the final CRLF.
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+    /// Not HTTP/1 (an HTTP/2 preface), or past a point hyper refuses or that it cannot frame.
+    Off,
+}
+
+/// The reasons [`RawScan::scan`] gives.
+pub(super) const BARE_LF: &str = "a bare LF as a line end";
+pub(super) const LENGTH_AND_CHUNKED: &str = "Content-Length together with Transfer-Encoding";
+pub(super) const CHUNK_SIZE_SPACE: &str = "whitespace after a chunk size";
+
+impl RawScan {
+    pub(super) const fn new() -> Self {
+        RawScan { state: Scan::Idle, cr: false, at: 0, seen: 0, size: 0 }
+    }
+
+    /// Reads the next bytes of the connection. When they hold something refused, overwrites
+    /// its byte with NUL and says what it was; nothing after it is looked at.
+    pub(super) fn scan(&mut self, bytes: &mut [u8]) -> Option<&'static str> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match self.state {
+                Scan::Off => return None,
+                Scan::Body | Scan::ChunkData => {
+                    let n = self.size.min((bytes.len() - i) as u64);
+                    self.size -= n;
+                    i += n as usize;
+                    if self.size == 0 {
+                        self.state = if self.state == Scan::Body { Scan::Idle } else { Scan::ChunkDataCr };
+                    }
+                    continue;
+                }
+                // Only the line's end matters here (in a request line, once its first bytes
+                // have shown it is not HTTP/2's preface).
+                Scan::Rest | Scan::ChunkExtension | Scan::Trailer | Scan::RequestLine
+                    if !self.cr && (self.state != Scan::RequestLine || self.at == u8::MAX) =>
+                {
+                    match bytes[i..].iter().position(|&b| b == b'\r' || b == b'\n') {
+                        Some(n) => i += n,
+                        None => return None,
+                    }
+                }
+                _ => {}
+            }
+            if let Err(reason) = self.step(bytes[i]) {
+                bytes[i] = 0;
+                self.state = Scan::Off;
+                return Some(reason);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    fn step(&mut self, b: u8) -> Result<(), &'static str> {
+        use Scan::*;
+        match self.state {
+            Idle | RequestLine | LineStart | Name(_) | Length | Rest => return self.head_byte(b),
+            ChunkStart => match hex(b) {
+                Some(digit) => {
+                    self.size = u64::from(digit);
+                    self.state = ChunkSize;
+                }
+                None => self.state = Off,
+            },
+            ChunkSize => match (hex(b), b) {
+                (Some(digit), _) => match self.size.checked_mul(16).and_then(|n| n.checked_add(u64::from(digit))) {
+                    Some(size) => self.size = size,
+                    None => self.state = Off,
+                },
+                (None, b' ' | b'\t') => self.state = ChunkSpace,
+                (None, b';') => self.state = ChunkExtension,
+                (None, b'\r') => self.state = ChunkSizeLf,
+                _ => self.state = Off,
+            },
+            // The grammar allows whitespace before an extension's `;` (RFC 9112 section
+            // 7.1.1), nowhere else on the line.
+            ChunkSpace => match b {
+                b' ' | b'\t' => {}
+                b';' => self.state = ChunkExtension,
+                b'\r' => return Err(CHUNK_SIZE_SPACE),
+                _ => self.state = Off,
+            },
+            ChunkExtension => match b {
+                b'\r' => self.state = ChunkSizeLf,
+                // hyper refuses a LF in an extension.
+                b'\n' => self.state = Off,
+                _ => {}
+            },
+            ChunkSizeLf => match b {
+                b'\n' if self.size == 0 => self.state = TrailerStart,
+                b'\n' => self.state = ChunkData,
+                _ => self.state = Off,
+            },
+            ChunkDataCr => self.state = if b == b'\r' { ChunkDataLf } else { Off },
+            ChunkDataLf => self.state = if b == b'\n' { ChunkStart } else { Off },
+            TrailerStart => match b {
+                b'\r' => self.state = EndLf,
+                b'\n' => return Err(BARE_LF),
+                _ => self.state = Trailer,
+            },
+            Trailer => match b {
+                b'\r' => self.state = TrailerLf,
+                b'\n' => return Err(BARE_LF),
+                _ => {}
+            },
+            TrailerLf => self.state = if b == b'\n' { TrailerStart } else { Off },
+            EndLf => self.state = if b == b'\n' { Idle } else { Off },
+            Body | ChunkData | Off => unreachable!("handled by scan"),
+        }
+        Ok(())
+    }
+
+    /// A byte of a request head (or of the empty lines before one).
+    fn head_byte(&mut self, b: u8) -> Result<(), &'static str> {
+        use Scan::*;
+        if self.cr {
+            self.cr = false;
+            if b != b'\n' {
+                // A bare CR: hyper's parser refuses it.
+                self.state = Off;
+                return Ok(());
+            }
+            self.state = match self.state {
+                Idle => Idle,
+                LineStart => self.end_of_head(),
+                _ => LineStart,
+            };
+            self.at = 0;
+            return Ok(());
+        }
+        match b {
+            b'\r' => {
+                self.cr = true;
+                return Ok(());
+            }
+            b'\n' => return Err(BARE_LF),
+            _ => {}
+        }
+        match self.state {
+            Idle => {
+                self.state = RequestLine;
+                self.at = 0;
+                return self.head_byte(b);
+            }
+            RequestLine => {
+                // HTTP/2's preface opens like a request line: under --http 2 or auto, what
+                // follows is HTTP/2 framing, no longer this scan's business.
+                const PRI: &[u8] = b"PRI ";
+                if (self.at as usize) < PRI.len() {
+                    if b == PRI[self.at as usize] {
+                        self.at += 1;
+                        if self.at as usize == PRI.len() {
+                            self.state = Off;
+                        }
+                    } else {
+                        self.at = u8::MAX;
+                    }
+                }
+            }
+            LineStart => {
+                self.at = 1;
+                self.state = match b.to_ascii_lowercase() {
+                    b'c' => Name(CL),
+                    b't' => Name(TE),
+                    _ => Rest,
+                };
+            }
+            Name(which) => {
+                let name = if which == CL { CONTENT_LENGTH } else { TRANSFER_ENCODING };
+                let at = self.at as usize;
+                if at == name.len() {
+                    if b != b':' {
+                        self.state = Rest;
+                    } else if self.seen & !which != 0 {
+                        return Err(LENGTH_AND_CHUNKED);
+                    } else {
+                        self.seen |= which;
+                        self.at = 0;
+                        self.state = if which == CL { Length } else { Rest };
+                    }
+                } else if b.to_ascii_lowercase() == name[at] {
+                    self.at += 1;
+                } else {
+                    self.state = Rest;
+                }
+            }
+            Length => match (b, self.at) {
+                (b'0'..=b'9', 0) | (b'0'..=b'9', 1) => {
+                    if self.at == 0 {
+                        self.size = 0;
+                        self.at = 1;
+                    }
+                    match self.size.checked_mul(10).and_then(|n| n.checked_add(u64::from(b - b'0'))) {
+                        Some(size) => self.size = size,
+                        None => self.state = Off,
+                    }
+                }
+                (b' ' | b'\t', 0) => {}
+                (b' ' | b'\t', _) => self.at = 2,
+                // Anything else hyper refuses as a length.
+                _ => self.state = Off,
+            },
+            Rest => {}
+            _ => unreachable!("not a head state"),
+        }
+        Ok(())
+    }
+
+    /// The empty line that ends a head: what comes next, framed as hyper frames it.
+    fn end_of_head(&mut self) -> Scan {
+        let seen = std::mem::take(&mut self.seen);
+        if seen & TE != 0 {
+            Scan::ChunkStart
+        } else if seen & CL != 0 && self.size > 0 {
+            Scan::Body
+        } else {
+            Scan::Idle
+        }
+    }
+}
+
+fn hex(b: u8) -> Option<u8> {
+    (b as char).to_digit(16).map(|d| d as u8)
+}
+
 /// 413 for a body over `--limit-request-body`.
 pub fn too_large(limit: u64) -> Rejection {
     Rejection::new(
@@ -391,6 +681,101 @@ mod tests {
         // HTTP/1.0 may leave Host out: nothing to compare.
         let (method, uri, _) = head("GET", "http://example.com/a", &[]);
         assert_eq!(check(&method, &uri, Version::HTTP_10, &HeaderMap::new(), None, &Limits::default()), Ok(()));
+    }
+
+    /// Scans `input` split into reads of `piece` bytes; returns the reason and the bytes as
+    /// hyper would have read them.
+    fn scan_in_pieces(input: &[u8], piece: usize) -> (Option<&'static str>, Vec<u8>) {
+        let mut scan = RawScan::new();
+        let mut seen = input.to_vec();
+        for chunk in seen.chunks_mut(piece) {
+            if let Some(reason) = scan.scan(chunk) {
+                return (Some(reason), seen);
+            }
+        }
+        (None, seen)
+    }
+
+    /// What the scan says of `input`, the same whichever way the reads split it.
+    fn scanned(input: &[u8]) -> Option<&'static str> {
+        let (whole, _) = scan_in_pieces(input, input.len().max(1));
+        for piece in 1..input.len().min(40) {
+            assert_eq!(scan_in_pieces(input, piece).0, whole, "reads of {piece} bytes: {:?}", String::from_utf8_lossy(input));
+        }
+        whole
+    }
+
+    const GET: &[u8] = b"GET / HTTP/1.1\r\nHost: a\r\n\r\n";
+
+    #[test]
+    fn raw_scan_passes_ordinary_traffic() {
+        // Kept in every connection's socket wrapper (docs/http.md says how large).
+        assert_eq!(std::mem::size_of::<RawScan>(), 16);
+        let mut keep_alive = GET.to_vec();
+        keep_alive.extend_from_slice(b"POST /p HTTP/1.1\r\nHost: a\r\ncontent-length: 24\r\n\r\nGET / HTTP/1.1\nX: ab\n\n\n");
+        keep_alive.extend_from_slice(b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
+        keep_alive.extend_from_slice(b"5\r\n\n\n\n\n\n\r\n3;ext=\"a b\"\r\nabc\r\n10 ;x\r\n0123456789abcdef\r\n0\r\nX-T: 1\r\n\r\n");
+        keep_alive.extend_from_slice(b"\r\nGET /after HTTP/1.1\r\nContent-Type: a\r\nContent-Lengthy: 3\r\nTransfer-Encodings: x\r\n\r\n");
+        keep_alive.extend_from_slice(GET);
+        assert_eq!(scanned(&keep_alive), None);
+        let mut scan = RawScan::new();
+        scan.scan(&mut keep_alive);
+        assert_eq!(scan.state, Scan::Idle, "every message framed as hyper frames it");
+    }
+
+    #[test]
+    fn raw_scan_refuses_content_length_with_transfer_encoding() {
+        for head in [
+            &b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n"[..],
+            b"POST / HTTP/1.1\r\nTRANSFER-ENCODING: chunked\r\nHost: a\r\ncontent-length: 3\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\nContent-Length: 3\r\n\r\n",
+        ] {
+            assert_eq!(scanned(head), Some(LENGTH_AND_CHUNKED), "{:?}", String::from_utf8_lossy(head));
+            let (_, seen) = scan_in_pieces(head, head.len());
+            assert_eq!(seen.iter().filter(|&&b| b == 0).count(), 1, "the second field's colon is overwritten");
+        }
+        // In the next request on the connection, after a body that a length frames.
+        let mut pipelined = b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nTrans".to_vec();
+        pipelined.extend_from_slice(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n");
+        assert_eq!(scanned(&pipelined), Some(LENGTH_AND_CHUNKED));
+        // Names that only look alike, and the words in a body, are not the fields.
+        assert_eq!(scanned(b"POST / HTTP/1.1\r\nContent-Length: 40\r\n\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), None);
+        assert_eq!(scanned(b"POST / HTTP/1.1\r\nX-Content-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn raw_scan_refuses_bare_lf_line_ends_in_heads_and_trailers() {
+        for input in [
+            &b"GET / HTTP/1.1\nHost: a\r\n\r\n"[..],
+            b"GET / HTTP/1.1\r\nHost: a\nX: b\r\n\r\n",
+            b"GET / HTTP/1.1\r\nHost: a\r\n\n",
+            b"\nGET / HTTP/1.1\r\nHost: a\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\nX: a\nY: b\r\n\r\n",
+            b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\n",
+        ] {
+            assert_eq!(scanned(input), Some(BARE_LF), "{:?}", String::from_utf8_lossy(input));
+        }
+        // A bare LF inside chunk data is data.
+        assert_eq!(scanned(b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n2\r\n\n\n\r\n0\r\n\r\n"), None);
+    }
+
+    #[test]
+    fn raw_scan_refuses_whitespace_after_a_chunk_size_without_an_extension() {
+        const HEAD: &[u8] = b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n";
+        for body in [&b"3 \r\nabc\r\n0\r\n\r\n"[..], b"3\r\nabc\r\n0\t \r\n\r\n"] {
+            assert_eq!(scanned(&[HEAD, body].concat()), Some(CHUNK_SIZE_SPACE));
+        }
+        assert_eq!(scanned(&[HEAD, b"3 ;a=b\r\nabc\r\n0\t;c\r\n\r\n"].concat()), None);
+    }
+
+    #[test]
+    fn raw_scan_stops_at_http2_and_at_what_hyper_refuses() {
+        let mut h2 = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        h2.extend_from_slice(b"\x00\x00\x12\x04\x00\x00\x00\x00\x00\n\n\r");
+        assert_eq!(scanned(&h2), None);
+        // A bare CR is hyper's to refuse; whatever follows is never a request.
+        assert_eq!(scanned(b"GET / HTTP/1.1\r\nX: a\rb\nContent-Length: 1\r\nTransfer-Encoding: chunked\n"), None);
+        assert_eq!(scanned(b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc\n"), None);
     }
 
     #[test]

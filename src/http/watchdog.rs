@@ -31,7 +31,9 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::ResponseBody;
+use super::checks::RawScan;
 use crate::clock::Moment;
+use crate::telemetry::log;
 
 const IDLE: u64 = 0;
 const HEAD: u64 = 1;
@@ -144,15 +146,17 @@ pub(super) async fn expired(clock: &ConnClock, limits: Limits) -> Expiry {
     }
 }
 
-/// The socket, reporting to the clock when bytes arrive.
+/// The socket, reporting to the clock when bytes arrive, and showing them to the raw-head
+/// check before hyper reads them.
 pub(super) struct Watched {
     stream: TcpStream,
     clock: Arc<ConnClock>,
+    scan: RawScan,
 }
 
 impl Watched {
     pub fn new(stream: TcpStream, clock: Arc<ConnClock>) -> Self {
-        Watched { stream, clock }
+        Watched { stream, clock, scan: RawScan::new() }
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -167,6 +171,15 @@ impl AsyncRead for Watched {
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.clock.bytes_arrived();
+            if let Some(reason) = self.scan.scan(&mut buf.filled_mut()[before..]) {
+                // The head may have ended with the byte just refused, and hyper parses a head
+                // that came in pieces only once it has seen its end: a CRLF CRLF after it
+                // (where the read buffer has room) makes it parse, and refuse, now.
+                let room = buf.remaining().min(4);
+                buf.put_slice(&b"\r\n\r\n"[..room]);
+                let peer = self.stream.peer_addr().map_or_else(|_| "?".to_string(), |peer| peer.to_string());
+                log::debug(format_args!("refusing the request from {peer}: {reason}"));
+            }
         }
         polled
     }
