@@ -509,6 +509,10 @@ impl StartResponse {
             }
         }
         let head = parse_head(status, headers)?;
+        if head.status == StatusCode::METHOD_NOT_ALLOWED && !head.headers.contains_key(header::ALLOW) {
+            // RFC 9110 section 15.5.6 requires the list of methods, which only the app knows.
+            log::warn(format_args!("{}: the app answered 405 without an Allow header", this.request));
+        }
         this.state.lock().unwrap().head = Some(head);
         let _ = py;
         Ok(Writer { exchange: slf.clone().unbind() })
@@ -585,6 +589,10 @@ fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
             content_length = Some(parsed);
         }
         map.append(name, value);
+    }
+    if status == StatusCode::NO_CONTENT && content_length.take().is_some() {
+        // A 204 must not carry one (RFC 9110 section 8.6), and hyper sends no body for it.
+        map.remove(header::CONTENT_LENGTH);
     }
     Ok(Head { status, reason, headers: map, content_length })
 }
