@@ -138,10 +138,20 @@ def test_http10_request_without_host_is_accepted(server):
     assert seen["path"] == "/old" and "HTTP_HOST" not in seen["headers"]
 
 
-@pytest.mark.parametrize("headers", [["Host: example.com"], ["Host: a b"], ["Host: example.com/x"]],
-                         ids=["two", "space", "slash"])
-def test_more_than_one_or_an_invalid_host_is_refused(server, headers):
-    refused(server, request("/", headers), 400)
+@pytest.mark.parametrize(
+    "host",
+    [b"Host: example.com\r\nHost: example.com", b"Host: a b", b"Host: example.com/x", b"Host: u@example.com",
+     b"Host: example.com:http", b"Host: a:1:2", b"Host: ::1", b"Host: [::1]x", b"Host: a%zz"],
+    ids=["two", "space", "slash", "userinfo", "named-port", "two-colons", "unbracketed-ipv6", "after-literal", "bad-escape"],
+)
+def test_more_than_one_or_an_invalid_host_is_refused(server, host):
+    refused(server, request("/", [host], host=False), 400)
+
+
+def test_host_values_of_the_grammar_are_accepted(server):
+    for host in ["example.com:8080", "[::1]:8080", "127.0.0.1", "caf%C3%A9.example", ""]:
+        got = responses(server, request("/", [f"Host: {host}"], host=False) + COUNTER)
+        assert echoed(got[0])["headers"]["HTTP_HOST"] == host
 
 
 def test_absolute_form_target_is_accepted_and_its_host_must_be_the_hosts(server):
