@@ -406,12 +406,23 @@ def test_an_apps_hop_by_hop_fields_are_not_sent(server):
     assert resp.header("connection") is None and resp.body == b"abc"
 
 
-def test_405_without_allow_is_logged(serve):
+def test_statuses_that_require_a_field_are_logged_without_it(serve):
     server = serve(APP)
-    resp = one_exchange(server, request(respond("405 Method Not Allowed")))
-    assert resp.status == 405
-    resp = one_exchange(server, request(respond("405 Method Not Allowed", ["Allow:GET, HEAD"])))
-    assert resp.header("allow") == "GET, HEAD"
+    for status, field in [("401 Unauthorized", "WWW-Authenticate:Basic"), ("405 Method Not Allowed", "Allow:GET, HEAD"),
+                          ("407 Proxy Authentication Required", "Proxy-Authenticate:Basic"),
+                          ("426 Upgrade Required", "Upgrade:h2c")]:
+        assert one_exchange(server, request(respond(status))).status == int(status[:3])
+        resp = one_exchange(server, request(respond(status, [field])))
+        name, _, value = field.partition(":")
+        assert resp.header(name) == value, resp.raw_head
     server.stop()
-    warnings = [line for line in server.stderr.splitlines() if "Allow" in line]
-    assert len(warnings) == 1 and "405" in warnings[0], server.stderr
+    warnings = [line for line in server.stderr.splitlines() if "without a" in line]
+    assert len(warnings) == 4, server.stderr
+    for line, name in zip(warnings, ["www-authenticate", "allow", "proxy-authenticate", "upgrade"]):
+        assert f"without a {name} header" in line, line
+
+
+def test_426_keeps_the_apps_upgrade_and_lists_it_in_connection(server):
+    resp = one_exchange(server, request(respond("426 Upgrade Required", ["Upgrade:TLS/1.2, HTTP/1.1"])))
+    assert resp.header("upgrade") == "TLS/1.2, HTTP/1.1"
+    assert "upgrade" in resp.header("connection").lower()
