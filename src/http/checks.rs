@@ -814,6 +814,141 @@ mod tests {
         assert_eq!(scanned(b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc\n"), None);
     }
 
+    /// One request as a client may send it, with the framing hyper accepts.
+    #[derive(Clone, Debug)]
+    struct Message {
+        blank_lines: usize,
+        method: String,
+        version: &'static str,
+        fields: Vec<(String, String)>,
+        framing: Framing,
+    }
+
+    #[derive(Clone, Debug)]
+    enum Framing {
+        None,
+        Length(String, Vec<u8>),
+        Chunked(String, Vec<(Vec<u8>, String)>, Vec<String>),
+    }
+
+    impl Message {
+        fn bytes(&self, both: bool) -> Vec<u8> {
+            let mut out = b"\r\n".repeat(self.blank_lines);
+            out.extend_from_slice(format!("{} /p {}\r\n", self.method, self.version).as_bytes());
+            for (name, value) in &self.fields {
+                out.extend_from_slice(format!("{name}: {value}\r\n").as_bytes());
+            }
+            match &self.framing {
+                Framing::None => out.extend_from_slice(b"\r\n"),
+                Framing::Length(name, body) => {
+                    out.extend_from_slice(format!("{name}:\t{} \r\n", body.len()).as_bytes());
+                    if both {
+                        out.extend_from_slice(b"Transfer-Encoding: chunked\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    out.extend_from_slice(body);
+                }
+                Framing::Chunked(name, chunks, trailers) => {
+                    out.extend_from_slice(format!("{name}: gzip, chunked\r\n").as_bytes());
+                    if both {
+                        out.extend_from_slice(b"Content-Length: 3\r\n");
+                    }
+                    out.extend_from_slice(b"\r\n");
+                    for (data, extension) in chunks {
+                        out.extend_from_slice(format!("{:x}{extension}\r\n", data.len()).as_bytes());
+                        out.extend_from_slice(data);
+                        out.extend_from_slice(b"\r\n");
+                    }
+                    out.extend_from_slice(b"0\r\n");
+                    for trailer in trailers {
+                        out.extend_from_slice(format!("X-T: {trailer}\r\n").as_bytes());
+                    }
+                    out.extend_from_slice(b"\r\n");
+                }
+            }
+            out
+        }
+    }
+
+    fn message() -> impl proptest::strategy::Strategy<Value = Message> {
+        use proptest::prelude::*;
+        let field_name = prop_oneof![
+            Just("Host".to_string()),
+            Just("Content-Lengthy".to_string()),
+            Just("X-Content-Length".to_string()),
+            Just("Transfer-Encodings".to_string()),
+            Just("Content-Type".to_string()),
+            Just("TE".to_string()),
+            "[A-Za-z0-9!#$%&'*+.^_`|~-]{1,20}",
+        ]
+        .prop_filter("not a framing field", |n| {
+            !n.eq_ignore_ascii_case("content-length") && !n.eq_ignore_ascii_case("transfer-encoding")
+        });
+        // Values with the words and separators the scan looks for, but no line end.
+        let value = "[ -~\t\u{80}-\u{ff}]{0,30}".prop_map(|v: String| v.trim_matches([' ', '\t']).to_string());
+        let body = proptest::collection::vec(any::<u8>(), 0..200);
+        let chunk = (proptest::collection::vec(any::<u8>(), 1..80), prop_oneof![Just(String::new()), "[ \t]{0,2};[a-z= \"]{0,12}"]);
+        let framing = prop_oneof![
+            Just(Framing::None),
+            (prop_oneof![Just("Content-Length"), Just("content-length"), Just("CONTENT-LENGTH")], body)
+                .prop_map(|(name, body)| Framing::Length(name.to_string(), body)),
+            (
+                prop_oneof![Just("Transfer-Encoding"), Just("transfer-encoding")],
+                proptest::collection::vec(chunk, 0..4),
+                proptest::collection::vec("[ -~]{0,20}".prop_map(|v: String| v.trim().to_string()), 0..3),
+            )
+                .prop_map(|(name, chunks, trailers)| Framing::Chunked(name.to_string(), chunks, trailers)),
+        ];
+        (0..2usize, "GET|POST|PRIX|get|-bl", prop_oneof![Just("HTTP/1.1"), Just("HTTP/1.0")],
+         proptest::collection::vec((field_name, value), 0..6), framing)
+            .prop_map(|(blank_lines, method, version, fields, framing)| Message { blank_lines, method, version, fields, framing })
+    }
+
+    /// `bytes` scanned in reads that end at the given points.
+    fn scan_split(bytes: &mut [u8], cuts: &[usize]) -> (Option<&'static str>, Scan) {
+        let mut scan = RawScan::new();
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (bytes.len() + 1)).collect();
+        cuts.push(bytes.len());
+        cuts.sort_unstable();
+        let mut start = 0;
+        for cut in cuts {
+            if let Some(reason) = scan.scan(&mut bytes[start..cut]) {
+                return (Some(reason), scan.state);
+            }
+            start = cut;
+        }
+        (None, scan.state)
+    }
+
+    proptest::proptest! {
+        /// Any run of well-formed requests, however the reads split it, passes untouched and
+        /// leaves the scan between requests: it framed every body as hyper does.
+        #[test]
+        fn raw_scan_keeps_in_step_with_any_pipeline(
+            messages in proptest::collection::vec(message(), 1..6),
+            cuts in proptest::collection::vec(0usize..100_000, 0..8),
+        ) {
+            let wire: Vec<u8> = messages.iter().flat_map(|m| m.bytes(false)).collect();
+            let mut seen = wire.clone();
+            proptest::prop_assert_eq!(scan_split(&mut seen, &cuts), (None, Scan::Idle));
+            proptest::prop_assert_eq!(seen, wire);
+        }
+
+        /// A head with both framing fields, after any well-formed requests, is refused.
+        #[test]
+        fn raw_scan_finds_both_framing_fields_after_any_pipeline(
+            before in proptest::collection::vec(message(), 0..4),
+            mut last in message(),
+            chunked in proptest::bool::ANY,
+            cuts in proptest::collection::vec(0usize..100_000, 0..8),
+        ) {
+            last.framing = if chunked { Framing::Chunked("Transfer-Encoding".into(), vec![], vec![]) } else { Framing::Length("Content-Length".into(), b"abc".to_vec()) };
+            let mut wire: Vec<u8> = before.iter().flat_map(|m| m.bytes(false)).collect();
+            wire.extend(last.bytes(true));
+            proptest::prop_assert_eq!(scan_split(&mut wire, &cuts), (Some(LENGTH_AND_CHUNKED), Scan::Off));
+        }
+    }
+
     #[test]
     fn http_dates() {
         let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(1_795_650_767);
