@@ -7,6 +7,7 @@ answers with the status, headers and body a test asks for, for the response-side
 Rows another test file already shows name that test in the table instead of repeating it.
 """
 
+import random
 import re
 import socket
 import time
@@ -87,6 +88,34 @@ def test_bare_lf_in_a_body_is_data(server):
     assert echoed(got[0])["body"] == body
     got = responses(server, request("/", ["Transfer-Encoding: chunked"], chunked(body), method="POST") + COUNTER)
     assert echoed(got[0])["body"] == body
+
+
+def test_the_raw_check_keeps_step_with_a_long_mixed_pipeline(server):
+    # Bodies full of what the raw check looks for in heads, framed three ways, one after the
+    # other on one connection: every request answered with its own body, and the head with
+    # both framing fields at the end still seen as a head and refused.
+    rng = random.Random(9112)
+    noise = [b"\n", b"\r\n\r\n", b"Content-Length: 5\r\n", b"Transfer-Encoding: chunked\n", b"0 \r\n", b"\x00"]
+    raw, bodies = b"", []
+    for i in range(20):
+        body = b"".join(rng.choice(noise) + bytes(rng.randrange(256) for _ in range(rng.randrange(20))) for _ in range(5))
+        kind = i % 3
+        if kind == 0:
+            raw += request(f"/{i}", [f"Content-Length: {len(body)}"], body, method="POST")
+        elif kind == 1:
+            pieces = [body[:7], body[7:]] if len(body) > 7 else [body]
+            wire = b"".join(b"%x;n=%d\r\n%s\r\n" % (len(p), n, p) for n, p in enumerate(pieces) if p)
+            raw += request(f"/{i}", ["Transfer-Encoding: chunked"], wire + b"0\r\nX-T: 1\r\n\r\n", method="POST")
+        else:
+            body = b""
+            raw += request(f"/{i}")
+        bodies.append(body)
+    raw += request("/last", ["Transfer-Encoding: chunked", "Content-Length: 5"], b"0\r\n\r\n", method="POST")
+    before = calls(server)
+    got = responses(server, raw)
+    assert [r.status for r in got] == [200] * 20 + [400]
+    assert [(echoed(r)["path"], echoed(r)["body"]) for r in got[:20]] == [(f"/{i}", b) for i, b in enumerate(bodies)]
+    assert calls(server) == before + 20
 
 
 @pytest.mark.parametrize("line", [b"X: a\rb", b"X: a\r"], ids=["inside-value", "before-colon-less-lf"])
