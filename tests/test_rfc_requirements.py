@@ -317,9 +317,10 @@ def test_framing_and_routing_trailers_are_refused(server, trailer):
     refused(server, request("/", ["Transfer-Encoding: chunked"], chunked(b"abc", trailer=trailer), method="POST"), 400)
 
 
-def test_bare_lf_in_a_trailer_is_refused(server):
-    raw = request("/", ["Transfer-Encoding: chunked"], chunked(b"abc", trailer=b"X-A: 1\nHost: evil\r\n"), method="POST")
-    refused(server, raw, 400)
+@pytest.mark.parametrize("end", [b"0\r\nX-A: 1\nHost: evil\r\n\r\n", b"0\r\n\n", b"0\r\nX-A: 1\r\n\n"],
+                         ids=["inside-trailers", "ending-the-body", "ending-the-trailers"])
+def test_bare_lf_in_a_trailer_is_refused(server, end):
+    refused(server, request("/", ["Transfer-Encoding: chunked"], b"3\r\nabc\r\n" + end, method="POST"), 400)
 
 
 # ---------------------------------------------------------------------------------------------
