@@ -119,19 +119,13 @@ def chunked(*chunks, trailer=b""):
 # Message framing
 
 
-def test_content_length_with_transfer_encoding_is_framed_by_chunked_and_closed(server):
+def test_content_length_with_transfer_encoding_is_refused(server):
     # A front end that framed this by Content-Length would forward the rest as a request of its
-    # own; coldbrew reads the chunked body and closes, so nothing after it is ever a request.
+    # own; coldbrew refuses the request and closes, so nothing after it is ever a request.
     smuggled = b"GET /smuggled HTTP/1.1\r\nHost: x\r\n\r\n"
     raw = request("/first", ["Content-Length: 40", "Transfer-Encoding: chunked"], b"0\r\n\r\n" + smuggled, method="POST")
-    before = calls(server)
-    got = responses(server, raw)
-    assert len(got) == 1
-    seen = echoed(got[0])
-    assert seen["path"] == "/first" and seen["body"] == b""
-    assert "CONTENT_LENGTH" not in seen["headers"]
-    assert seen["headers"]["HTTP_TRANSFER_ENCODING"] == "chunked"
-    assert calls(server) == before + 1
+    resp = refused(server, raw, 400)
+    assert resp.header("connection") == "close"
 
 
 @pytest.mark.parametrize(
@@ -361,6 +355,10 @@ def test_expect_is_ignored_on_http10(server):
 # --limit-request-body
 
 
+# What follows a request line of line_of's: the Host an HTTP/1.1 request must have.
+HOST_END = b"\r\nHost: example.com\r\n\r\n"
+
+
 def line_of(length):
     """A request line of exactly `length` bytes (CRLF not counted)."""
     fixed = len("GET / HTTP/1.1")
@@ -368,22 +366,22 @@ def line_of(length):
 
 
 def test_request_line_limit_default(server):
-    got = responses(server, line_of(4094) + b"\r\n\r\n" + COUNTER)
+    got = responses(server, line_of(4094) + HOST_END + COUNTER)
     assert got[0].status == 200
-    resp = refused(server, line_of(4095) + b"\r\n\r\n", 414)
+    resp = refused(server, line_of(4095) + HOST_END, 414)
     assert resp.body == b"URI Too Long: the request line is longer than 4094 bytes\n"
     assert resp.header("connection") == "close"
 
 
 def test_request_line_limit_option(serve):
     server = serve(APP, "--limit-request-line", "100")
-    assert responses(server, line_of(100) + b"\r\n\r\n" + COUNTER)[0].status == 200
-    refused(server, line_of(101) + b"\r\n\r\n", 414)
+    assert responses(server, line_of(100) + HOST_END + COUNTER)[0].status == 200
+    refused(server, line_of(101) + HOST_END, 414)
 
     unlimited = serve(APP, "--limit-request-line", "0")
-    assert responses(unlimited, line_of(60_000) + b"\r\n\r\n" + COUNTER)[0].status == 200
+    assert responses(unlimited, line_of(60_000) + HOST_END + COUNTER)[0].status == 200
     # Past 65534 bytes hyper refuses the URI itself.
-    refused(unlimited, line_of(70_000) + b"\r\n\r\n", 414)
+    refused(unlimited, line_of(70_000) + HOST_END, 414)
 
 
 def fields(count):
@@ -495,6 +493,10 @@ REFUSALS = [
     (request("/c", ["Transfer-Encoding: chunked"], b"zz\r\n", method="POST"), False, "malformed or incomplete request body"),
     (request("/d", ["Content-Length: 40000000"], method="POST"), False, "larger than this server accepts (33554432 bytes); answered 413"),
     (request("/e", ["Expect: x"]), False, "the only expectation supported is 100-continue; answered 417"),
+    (request("/f", host=False), False, "an HTTP/1.1 request without a Host header; answered 400: GET /f"),
+    (request("/g", ["Content-Length: 1", "Transfer-Encoding: chunked"], b"0\r\n\r\n", method="POST"), False,
+     "refused a malformed request from"),
+    (b"GET /h HTTP/1.1\nHost: x\n\n", False, "refused a malformed request from"),
 ]
 
 

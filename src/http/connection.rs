@@ -81,11 +81,16 @@ pub(super) async fn drive<S, B>(
             // own), or closed at an HTTP/2 preface under `--http 1`.
             match watched.refused() {
                 Some(status) => {
+                    let raw = watched.raw_refused();
+                    let reason: &dyn std::fmt::Display = match &raw {
+                        Some(reason) => reason,
+                        None => &err,
+                    };
                     log::info(format_args!(
-                        "{label}refused a malformed request from {peer}: {err}; answered {}",
+                        "{label}refused a malformed request from {peer}: {reason}; answered {}",
                         status.as_u16()
                     ));
-                    record_unparsed(observe, peer, status, &parts.read_buf, watched);
+                    record_unparsed(observe, peer, status, &watched.as_sent(&parts.read_buf), watched);
                 }
                 None => log::info(format_args!("{label}refused a malformed request from {peer}: {err}")),
             }

@@ -11,8 +11,9 @@ const PREFIX: &[u8] = b"HTTP/1.1 4";
 /// The answer that replaces `written`, if `written` is exactly hyper's own answer to a head it
 /// could not parse: a status line of 400, 414 or 431, no `Server` field (every response a
 /// service produces has one), `content-length: 0`, and nothing after the head. hyper's `Date`
-/// field is kept.
-pub(super) fn replacement(written: &[u8]) -> Option<(StatusCode, Vec<u8>)> {
+/// field is kept. `reason` says what was wrong when coldbrew's raw-head check made hyper
+/// refuse the head.
+pub(super) fn replacement(written: &[u8], reason: Option<&str>) -> Option<(StatusCode, Vec<u8>)> {
     if !written.starts_with(PREFIX) || !written.ends_with(b"\r\n\r\n") {
         return None;
     }
@@ -41,11 +42,11 @@ pub(super) fn replacement(written: &[u8]) -> Option<(StatusCode, Vec<u8>)> {
     if !empty {
         return None;
     }
-    Some((status, answer(status, reason(status), date)))
+    Some((status, answer(status, reason.unwrap_or_else(|| default_reason(status)), date)))
 }
 
 /// Why hyper refused the head, as far as its status says.
-fn reason(status: StatusCode) -> &'static str {
+fn default_reason(status: StatusCode) -> &'static str {
     match status {
         StatusCode::URI_TOO_LONG => "the request target is too long",
         StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE => "the request head has too many or too large header fields",
@@ -79,7 +80,7 @@ mod tests {
 
     #[test]
     fn hypers_own_answers_are_replaced_with_a_body_and_coldbrews_headers() {
-        let (status, answer) = replacement(HYPER_400).unwrap();
+        let (status, answer) = replacement(HYPER_400, None).unwrap();
         assert_eq!(status, StatusCode::BAD_REQUEST);
         let text = String::from_utf8(answer).unwrap();
         let (head, body) = text.split_once("\r\n\r\n").unwrap();
@@ -91,7 +92,7 @@ mod tests {
         assert!(head.contains("\r\nDate: Wed, 02 Dec 2026 15:46:07 GMT"));
         for (code, status) in [("414 URI Too Long", StatusCode::URI_TOO_LONG), ("431 Request Header Fields Too Large", StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE)] {
             let written = format!("HTTP/1.1 {code}\r\nconnection: close\r\ncontent-length: 0\r\ndate: x\r\n\r\n");
-            assert_eq!(replacement(written.as_bytes()).unwrap().0, status);
+            assert_eq!(replacement(written.as_bytes(), None).unwrap().0, status);
         }
     }
 
@@ -99,15 +100,15 @@ mod tests {
     fn responses_of_the_app_and_of_coldbrew_are_left_alone() {
         // A service's response always has a Server field.
         let app = b"HTTP/1.1 400 Bad Request\r\ncontent-length: 0\r\nserver: coldbrew\r\ndate: x\r\n\r\n";
-        assert_eq!(replacement(app), None);
+        assert_eq!(replacement(app, None), None);
         // A body follows, or is announced.
-        assert_eq!(replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n\r\n"), None);
+        assert_eq!(replacement(b"HTTP/1.1 400 Bad Request\r\ncontent-length: 3\r\n\r\n", None), None);
         let mut with_body = HYPER_400.to_vec();
         with_body.extend_from_slice(b"abc");
-        assert_eq!(replacement(&with_body), None);
+        assert_eq!(replacement(&with_body, None), None);
         // Other statuses, body bytes that merely look like a status line.
-        assert_eq!(replacement(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n"), None);
-        assert_eq!(replacement(b"HTTP/1.1 4"), None);
-        assert_eq!(replacement(b"hello"), None);
+        assert_eq!(replacement(b"HTTP/1.1 404 Not Found\r\ncontent-length: 0\r\n\r\n", None), None);
+        assert_eq!(replacement(b"HTTP/1.1 4", None), None);
+        assert_eq!(replacement(b"hello", None), None);
     }
 }

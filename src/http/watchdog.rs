@@ -31,6 +31,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 
 use super::body::ResponseBody;
+use super::checks::RawScan;
 use super::header_case::{self, OriginalCase};
 use crate::clock::Moment;
 
@@ -191,14 +192,21 @@ pub(super) async fn expired(clock: &ConnClock, limits: Limits) -> Expiry {
 }
 
 /// The socket, reporting to the clock when bytes arrive and whether the client takes what is
-/// written, and putting coldbrew's answer in place of hyper's own to a malformed head.
+/// written, showing what arrives to the raw-head check before hyper reads it, and putting
+/// coldbrew's answer in place of hyper's own to a malformed head.
 pub(super) struct Watched {
     stream: TcpStream,
     clock: Arc<ConnClock>,
+    scan: RawScan,
     /// coldbrew's answer in place of hyper's, and how much of it has been written.
     refusal: Option<Box<Refusal>>,
     /// A response head with the app's case of its names, and how much of it has been written.
     head: Option<Box<(Vec<u8>, usize)>>,
+    /// What the raw-head check refused, which hyper's answer is then about, and where in the
+    /// connection's bytes the NUL that made hyper refuse it went (with the byte it replaced).
+    raw_refused: Option<(&'static str, u64, u8)>,
+    /// Bytes handed to hyper so far.
+    delivered: u64,
 }
 
 struct Refusal {
@@ -209,7 +217,7 @@ struct Refusal {
 
 impl Watched {
     pub fn new(stream: TcpStream, clock: Arc<ConnClock>) -> Self {
-        Watched { stream, clock, refusal: None, head: None }
+        Watched { stream, clock, scan: RawScan::new(), refusal: None, head: None, raw_refused: None, delivered: 0 }
     }
 
     pub fn stream(&self) -> &TcpStream {
@@ -219,6 +227,27 @@ impl Watched {
     /// When the request head now arriving (or the last one) began to arrive.
     pub fn head_began(&self) -> Moment {
         Moment::from_nanos(self.clock.load().1)
+    }
+
+    /// What the raw-head check refused, if it refused anything.
+    pub fn raw_refused(&self) -> Option<&'static str> {
+        self.raw_refused.map(|(reason, ..)| reason)
+    }
+
+    /// `unread`, the bytes hyper had read but not consumed when it gave up, as the client sent
+    /// them: without the NUL the raw-head check wrote into them.
+    pub fn as_sent<'a>(&self, unread: &'a [u8]) -> std::borrow::Cow<'a, [u8]> {
+        let Some((_, at, byte)) = self.raw_refused else { return unread.into() };
+        // `unread` is the last bytes handed to hyper.
+        let start = self.delivered - unread.len() as u64;
+        match at.checked_sub(start) {
+            Some(i) if (i as usize) < unread.len() => {
+                let mut sent = unread.to_vec();
+                sent[i as usize] = byte;
+                sent.into()
+            }
+            _ => unread.into(),
+        }
     }
 
     /// The status of hyper's own answer to a malformed head, if it gave one.
@@ -233,7 +262,7 @@ impl Watched {
         if buf.len() > 256 || !buf.starts_with(b"HTTP/1.1 4") || self.refusal.is_some() {
             return false;
         }
-        let Some((status, answer)) = super::hyper_refusal::replacement(buf) else { return false };
+        let Some((status, answer)) = super::hyper_refusal::replacement(buf, self.raw_refused()) else { return false };
         self.refusal = Some(Box::new(Refusal { status, answer, written: 0 }));
         true
     }
@@ -316,6 +345,17 @@ impl AsyncRead for Watched {
         let polled = Pin::new(&mut self.stream).poll_read(cx, buf);
         if buf.filled().len() > before {
             self.clock.bytes_arrived();
+            let offset = self.delivered;
+            if let Some(reason) = self.scan.scan(&mut buf.filled_mut()[before..]) {
+                let (at, byte) = self.scan.replaced;
+                self.raw_refused = Some((reason, offset + at as u64, byte));
+                // The head may have ended with the byte just refused, and hyper parses a head
+                // that came in pieces only once it has seen its end: a CRLF CRLF after it
+                // (where the read buffer has room) makes it parse, and refuse, now.
+                let room = buf.remaining().min(4);
+                buf.put_slice(&b"\r\n\r\n"[..room]);
+            }
+            self.delivered += (buf.filled().len() - before) as u64;
         }
         polled
     }

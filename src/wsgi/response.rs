@@ -521,6 +521,10 @@ impl StartResponse {
             }
         }
         let head = parse_head(status, headers)?;
+        if let Some(name) = missing_required_field(head.status, &head.headers) {
+            // RFC 9110 requires the field with these statuses, and only the app knows its value.
+            log::warn(format_args!("{}: the app answered {} without a {name} header", this.request, head.status.as_u16()));
+        }
         this.state.lock().unwrap().head = Some(head);
         let _ = py;
         Ok(Writer { exchange: slf.clone().unbind() })
@@ -558,6 +562,19 @@ fn is_hop_by_hop(name: &HeaderName) -> bool {
         || name == "proxy-connection"
 }
 
+/// The field RFC 9110 requires in a response with this status (sections 15.5.2, 15.5.6,
+/// 15.5.8, 15.5.22), when the app left it out.
+fn missing_required_field(status: StatusCode, headers: &HeaderMap) -> Option<HeaderName> {
+    let required = match status {
+        StatusCode::UNAUTHORIZED => header::WWW_AUTHENTICATE,
+        StatusCode::METHOD_NOT_ALLOWED => header::ALLOW,
+        StatusCode::PROXY_AUTHENTICATION_REQUIRED => header::PROXY_AUTHENTICATE,
+        StatusCode::UPGRADE_REQUIRED => header::UPGRADE,
+        _ => return None,
+    };
+    (!headers.contains_key(&required)).then_some(required)
+}
+
 fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult<Head> {
     let (status, reason) = parse_status(status)?;
     let list = headers
@@ -581,7 +598,12 @@ fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         let value = HeaderValue::from_bytes(&value_bytes).map_err(|_| {
             PyValueError::new_err(format!("invalid value for header {name}: {:?}", String::from_utf8_lossy(&value_bytes)))
         })?;
-        if is_hop_by_hop(&name) || (name == header::CONNECTION && !value.as_bytes().eq_ignore_ascii_case(b"close")) {
+        // A 426 must name the protocols to upgrade to (RFC 9110 section 15.5.22); no upgrade
+        // follows it, so its Upgrade is only information.
+        let upgrade_required = name == header::UPGRADE && status == StatusCode::UPGRADE_REQUIRED;
+        if (is_hop_by_hop(&name) && !upgrade_required)
+            || (name == header::CONNECTION && !value.as_bytes().eq_ignore_ascii_case(b"close"))
+        {
             continue;
         }
         if name == header::CONTENT_LENGTH {
@@ -599,6 +621,14 @@ fn parse_head(status: &Bound<'_, PyAny>, headers: &Bound<'_, PyAny>) -> PyResult
         }
         OriginalCase::note(&mut case, &name_bytes, || map.get_all(&name).iter().count());
         map.append(name, value);
+    }
+    if status == StatusCode::UPGRADE_REQUIRED && map.contains_key(header::UPGRADE) {
+        // A sender of Upgrade must also list it in Connection (RFC 9110 section 7.8).
+        map.append(header::CONNECTION, HeaderValue::from_static("upgrade"));
+    }
+    if status == StatusCode::NO_CONTENT && content_length.take().is_some() {
+        // A 204 must not carry one (RFC 9110 section 8.6), and hyper sends no body for it.
+        map.remove(header::CONTENT_LENGTH);
     }
     Ok(Head { status, reason, headers: map, content_length, case })
 }

@@ -10,11 +10,15 @@ Every call is counted, so a test can prove a malformed request never reached the
 ``GET /__calls`` answers the number of calls before it (it does not count itself).
 ``/__ignore-body`` answers without touching wsgi.input; ``/__catch-body-error`` reads
 wsgi.input and answers 200 with the error's text if reading it raises OSError.
+``/__respond`` answers as its query says, to test what the server does with an app's
+response: ``status`` (e.g. ``204 No Content``), ``h`` (a ``Name:value`` header, repeatable),
+``body``, and ``stream`` to send the body as a generator of two pieces without a length.
 """
 
 import base64
 import json
 import threading
+import urllib.parse
 
 _lock = threading.Lock()
 _calls = 0
@@ -36,6 +40,14 @@ def app(environ, start_response):
         _calls += 1
     if path == "/__ignore-body":
         return _json(start_response, {"ignored": True})
+    if path == "/__respond":
+        query = urllib.parse.parse_qs(environ.get("QUERY_STRING", ""), keep_blank_values=True)
+        headers = [tuple(h.split(":", 1)) for h in query.get("h", [])]
+        start_response(query.get("status", ["200 OK"])[0], headers)
+        body = query.get("body", [""])[0].encode("latin-1")
+        if "stream" in query:
+            return (piece for piece in (body[:1], body[1:]))
+        return [body]
     if path == "/__catch-body-error":
         try:
             data = environ["wsgi.input"].read()
