@@ -30,12 +30,16 @@ impl OriginalCase {
 /// and after each `-`, lower-case elsewhere.
 #[inline]
 pub fn is_title_case(name: &[u8]) -> bool {
-    let mut upper = true;
-    name.iter().all(|&b| {
-        let expected = if upper { b.to_ascii_uppercase() } else { b.to_ascii_lowercase() };
-        upper = b == b'-';
-        b == expected
-    })
+    // Letters only: the case bit (0x20) must be clear at the start and after a `-`, set
+    // elsewhere. Digits and `-` have it set either way and are skipped by the letter test.
+    let mut after_dash = true;
+    for &b in name {
+        if b.is_ascii_alphabetic() && ((b & 0x20 == 0) != after_dash) {
+            return false;
+        }
+        after_dash = b == b'-';
+    }
+    true
 }
 
 /// Writes each name in `case` over the same field (the same name ignoring case, as often
