@@ -213,14 +213,10 @@ pub fn log_refused(label: &str, conn: &ConnInfo, method: &Method, uri: &Uri, ref
 /// inside a request head), in one non-blocking write: a client that does not read gets
 /// nothing, and the connection is closed either way.
 pub fn answer_unparsed(stream: &tokio::net::TcpStream) {
-    const TEXT: &str = "Bad Request: the connection ended inside the request head\n";
-    let answer = format!(
-        "HTTP/1.1 400 Bad Request\r\nconnection: close\r\ncontent-type: text/plain; charset=utf-8\r\n\
-         content-length: {}\r\nserver: coldbrew\r\ndate: {}\r\n\r\n{TEXT}",
-        TEXT.len(),
-        http_date(std::time::SystemTime::now()),
-    );
-    let _ = stream.try_write(answer.as_bytes());
+    let date = http_date(std::time::SystemTime::now());
+    let reason = "the connection ended inside the request head";
+    let answer = super::hyper_refusal::answer(StatusCode::BAD_REQUEST, reason, Some(date.as_bytes()));
+    let _ = stream.try_write(&answer);
 }
 
 /// `Wed, 25 Nov 2026 23:52:47 GMT` (RFC 9110 section 5.6.7).
