@@ -215,18 +215,23 @@ def closes_after(request):
     return request["version"] == [1, 0] and "keep-alive" not in connection
 
 
+def read_answers(conn, requests):
+    """Each request's answer, in order: a 200 whose environ is what the request should give."""
+    for index, request in enumerate(requests):
+        resp = conn.read_response()
+        assert resp.status == 200, f"request {index + 1}: {resp!r}"
+        seen = json.loads(resp.body)
+        assert seen.pop("raw_uri") in (None, request["target"])
+        assert seen == expected_environ(request), f"request {index + 1}"
+
+
 def check_accept(server, raw, requests, needs_eof):
     before = calls(server)
     with RawConn.open(server) as conn:
         conn.send(raw)
         if needs_eof:
             conn.sock.shutdown(socket.SHUT_WR)
-        for index, request in enumerate(requests):
-            resp = conn.read_response()
-            assert resp.status == 200, f"request {index + 1}: {resp!r}"
-            seen = json.loads(resp.body)
-            assert seen.pop("raw_uri") in (None, request["target"])
-            assert seen == expected_environ(request), f"request {index + 1}"
+        read_answers(conn, requests)
         if closes_after(requests[-1]):
             rest = conn.read_to_close()
             assert rest == b"", f"bytes after the last response: {rest[:200]!r}"
@@ -250,12 +255,7 @@ def check_accept_then_reject(server, raw, requests, status, needs_eof):
         conn.send(raw)
         if needs_eof:
             conn.sock.shutdown(socket.SHUT_WR)
-        for index, request in enumerate(requests):
-            resp = conn.read_response()
-            assert resp.status == 200, f"request {index + 1}: {resp!r}"
-            seen = json.loads(resp.body)
-            assert seen.pop("raw_uri") in (None, request["target"])
-            assert seen == expected_environ(request), f"request {index + 1}"
+        read_answers(conn, requests)
         check_refusal(conn.read_to_close(), status)
     assert calls(server) == before + len(requests), "the app was called for a rejected request"
 

@@ -263,21 +263,28 @@ def test_a_failing_import_is_one_traceback_and_one_line(workers):
     assert lines[:-1] + [worker_prefix_removed(lines[-1])] == single.stderr.splitlines()
 
 
-@pytest.mark.parametrize("workers", ["1", "3"])
-def test_a_metrics_port_in_use_is_found_before_the_app_is_imported(tmp_path, workers):
-    marker = tmp_path / "imported"
-    (tmp_path / "marking_app.py").write_text(
-        f"open({str(marker)!r}, 'a').close()\n"
+def write_marking_app(directory):
+    """marking_app.py in `directory`: its import appends the importing pid to $IMPORT_MARKER."""
+    (directory / "marking_app.py").write_text(
+        "import os\n"
+        "with open(os.environ['IMPORT_MARKER'], 'a') as f:\n"
+        "    f.write(f'{os.getpid()}\\n')\n"
         "def app(environ, start_response):\n"
         "    start_response('200 OK', [])\n"
         "    return [b'']\n"
     )
+
+
+@pytest.mark.parametrize("workers", ["1", "3"])
+def test_a_metrics_port_in_use_is_found_before_the_app_is_imported(tmp_path, workers):
+    marker = tmp_path / "imported"
+    write_marking_app(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         port = taken.getsockname()[1]
         result = run_server("--workers", workers, "--metrics-bind", f"127.0.0.1:{port}", "marking_app:app",
-                            cwd=tmp_path)
+                            cwd=tmp_path, env={"IMPORT_MARKER": str(marker)})
     assert result.returncode == 1, result.stderr
     assert result.stderr == f"coldbrew: error: cannot listen for metrics on 127.0.0.1:{port}: Address already in use\n"
     assert not marker.exists()
@@ -303,14 +310,7 @@ def test_an_asgi_app_is_one_line_saying_what_to_do(workers, spec, what):
                          ids=["one worker", "three workers", "three workers preloaded"])
 def test_a_port_in_use_is_found_before_the_app_is_imported(tmp_path, args):
     marker = tmp_path / "imported"
-    (tmp_path / "marking_app.py").write_text(
-        "import os\n"
-        "with open(os.environ['IMPORT_MARKER'], 'a') as f:\n"
-        "    f.write(f'{os.getpid()}\\n')\n"
-        "def app(environ, start_response):\n"
-        "    start_response('200 OK', [])\n"
-        "    return [b'']\n"
-    )
+    write_marking_app(tmp_path)
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
