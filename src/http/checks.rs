@@ -265,11 +265,11 @@ pub(super) struct RawScan {
     at: u8,
     /// Which of Content-Length and Transfer-Encoding this head has had.
     seen: u8,
-    /// The Content-Length, the chunk size, or what is left of either.
+    /// The Content-Length, the chunk size, or what is left of either; after a refusal, where in
+    /// the bytes of the refusing `scan` the NUL went.
     size: u64,
-    /// Where in the bytes of the refusing `scan` the NUL went, and the byte it replaced, so that
-    /// the access log can show what the client sent.
-    pub(super) replaced: (usize, u8),
+    /// The byte the NUL replaced, so that the access log can show what the client sent.
+    replaced: u8,
 }
 
 const CL: u8 = 1;
@@ -316,7 +316,12 @@ pub(super) const CHUNK_SIZE_SPACE: &str = "whitespace after a chunk size";
 
 impl RawScan {
     pub(super) const fn new() -> Self {
-        RawScan { state: Scan::Idle, cr: false, at: 0, seen: 0, size: 0, replaced: (0, 0) }
+        RawScan { state: Scan::Idle, cr: false, at: 0, seen: 0, size: 0, replaced: 0 }
+    }
+
+    /// Where the refusing `scan` wrote its NUL in the bytes it was given, and the byte it replaced.
+    pub(super) fn replaced(&self) -> (usize, u8) {
+        (self.size as usize, self.replaced)
     }
 
     /// Reads the next bytes of the connection. When they hold something refused, overwrites
@@ -348,7 +353,7 @@ impl RawScan {
                 _ => {}
             }
             if let Err(reason) = self.step(bytes[i]) {
-                self.replaced = (i, bytes[i]);
+                (self.size, self.replaced) = (i as u64, bytes[i]);
                 bytes[i] = 0;
                 self.state = Scan::Off;
                 return Some(reason);

@@ -347,7 +347,7 @@ impl AsyncRead for Watched {
             self.clock.bytes_arrived();
             let offset = self.delivered;
             if let Some(reason) = self.scan.scan(&mut buf.filled_mut()[before..]) {
-                let (at, byte) = self.scan.replaced;
+                let (at, byte) = self.scan.replaced();
                 self.raw_refused = Some((reason, offset + at as u64, byte));
                 // The head may have ended with the byte just refused, and hyper parses a head
                 // that came in pieces only once it has seen its end: a CRLF CRLF after it
