@@ -66,6 +66,7 @@ FLAGS = {
     "limit_request_line": "--limit-request-line",
     "limit_request_fields": "--limit-request-fields",
     "limit_request_field_size": "--limit-request-field-size",
+    "forwarded_allow_ips": "--forwarded-allow-ips",
 }
 # Options whose setting is what coldbrew does anyway.
 DEFAULT_BEHAVIOUR = {
@@ -79,7 +80,6 @@ UNSUPPORTED = {
                   "it has no 'dangerous' or 'refuse' mode",
     "permit_obsolete_folding": "coldbrew has no option to unfold obs-fold headers (always 400)",
     "proxy_protocol": "coldbrew does not speak the PROXY protocol",
-    "forwarded_allow_ips": "coldbrew does not interpret X-Forwarded-* headers",
 }
 
 # Cases whose bytes end mid-message: the client closes its side after sending them, as the
@@ -99,6 +99,9 @@ DEVIATIONS = {
                   "client closes: coldbrew never calls the app with a truncated body"),
     "valid/rfc9112_target_authority_connect_01": (("reject", 501), "a WSGI app cannot open a tunnel: CONNECT is 501"),
     "valid/rfc9112_target_authority_ipv6_01": (("reject", 501), "a WSGI app cannot open a tunnel: CONNECT is 501"),
+    "invalid/019": (("reject", 400), "X-Forwarded-Proto: https with X-Forwarded-Ssl: off from a trusted peer: "
+                    "coldbrew reads X-Forwarded-For, X-Forwarded-Proto and Forwarded, not X-Forwarded-Ssl, so it "
+                    "sees no contradiction; the request is refused only because it lacks the Host HTTP/1.1 requires"),
     "invalid/limit_header_default_01": (
         ("accept", [{"method": "GET", "target": "/", "version": [1, 0], "headers": [["X", "y" * 8187]], "body_b64": ""}]),
         "--limit-request-field-size 0 means no limit of coldbrew's own, as gunicorn's documentation says; "

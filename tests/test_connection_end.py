@@ -269,3 +269,72 @@ def test_ipv4_clients_of_a_dual_stack_listener_are_ipv4_addresses():
     access = [line for line in server.stdout.splitlines() if '"GET / HTTP/1.1"' in line]
     assert access and access[0].startswith("127.0.0.1 "), server.stdout
     assert "::ffff:" not in server.stdout + server.stderr
+
+
+def test_an_http2_stream_its_client_grants_no_window_is_given_up_on(serve):
+    """On HTTP/2 a client can starve one stream of flow-control window while it goes on reading
+    the connection, so the socket never fills; the stream's producer gives up after
+    --send-timeout all the same, which frees the app's only thread, and the stream is reset
+    instead of resumed once the client grants window again."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    server = serve("connection_apps:stream_app", "--send-timeout", "1", "--response-buffer", "64K", "--threads", "1")
+    sock = socket.create_connection((server.host, server.port), timeout=10)
+    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+    conn.initiate_connection()
+    stream = conn.get_next_available_stream_id()
+    conn.send_headers(stream, [(":method", "GET"), (":path", "/stream"), (":scheme", "http"), (":authority", "x")], end_stream=True)
+    sock.sendall(conn.data_to_send())
+    state = {"received": 0, "unacknowledged": 0, "reset": None}
+
+    def pump(seconds):
+        deadline = time.monotonic() + seconds
+        sock.settimeout(0.2)
+        while time.monotonic() < deadline and state["reset"] is None:
+            try:
+                data = sock.recv(65536)
+            except socket.timeout:
+                continue
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.DataReceived):
+                    state["received"] += len(event.data)
+                    state["unacknowledged"] += event.flow_controlled_length
+                elif isinstance(event, h2.events.StreamReset):
+                    state["reset"] = event.error_code
+            sock.sendall(conn.data_to_send())
+
+    try:
+        # Data is read but never acknowledged: the window stays shut at the default 65,535.
+        pump(4)
+        assert 0 < state["received"] <= 65535
+        # The one Python thread is free again: another request is served.
+        with server.connect() as other:
+            other.sendall(b"GET /stream HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+            head, _ = read_response_head(other)
+            assert head.startswith("HTTP/1.1 200"), head
+        # Window again: the starved stream is reset, not resumed.
+        conn.acknowledge_received_data(state["unacknowledged"], stream)
+        sock.sendall(conn.data_to_send())
+        pump(5)
+        assert state["reset"] is not None, f"the stream went on: {state}"
+        assert state["received"] < 16 * 1024 * 1024
+    finally:
+        sock.close()
+    assert server.stop() == 0
+    assert "--send-timeout" in server.stderr, server.stderr
+
+
+def read_response_head(sock, timeout=10.0):
+    sock.settimeout(timeout)
+    data = b""
+    while b"\r\n\r\n" not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            raise AssertionError(f"connection closed inside the head: {data!r}")
+        data += chunk
+    head, _, rest = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), rest

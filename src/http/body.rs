@@ -250,7 +250,15 @@ impl ChunkSender {
                 since = Instant::now();
             }
             let Some(left) = limit.checked_sub(since.elapsed()).filter(|left| !left.is_zero()) else {
+                // The response is cut off (an HTTP/2 stream reset, an HTTP/1 connection
+                // closed), whatever the app does next, and what waits for the client is dropped.
                 state.receiver_gone = true;
+                state.end = End::Aborted("the client read none of the response for --send-timeout".into());
+                state.queue.clear();
+                state.queued_bytes = 0;
+                if let Some(waker) = state.waker.take() {
+                    waker.wake();
+                }
                 crate::telemetry::log::info(format_args!(
                     "a client read none of its response for {} s (--send-timeout); giving up on it",
                     limit.as_secs_f64()
@@ -290,6 +298,10 @@ impl ChunkSender {
     fn end(&mut self, end: End) {
         self.done = true;
         let mut state = self.shared.state.lock().unwrap();
+        if matches!(state.end, End::Aborted(_)) {
+            // Given up on already (--send-timeout): the abort stands.
+            return;
+        }
         state.end = end;
         if let Some(waker) = state.waker.take() {
             waker.wake();

@@ -401,7 +401,7 @@ impl Registry {
         counter(w, "coldbrew_worker_restarts_total", "Worker processes restarted.", self.worker_restarts.load(Relaxed));
 
         let startup = f64::from_bits(self.startup_seconds.load(Relaxed));
-        gauge(w, "coldbrew_startup_duration_seconds", "Seconds from process start until ready to serve.", startup);
+        gauge(w, "coldbrew_startup_duration_seconds", "Seconds from coldbrew's start until ready to serve.", startup);
         out
     }
 }
