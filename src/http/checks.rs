@@ -750,7 +750,7 @@ mod tests {
     #[test]
     fn raw_scan_passes_ordinary_traffic() {
         // Kept in every connection's socket wrapper (docs/http.md says how large).
-        assert_eq!(std::mem::size_of::<RawScan>(), 16);
+        assert_eq!(std::mem::size_of::<RawScan>(), 32);
         let mut keep_alive = GET.to_vec();
         keep_alive.extend_from_slice(b"POST /p HTTP/1.1\r\nHost: a\r\ncontent-length: 24\r\n\r\nGET / HTTP/1.1\nX: ab\n\n\n");
         keep_alive.extend_from_slice(b"POST /c HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip, chunked\r\n\r\n");
