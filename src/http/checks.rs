@@ -387,53 +387,73 @@ impl RawScan {
     /// end of a read that splits a line is then the only place the byte machine runs.
     #[inline]
     fn lines(&mut self, bytes: &[u8], mut i: usize) -> Result<usize, usize> {
-        while let Some(&first) = bytes.get(i) {
-            if first == b'\r' {
-                if bytes.get(i + 1) != Some(&b'\n') {
-                    return Ok(i);
-                }
-                i += 2;
-                // Empty lines before a request line are skipped.
-                if self.state == Scan::LineStart {
-                    self.at = 0;
-                    self.state = self.end_of_head();
-                    if self.state != Scan::Idle {
-                        return Ok(i);
-                    }
-                }
-                continue;
-            }
-            let Some(end) = line_end(bytes, i) else { return Ok(i) };
-            if bytes[end] != b'\r' || bytes.get(end + 1) != Some(&b'\n') {
-                return Ok(i);
-            }
-            let line = &bytes[i..end];
+        loop {
             if self.state == Scan::Idle {
-                if line.starts_with(b"PRI ") {
+                // Empty lines before a request line are skipped.
+                while bytes.get(i..i + 2) == Some(b"\r\n") {
+                    i += 2;
+                }
+                let Some(end) = whole_line(bytes, i) else { return Ok(i) };
+                // No CR or LF in it, so a line that starts so is the preface's.
+                if bytes[i..].starts_with(b"PRI ") {
                     self.state = Scan::Off;
                     return Ok(end);
                 }
                 self.state = Scan::LineStart;
-            } else if let Some(which) = framing(line) {
-                let name = if which == CL { CONTENT_LENGTH.len() } else { TRANSFER_ENCODING.len() };
-                if self.seen & !which != 0 {
-                    return Err(i + name);
-                }
-                self.seen |= which;
-                if which == CL {
-                    self.at = 0;
-                    for &b in &line[name + 1..] {
-                        self.length_byte(b);
-                        if self.state == Scan::Off {
-                            return Ok(end);
-                        }
+                i = end + 2;
+            }
+            loop {
+                if bytes.get(i) == Some(&b'\r') {
+                    if bytes.get(i + 1) != Some(&b'\n') {
+                        return Ok(i);
                     }
+                    i += 2;
+                    self.at = 0;
+                    self.state = self.end_of_head();
+                    if self.state != Scan::Idle || i == bytes.len() {
+                        return Ok(i);
+                    }
+                    break;
+                }
+                let Some(end) = whole_line(bytes, i) else { return Ok(i) };
+                // Only a line whose first letter and colon fit one of the two names can be
+                // either; for the rest, the end of the line is all there is to find.
+                let first = bytes[i] | 0x20;
+                let colon = if first == b'c' { CONTENT_LENGTH.len() } else { TRANSFER_ENCODING.len() };
+                if (first == b'c' || first == b't') && end - i > colon && bytes[i + colon] == b':' {
+                    self.field(&bytes[i..end], i)?;
+                    if self.state == Scan::Off {
+                        return Ok(end);
+                    }
+                }
+                i = end + 2;
+            }
+        }
+    }
+
+    /// A whole field line (without its CRLF) that may be Content-Length or Transfer-Encoding,
+    /// as the byte machine takes it; `Err` with the colon's index in the read when it is the
+    /// second of the two.
+    #[cold]
+    #[inline(never)]
+    fn field(&mut self, line: &[u8], i: usize) -> Result<(), usize> {
+        let Some(which) = framing(line) else { return Ok(()) };
+        let name = if which == CL { CONTENT_LENGTH.len() } else { TRANSFER_ENCODING.len() };
+        if self.seen & !which != 0 {
+            return Err(i + name);
+        }
+        self.seen |= which;
+        if which == CL {
+            self.at = 0;
+            for &b in &line[name + 1..] {
+                self.length_byte(b);
+                if self.state == Scan::Off {
+                    return Ok(());
                 }
             }
             self.at = 0;
-            i = end + 2;
         }
-        Ok(i)
+        Ok(())
     }
 
     fn step(&mut self, b: u8) -> Result<(), &'static str> {
@@ -628,12 +648,20 @@ fn framing(line: &[u8]) -> Option<u8> {
     }
 }
 
+/// The end of the line that starts at `i` when a CRLF ends it within `bytes` and it has no
+/// other CR or LF: the index of its CR.
+#[inline(always)]
+fn whole_line(bytes: &[u8], i: usize) -> Option<usize> {
+    let end = line_end(bytes, i)?;
+    (bytes.get(end + 1) == Some(&b'\n') && bytes[end] == b'\r').then_some(end)
+}
+
 /// The index of the first CR or LF in `bytes` from `from` on.
 ///
 /// Sixteen bytes at a time with SSE2 (part of every x86_64): a head is mostly long runs
 /// between line ends, and a byte loop costs several instructions a byte.
 #[cfg(target_arch = "x86_64")]
-#[inline]
+#[inline(always)]
 fn line_end(bytes: &[u8], from: usize) -> Option<usize> {
     use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
     #[inline(always)]
@@ -648,8 +676,9 @@ fn line_end(bytes: &[u8], from: usize) -> Option<usize> {
         }
     }
     let mut i = from;
-    while let Some(block) = bytes.get(i..i + 16) {
-        let m = marks(block);
+    let Some(last) = bytes.len().checked_sub(16) else { return line_end_swar(bytes, from) };
+    while i <= last {
+        let m = marks(&bytes[i..i + 16]);
         if m != 0 {
             return Some(i + m.trailing_zeros() as usize);
         }
@@ -657,9 +686,6 @@ fn line_end(bytes: &[u8], from: usize) -> Option<usize> {
     }
     if i >= bytes.len() {
         return None;
-    }
-    if bytes.len() < 16 {
-        return line_end_swar(bytes, i);
     }
     // The last sixteen bytes, less those before `i`, rather than a byte loop.
     let m = marks(&bytes[bytes.len() - 16..]) >> (i + 16 - bytes.len());
@@ -675,7 +701,10 @@ fn line_end(bytes: &[u8], from: usize) -> Option<usize> {
 /// [`line_end`] eight bytes at a time in a `u64`. For a word `w`, `(x - 0x01..) & !x & 0x80..`
 /// marks the zero bytes of `x = w ^ splat(c)`, the bytes equal to `c`; a borrow can mark
 /// bytes above the first true one, never below it, so the lowest mark of either is exact.
-#[inline]
+// Out of line where SSE2 is used: only reads under 16 bytes come here, and inlined its
+// constants would be loaded on every read.
+#[cfg_attr(target_arch = "x86_64", inline(never))]
+#[cfg_attr(not(target_arch = "x86_64"), inline)]
 fn line_end_swar(bytes: &[u8], from: usize) -> Option<usize> {
     const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
     const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
