@@ -340,27 +340,121 @@ impl RawScan {
                     }
                     continue;
                 }
+                Scan::Idle | Scan::LineStart if !self.cr => {
+                    match self.lines(bytes, i) {
+                        Ok(next) => i = next,
+                        Err(at) => return Some(self.refuse(bytes, at, LENGTH_AND_CHUNKED)),
+                    }
+                    // What `lines` leaves (a line not whole in these bytes, a bare CR or LF)
+                    // goes to the byte machine, which takes the line from its start.
+                    if i == bytes.len() || !matches!(self.state, Scan::Idle | Scan::LineStart) {
+                        continue;
+                    }
+                }
                 // Only the line's end matters here (in a request line, once its first bytes
                 // have shown it is not HTTP/2's preface).
                 Scan::Rest | Scan::ChunkExtension | Scan::Trailer | Scan::RequestLine
                     if !self.cr && (self.state != Scan::RequestLine || self.at == u8::MAX) =>
                 {
-                    match bytes[i..].iter().position(|&b| b == b'\r' || b == b'\n') {
-                        Some(n) => i += n,
+                    match line_end(bytes, i) {
+                        Some(at) => i = at,
                         None => return None,
                     }
                 }
                 _ => {}
             }
             if let Err(reason) = self.step(bytes[i]) {
-                (self.size, self.replaced) = (i as u64, bytes[i]);
-                bytes[i] = 0;
-                self.state = Scan::Off;
-                return Some(reason);
+                return Some(self.refuse(bytes, i, reason));
             }
             i += 1;
         }
         None
+    }
+
+    #[cold]
+    fn refuse(&mut self, bytes: &mut [u8], at: usize, reason: &'static str) -> &'static str {
+        (self.size, self.replaced) = (at as u64, bytes[at]);
+        bytes[at] = 0;
+        self.state = Scan::Off;
+        reason
+    }
+
+    /// The common case of a head, a whole line at a time: from `i`, at the start of a line
+    /// (in `Idle` or `LineStart`, no CR pending), every line that ends with a CRLF within
+    /// `bytes`. Returns where it stopped, which is at the start of a line it left untouched
+    /// unless the state has moved on (to a body, or `Off`); or, for a second framing field,
+    /// the index of its colon. A line it leaves (one that a read splits, or with a bare CR or
+    /// LF) is the byte machine's, from its first byte, so the two cannot disagree on it; the
+    /// end of a read that splits a line is then the only place the byte machine runs.
+    #[inline]
+    fn lines(&mut self, bytes: &[u8], mut i: usize) -> Result<usize, usize> {
+        loop {
+            if self.state == Scan::Idle {
+                // Empty lines before a request line are skipped.
+                while bytes.get(i..i + 2) == Some(b"\r\n") {
+                    i += 2;
+                }
+                let Some(end) = whole_line(bytes, i) else { return Ok(i) };
+                // No CR or LF in it, so a line that starts so is the preface's.
+                if bytes[i..].starts_with(b"PRI ") {
+                    self.state = Scan::Off;
+                    return Ok(end);
+                }
+                self.state = Scan::LineStart;
+                i = end + 2;
+            }
+            loop {
+                if bytes.get(i) == Some(&b'\r') {
+                    if bytes.get(i + 1) != Some(&b'\n') {
+                        return Ok(i);
+                    }
+                    i += 2;
+                    self.at = 0;
+                    self.state = self.end_of_head();
+                    if self.state != Scan::Idle || i == bytes.len() {
+                        return Ok(i);
+                    }
+                    break;
+                }
+                let Some(end) = whole_line(bytes, i) else { return Ok(i) };
+                // Only a line whose first letter and colon fit one of the two names can be
+                // either; for the rest, the end of the line is all there is to find.
+                let first = bytes[i] | 0x20;
+                let colon = if first == b'c' { CONTENT_LENGTH.len() } else { TRANSFER_ENCODING.len() };
+                if (first == b'c' || first == b't') && end - i > colon && bytes[i + colon] == b':' {
+                    self.field(&bytes[i..end], i)?;
+                    if self.state == Scan::Off {
+                        return Ok(end);
+                    }
+                }
+                i = end + 2;
+            }
+        }
+    }
+
+    /// A whole field line (without its CRLF) that may be Content-Length or Transfer-Encoding,
+    /// as the byte machine takes it; `Err` with the colon's index in the read when it is the
+    /// second of the two.
+    #[cold]
+    #[inline(never)]
+    fn field(&mut self, line: &[u8], i: usize) -> Result<(), usize> {
+        let Some(which) = framing(line) else { return Ok(()) };
+        let name = if which == CL { CONTENT_LENGTH.len() } else { TRANSFER_ENCODING.len() };
+        if self.seen & !which != 0 {
+            return Err(i + name);
+        }
+        self.seen |= which;
+        if which == CL {
+            self.at = 0;
+            for &b in &line[name + 1..] {
+                self.length_byte(b);
+                if self.state == Scan::Off {
+                    return Ok(());
+                }
+            }
+            self.at = 0;
+        }
+        Ok(())
     }
 
     fn step(&mut self, b: u8) -> Result<(), &'static str> {
@@ -496,26 +590,31 @@ impl RawScan {
                     self.state = Rest;
                 }
             }
-            Length => match (b, self.at) {
-                (b'0'..=b'9', 0) | (b'0'..=b'9', 1) => {
-                    if self.at == 0 {
-                        self.size = 0;
-                        self.at = 1;
-                    }
-                    match self.size.checked_mul(10).and_then(|n| n.checked_add(u64::from(b - b'0'))) {
-                        Some(size) => self.size = size,
-                        None => self.state = Off,
-                    }
-                }
-                (b' ' | b'\t', 0) => {}
-                (b' ' | b'\t', _) => self.at = 2,
-                // Anything else hyper refuses as a length.
-                _ => self.state = Off,
-            },
+            Length => self.length_byte(b),
             Rest => {}
             _ => unreachable!("not a head state"),
         }
         Ok(())
+    }
+
+    /// A byte of a Content-Length value other than CR or LF; `Off` for what hyper refuses.
+    fn length_byte(&mut self, b: u8) {
+        match (b, self.at) {
+            (b'0'..=b'9', 0) | (b'0'..=b'9', 1) => {
+                if self.at == 0 {
+                    self.size = 0;
+                    self.at = 1;
+                }
+                match self.size.checked_mul(10).and_then(|n| n.checked_add(u64::from(b - b'0'))) {
+                    Some(size) => self.size = size,
+                    None => self.state = Scan::Off,
+                }
+            }
+            (b' ' | b'\t', 0) => {}
+            (b' ' | b'\t', _) => self.at = 2,
+            // Anything else hyper refuses as a length.
+            _ => self.state = Scan::Off,
+        }
     }
 
     /// The empty line that ends a head: what comes next, framed as hyper frames it.
@@ -529,6 +628,100 @@ impl RawScan {
             Scan::Idle
         }
     }
+}
+
+/// Which framing field a whole field line (without its CRLF) is, if either: the name as the
+/// byte machine matches it, ignoring case, then the colon.
+#[inline]
+fn framing(line: &[u8]) -> Option<u8> {
+    // The first letter and where the colon sits rule out nearly every other field before
+    // the names are compared.
+    match line.first()? | 0x20 {
+        b'c' if line.get(CONTENT_LENGTH.len()) == Some(&b':') && line[..CONTENT_LENGTH.len()].eq_ignore_ascii_case(CONTENT_LENGTH) => {
+            Some(CL)
+        }
+        b't' if line.get(TRANSFER_ENCODING.len()) == Some(&b':')
+            && line[..TRANSFER_ENCODING.len()].eq_ignore_ascii_case(TRANSFER_ENCODING) =>
+        {
+            Some(TE)
+        }
+        _ => None,
+    }
+}
+
+/// The end of the line that starts at `i` when a CRLF ends it within `bytes` and it has no
+/// other CR or LF: the index of its CR.
+#[inline(always)]
+fn whole_line(bytes: &[u8], i: usize) -> Option<usize> {
+    let end = line_end(bytes, i)?;
+    (bytes.get(end + 1) == Some(&b'\n') && bytes[end] == b'\r').then_some(end)
+}
+
+/// The index of the first CR or LF in `bytes` from `from` on.
+///
+/// Sixteen bytes at a time with SSE2 (part of every x86_64): a head is mostly long runs
+/// between line ends, and a byte loop costs several instructions a byte.
+#[cfg(target_arch = "x86_64")]
+#[inline(always)]
+fn line_end(bytes: &[u8], from: usize) -> Option<usize> {
+    use std::arch::x86_64::{_mm_cmpeq_epi8, _mm_loadu_si128, _mm_movemask_epi8, _mm_or_si128, _mm_set1_epi8};
+    #[inline(always)]
+    fn marks(block: &[u8]) -> u32 {
+        let block: &[u8; 16] = block.try_into().unwrap();
+        // SAFETY: an unaligned load of the 16 bytes of `block`, and SSE2, which every x86_64
+        // has.
+        unsafe {
+            let v = _mm_loadu_si128(block.as_ptr().cast());
+            let ends = _mm_or_si128(_mm_cmpeq_epi8(v, _mm_set1_epi8(b'\r' as i8)), _mm_cmpeq_epi8(v, _mm_set1_epi8(b'\n' as i8)));
+            _mm_movemask_epi8(ends) as u32
+        }
+    }
+    let mut i = from;
+    let Some(last) = bytes.len().checked_sub(16) else { return line_end_swar(bytes, from) };
+    while i <= last {
+        let m = marks(&bytes[i..i + 16]);
+        if m != 0 {
+            return Some(i + m.trailing_zeros() as usize);
+        }
+        i += 16;
+    }
+    if i >= bytes.len() {
+        return None;
+    }
+    // The last sixteen bytes, less those before `i`, rather than a byte loop.
+    let m = marks(&bytes[bytes.len() - 16..]) >> (i + 16 - bytes.len());
+    (m != 0).then(|| i + m.trailing_zeros() as usize)
+}
+
+#[cfg(not(target_arch = "x86_64"))]
+#[inline]
+fn line_end(bytes: &[u8], from: usize) -> Option<usize> {
+    line_end_swar(bytes, from)
+}
+
+/// [`line_end`] eight bytes at a time in a `u64`. For a word `w`, `(x - 0x01..) & !x & 0x80..`
+/// marks the zero bytes of `x = w ^ splat(c)`, the bytes equal to `c`; a borrow can mark
+/// bytes above the first true one, never below it, so the lowest mark of either is exact.
+// Out of line where SSE2 is used: only reads under 16 bytes come here, and inlined its
+// constants would be loaded on every read.
+#[cfg_attr(target_arch = "x86_64", inline(never))]
+#[cfg_attr(not(target_arch = "x86_64"), inline)]
+fn line_end_swar(bytes: &[u8], from: usize) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGH: u64 = u64::from_ne_bytes([0x80; 8]);
+    const CR: u64 = u64::from_ne_bytes([b'\r'; 8]);
+    const LF: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut i = from;
+    while let Some(word) = bytes.get(i..i + 8) {
+        let w = u64::from_le_bytes(word.try_into().unwrap());
+        let (cr, lf) = (w ^ CR, w ^ LF);
+        let m = (cr.wrapping_sub(ONES) & !cr | lf.wrapping_sub(ONES) & !lf) & HIGH;
+        if m != 0 {
+            return Some(i + (m.trailing_zeros() / 8) as usize);
+        }
+        i += 8;
+    }
+    bytes.get(i..)?.iter().position(|&b| b == b'\r' || b == b'\n').map(|n| i + n)
 }
 
 fn hex(b: u8) -> Option<u8> {
@@ -817,6 +1010,200 @@ mod tests {
         // A bare CR is hyper's to refuse; whatever follows is never a request.
         assert_eq!(scanned(b"GET / HTTP/1.1\r\nX: a\rb\nContent-Length: 1\r\nTransfer-Encoding: chunked\n"), None);
         assert_eq!(scanned(b"POST / HTTP/1.1\r\nContent-Length: 3, 3\r\n\r\nabc\n"), None);
+    }
+
+    #[test]
+    fn raw_scan_reads_split_anywhere_in_a_line() {
+        // Between the CR and the LF of a field line, of the request line, of the empty line.
+        let head = b"POST / HTTP/1.1\r\nHost: a\r\nContent-Length: 3\r\nTransfer-Encoding: chunked\r\n\r\n";
+        let cr_lf: Vec<usize> = (0..head.len()).filter(|&k| head[k] == b'\r').map(|k| k + 1).collect();
+        for &cut in &cr_lf {
+            let mut bytes = head.to_vec();
+            assert_eq!(scan_split(&mut bytes, &[cut]).0, Some(LENGTH_AND_CHUNKED), "a read ending at {cut}");
+        }
+        let mut get = GET.to_vec();
+        for cut in 0..=get.len() {
+            assert_eq!(scan_split(&mut get, &[cut]), (None, Scan::Idle), "a read ending at {cut}");
+        }
+        // A framing field's name, its colon or its value split, in every place at once.
+        let cuts: Vec<usize> = (0..head.len()).collect();
+        let mut bytes = head.to_vec();
+        assert_eq!(scan_split(&mut bytes, &cuts).0, Some(LENGTH_AND_CHUNKED));
+        let colon = head.iter().rposition(|&b| b == b':').unwrap();
+        assert_eq!((bytes[colon], bytes.iter().filter(|&&b| b == 0).count()), (0, 1));
+        for cut in 30..50 {
+            let mut body = b"POST / HTTP/1.1\r\nContent-Length: 12\r\n\r\n\nbody\r\nbody\r".to_vec();
+            assert_eq!(scan_split(&mut body, &[cut]), (None, Scan::Idle), "a read ending at {cut}");
+        }
+    }
+
+    #[test]
+    fn raw_scan_finds_line_ends_at_any_offset_in_long_lines() {
+        // Lines of every length around the 8- and 16-byte blocks the line-end search reads,
+        // with the bare LF or CR in each position, and reads that end just after it.
+        for len in 0..40 {
+            let value = "v".repeat(len);
+            let ok = format!("GET / HTTP/1.1\r\nX-A: {value}\r\nHost: a\r\n\r\n");
+            assert_eq!(scanned(ok.as_bytes()), None, "{ok:?}");
+            let lf = format!("GET / HTTP/1.1\r\nX-A: {value}\nHost: a\r\n\r\n");
+            assert_eq!(scanned(lf.as_bytes()), Some(BARE_LF), "{lf:?}");
+            let (_, seen) = scan_in_pieces(lf.as_bytes(), lf.len());
+            assert_eq!(seen.iter().position(|&b| b == 0), Some(21 + len), "the bare LF is overwritten");
+            // After a bare CR hyper refuses the head: nothing later is looked at.
+            let cr = format!("GET / HTTP/1.1\r\nX-A: {value}\rX\nContent-Length: 1\r\nTransfer-Encoding: chunked\r\n\r\n");
+            assert_eq!(scanned(cr.as_bytes()), None, "{cr:?}");
+            let mut scan = RawScan::new();
+            let mut whole = cr.into_bytes();
+            scan.scan(&mut whole);
+            assert_eq!(scan.state, Scan::Off);
+        }
+        // A read that is only the end of a line, shorter than a block.
+        for tail in [&b"\r\n"[..], b"a\r\n", b"abcdefg\r\n", b"\n"] {
+            let mut scan = RawScan::new();
+            assert_eq!(scan.scan(&mut b"GET / HTTP/1.1\r\nX: ".to_vec()), None);
+            let expected = if tail == b"\n" { Some(BARE_LF) } else { None };
+            assert_eq!(scan.scan(&mut tail.to_vec()), expected, "{:?}", String::from_utf8_lossy(tail));
+        }
+    }
+
+    #[test]
+    fn raw_scan_matches_framing_names_only_whole() {
+        for name in ["Content-Lengt", "Content-Length ", "Content-Lengthx", "Transfer-Encodin", "Transfer-Encoding ", "CContent-Length"] {
+            let head = format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n{name}: 3\r\n\r\n0\r\n\r\n");
+            assert_eq!(scanned(head.as_bytes()), None, "{head:?}");
+        }
+        for name in ["cONTENT-lENGTH", "CONTENT-LENGTH"] {
+            let head = format!("POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n{name}:3\r\n\r\n");
+            assert_eq!(scanned(head.as_bytes()), Some(LENGTH_AND_CHUNKED), "{head:?}");
+        }
+        // A field line that is only the name and colon, at the end of a read.
+        let mut scan = RawScan::new();
+        assert_eq!(scan.scan(&mut b"POST / HTTP/1.1\r\nContent-Length:".to_vec()), None);
+        assert_eq!(scan.scan(&mut b" 0\r\ntransfer-encoding:".to_vec()), Some(LENGTH_AND_CHUNKED));
+        assert_eq!(scan.replaced(), (21, b':'));
+    }
+
+    /// The byte machine alone, every byte of a head, chunk line or trailer through `step`: what
+    /// the scan did before it took lines whole, and must still do.
+    fn scan_bytewise(scan: &mut RawScan, bytes: &mut [u8]) -> Option<&'static str> {
+        let mut i = 0;
+        while i < bytes.len() {
+            match scan.state {
+                Scan::Off => return None,
+                Scan::Body | Scan::ChunkData => {
+                    let n = scan.size.min((bytes.len() - i) as u64);
+                    scan.size -= n;
+                    i += n as usize;
+                    if scan.size == 0 {
+                        scan.state = if scan.state == Scan::Body { Scan::Idle } else { Scan::ChunkDataCr };
+                    }
+                    continue;
+                }
+                _ => {}
+            }
+            if let Err(reason) = scan.step(bytes[i]) {
+                (scan.size, scan.replaced) = (i as u64, bytes[i]);
+                bytes[i] = 0;
+                scan.state = Scan::Off;
+                return Some(reason);
+            }
+            i += 1;
+        }
+        None
+    }
+
+    /// `scan` and `scan_bytewise` on the same reads: the same answers, the same bytes handed
+    /// on, the same state after every read.
+    fn same_as_bytewise(wire: &[u8], cuts: &[usize]) -> Result<(), proptest::test_runner::TestCaseError> {
+        let mut cuts: Vec<usize> = cuts.iter().map(|c| c % (wire.len() + 1)).collect();
+        cuts.push(wire.len());
+        cuts.sort_unstable();
+        let (mut fast, mut slow) = (RawScan::new(), RawScan::new());
+        let (mut fast_bytes, mut slow_bytes) = (wire.to_vec(), wire.to_vec());
+        let mut start = 0;
+        for cut in cuts {
+            let a = fast.scan(&mut fast_bytes[start..cut]);
+            let b = scan_bytewise(&mut slow, &mut slow_bytes[start..cut]);
+            proptest::prop_assert_eq!(a, b, "read {}..{} of {:?}", start, cut, String::from_utf8_lossy(wire));
+            // Once off, the scan reads nothing more: where `at` was left no longer counts.
+            if slow.state == Scan::Off {
+                fast.at = slow.at;
+            }
+            proptest::prop_assert_eq!(format!("{fast:?}"), format!("{slow:?}"), "after {}..{} of {:?}", start, cut, String::from_utf8_lossy(wire));
+            start = cut;
+        }
+        proptest::prop_assert_eq!(fast_bytes, slow_bytes);
+        Ok(())
+    }
+
+    /// Bytes of the kinds the scan tells apart: line ends whole and bare, framing names in
+    /// both cases and cut short, lengths, chunk lines, the HTTP/2 preface, and noise.
+    fn soup() -> impl proptest::strategy::Strategy<Value = Vec<u8>> {
+        use proptest::prelude::*;
+        const PIECES: &[&[u8]] = &[
+            b"\r\n", b"\r\n", b"\r\n\r\n", b"\n", b"\r", b"GET / HTTP/1.1", b"POST /p HTTP/1.1", b"PRI ", b"PRI", b"Host: a",
+            b"Content-Length", b"content-length", b"CONTENT-LENGTH:", b"Content-Length: ", b"Content-Lengt", b"Transfer-Encoding",
+            b"transfer-encoding: chunked", b"TRANSFER-ENCODING:", b"Transfer-Encodin", b":", b" ", b"\t", b"0", b"3", b"12",
+            b"99999999999999999999999", b"1f", b";x=y", b"abc", b"X-Long-Field-Name-Of-Some-Length: a value of some length too",
+            b"\x00", b"\xff", b"C", b"t", b"content-length:5\r\n", b"Content-Length:12\r\n\r\n", b"Content-Length:0",
+            b"transfer-encoding:chunked\r\n\r\n",
+        ];
+        let piece = prop_oneof![
+            4 => proptest::sample::select(PIECES).prop_map(|p| p.to_vec()),
+            1 => proptest::collection::vec(any::<u8>(), 0..24),
+        ];
+        proptest::collection::vec(piece, 0..40).prop_map(|pieces| pieces.concat())
+    }
+
+    proptest::proptest! {
+        /// Whatever the bytes and however the reads split them, taking lines whole changes
+        /// nothing the scan says or does.
+        #[test]
+        fn raw_scan_does_what_the_byte_machine_does(
+            wire in soup(),
+            cuts in proptest::collection::vec(0usize..100_000, 0..8),
+        ) {
+            same_as_bytewise(&wire, &cuts)?;
+        }
+
+        /// The same for runs of well-formed requests with a few bytes changed, which reach the
+        /// deeper states (bodies, chunks, trailers) that random bytes rarely do.
+        #[test]
+        fn raw_scan_does_what_the_byte_machine_does_on_near_requests(
+            messages in proptest::collection::vec(message(), 1..5),
+            both in proptest::bool::ANY,
+            edits in proptest::collection::vec((0usize..100_000, proptest::sample::select(&b"\r\n\t :0a\x00"[..]), 0u8..3), 0..4),
+            cuts in proptest::collection::vec(0usize..100_000, 0..8),
+        ) {
+            let mut wire: Vec<u8> = messages.iter().enumerate().flat_map(|(k, m)| m.bytes(both && k + 1 == messages.len())).collect();
+            for (at, byte, how) in edits {
+                let at = at % (wire.len() + 1);
+                match how {
+                    0 => wire.insert(at, byte),
+                    1 if at < wire.len() => wire[at] = byte,
+                    _ if at < wire.len() => { wire.remove(at); }
+                    _ => {}
+                }
+            }
+            same_as_bytewise(&wire, &cuts)?;
+        }
+    }
+
+    #[test]
+    fn line_end_searches_agree() {
+        let mut bytes = vec![b'x'; 70];
+        for end in 0..bytes.len() {
+            for b in [b'\r', b'\n'] {
+                bytes[end] = b;
+                for from in 0..=bytes.len() {
+                    let expected = (from <= end).then_some(end);
+                    assert_eq!(line_end(&bytes, from), expected, "{end} {from}");
+                    assert_eq!(line_end_swar(&bytes, from), expected, "{end} {from}");
+                    assert_eq!(line_end(&bytes[..end], from.min(end)), None);
+                }
+            }
+            bytes[end] = if end % 2 == 0 { 0x8d } else { 0x0e };
+        }
     }
 
     /// One request as a client may send it, with the framing hyper accepts.
