@@ -190,8 +190,11 @@ def test_absolute_form_target_is_accepted_and_its_host_must_be_the_hosts(server)
     # The app reads Host; a target naming another host would give it the wrong one.
     resp = refused(server, request("http://other.example/p"), 400)
     assert b"the Host header differs from the target's authority" in resp.body
-    got = responses(server, request("http://example.com/old", host=False, version="HTTP/1.0"))
-    assert echoed(got[0])["path"] == "/old"
+    got = responses(server, request("http://example.com:8081/old", host=False, version="HTTP/1.0"))
+    seen = echoed(got[0])
+    assert seen["path"] == "/old"
+    # Without a Host field, the target's authority is the host the app sees.
+    assert seen["headers"]["HTTP_HOST"] == "example.com:8081"
 
 
 def test_authority_form_only_with_connect_and_asterisk_only_with_options(server):

@@ -213,9 +213,11 @@ impl EnvironBuilder {
             }
             env.set_item(key, value)?;
         }
-        if parts.version == Version::HTTP_2 && !headers.contains_key(header::HOST) {
+        if !headers.contains_key(header::HOST) {
             // HTTP/2 names the host in the :authority pseudo-header, which hyper keeps in the
-            // URI; apps (and PEP 3333's URL reconstruction) look for HTTP_HOST.
+            // URI, and an HTTP/1.0 request in the absolute form may name it only in its target
+            // (RFC 9112 section 3.2.2); apps (and PEP 3333's URL reconstruction) look for
+            // HTTP_HOST.
             if let Some(authority) = parts.uri.authority() {
                 let (host, port) = split_host(authority.as_str().as_bytes());
                 env.set_item(k.server_name.bind(py), latin1(py, host)?)?;
