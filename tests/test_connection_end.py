@@ -338,3 +338,39 @@ def read_response_head(sock, timeout=10.0):
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
     return head.decode("latin-1"), rest
+
+
+def test_a_client_that_floods_after_a_refusal_holds_neither_the_io_thread_nor_its_socket(serve):
+    """The graceful close reads what a refused client goes on sending, but for a bounded time,
+    and never so greedily that other connections wait."""
+    server = serve("connection_apps:peer_app", "--limit-request-body", "1K")
+    flood = server.connect()
+    flood.sendall(b"POST / HTTP/1.1\r\nHost: x\r\nContent-Length: 100000000000\r\n\r\n")
+    ended = {}
+
+    def send_forever():
+        chunk = b"u" * 65536
+        started = time.monotonic()
+        try:
+            while time.monotonic() - started < 20:
+                flood.sendall(chunk)
+        except OSError as err:
+            ended["after"] = time.monotonic() - started
+            ended["error"] = err
+
+    sender = threading.Thread(target=send_forever, daemon=True)
+    sender.start()
+    try:
+        time.sleep(0.5)
+        # Meanwhile the server answers others as usual.
+        with server.connect() as other:
+            for _ in range(20):
+                other.sendall(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+                head, body = read_response(other)
+                assert head.startswith("HTTP/1.1 200") and body == b"127.0.0.1", head
+        sender.join(25)
+        # The server gave up on the flood well before the client would have stopped.
+        assert "error" in ended, "the flooding client was never cut off"
+        assert ended["after"] < 20
+    finally:
+        flood.close()

@@ -140,13 +140,18 @@ async fn linger(stream: &tokio::net::TcpStream) {
     let _ = socket2::SockRef::from(stream).shutdown(std::net::Shutdown::Write);
     let mut sink = [0u8; 4096];
     let deadline = tokio::time::Instant::now() + LINGER;
-    loop {
-        match stream.try_read(&mut sink) {
-            Ok(0) => return,
-            Ok(_) => continue,
-            Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => {}
-            Err(_) => return,
+    while tokio::time::Instant::now() < deadline {
+        // A few reads at a time, then back to the scheduler: a client that sends as fast as
+        // the socket takes it must not hold the I/O thread, nor outlast the deadline.
+        for _ in 0..16 {
+            match stream.try_read(&mut sink) {
+                Ok(0) => return,
+                Ok(_) => {}
+                Err(err) if err.kind() == std::io::ErrorKind::WouldBlock => break,
+                Err(_) => return,
+            }
         }
+        tokio::task::yield_now().await;
         match tokio::time::timeout_at(deadline, stream.readable()).await {
             Ok(Ok(())) => {}
             Ok(Err(_)) | Err(_) => return,
