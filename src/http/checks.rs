@@ -92,6 +92,7 @@ pub fn check(
     }
 
     let mut hosts = 0;
+    let mut host = None;
     let mut content_types = 0;
     let mut transfer_encoding = false;
     let mut expect = false;
@@ -104,6 +105,7 @@ pub fn check(
         }
         if name == header::HOST {
             hosts += 1;
+            host = Some(value);
             if !valid_host(value.as_bytes()) {
                 return Err(Rejection::bad("invalid Host header"));
             }
@@ -143,8 +145,8 @@ pub fn check(
     // Host (RFC 9112 section 3.2.2), while the app reads Host. The client must send them
     // identical, less the target's userinfo (section 3.2): refusing a Host that differs leaves
     // the app one host to read.
-    if version < Version::HTTP_2 {
-        if let (Some(_), Some(authority), Some(host)) = (uri.scheme(), uri.authority(), headers.get(header::HOST)) {
+    if version < Version::HTTP_2 && uri.scheme().is_some() {
+        if let (Some(authority), Some(host)) = (uri.authority(), host) {
             let authority = authority.as_str();
             let authority = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
             if !host.as_bytes().eq_ignore_ascii_case(authority.as_bytes()) {

@@ -176,6 +176,7 @@ impl EnvironBuilder {
         }
 
         let headers = &parts.headers;
+        let mut has_host = false;
         for name in headers.keys() {
             let mut values = headers.get_all(name).iter();
             let Some(first) = values.next() else { continue };
@@ -205,6 +206,7 @@ impl EnvironBuilder {
                 }
             };
             if name == header::HOST {
+                has_host = true;
                 let (host, port) = split_host(first.as_bytes());
                 env.set_item(k.server_name.bind(py), latin1(py, host)?)?;
                 if let Some(port) = port {
@@ -213,7 +215,7 @@ impl EnvironBuilder {
             }
             env.set_item(key, value)?;
         }
-        if !headers.contains_key(header::HOST) {
+        if !has_host {
             // HTTP/2 names the host in the :authority pseudo-header, which hyper keeps in the
             // URI, and an HTTP/1.0 request in the absolute form may name it only in its target
             // (RFC 9112 section 3.2.2); apps (and PEP 3333's URL reconstruction) look for
