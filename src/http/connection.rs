@@ -121,7 +121,7 @@ pub(super) async fn drive<S, B>(
 /// The access-log entry and the metrics of a request refused before hyper could parse its head:
 /// it began when its first byte arrived.
 fn record_unparsed(observe: bool, peer: SocketAddr, status: http::StatusCode, head: &[u8], watched: &Watched) {
-    let peer_ip = super::ConnInfo::new(peer, peer).peer_ip;
+    let peer_ip = super::AddrText::format(peer.ip());
     crate::telemetry::access::record_unparsed(observe, peer_ip, status, head, watched.head_began(), 0);
 }
 

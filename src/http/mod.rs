@@ -80,7 +80,7 @@ pub struct AddrText {
 impl AddrText {
     pub const EMPTY: AddrText = AddrText { buf: [0; 46], len: 0 };
 
-    fn format(value: impl std::fmt::Display) -> Self {
+    pub(crate) fn format(value: impl std::fmt::Display) -> Self {
         use std::io::Write;
         let mut buf = [0u8; 46];
         let mut cursor = std::io::Cursor::new(&mut buf[..]);

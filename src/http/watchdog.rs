@@ -40,10 +40,16 @@ const HEAD: u64 = 1;
 const BUSY: u64 = 2;
 const PHASE: u64 = 3;
 
-/// The phase of one connection and when it began: `(nanoseconds << 2) | phase`, the time a
-/// [`Moment`] (2^62 ns is over a century of uptime); and since when the client has taken none
-/// of what the server writes (0: it is taking it).
-pub(super) struct ConnClock(AtomicU64, AtomicU64, HeadCase);
+/// The clock of one connection, shared by its service and its socket.
+pub(super) struct ConnClock {
+    /// The phase and when it began: `(nanoseconds << 2) | phase`, the time a [`Moment`]
+    /// (2^62 ns is over a century of uptime).
+    phase: AtomicU64,
+    /// Since when (a [`Moment`]'s nanoseconds) the client has taken none of what the server
+    /// writes; 0 while it is taking it.
+    stalled: AtomicU64,
+    case: HeadCase,
+}
 
 /// The app's own case of the next response head's names, handed from the service to the
 /// socket writer (HTTP/1 has one response at a time per connection).
@@ -55,46 +61,50 @@ struct HeadCase {
 
 impl ConnClock {
     pub fn new() -> Arc<Self> {
-        Arc::new(ConnClock(AtomicU64::new(Moment::now().nanos() << 2 | IDLE), AtomicU64::new(0), HeadCase::default()))
+        Arc::new(ConnClock {
+            phase: AtomicU64::new(Moment::now().nanos() << 2 | IDLE),
+            stalled: AtomicU64::new(0),
+            case: HeadCase::default(),
+        })
     }
 
     /// The next response head goes out with these names as the app wrote them.
     #[cold]
     pub fn restore_case(&self, case: OriginalCase) {
-        *self.2.names.lock().unwrap() = Some(case);
-        self.2.waiting.store(true, Relaxed);
+        *self.case.names.lock().unwrap() = Some(case);
+        self.case.waiting.store(true, Relaxed);
     }
 
     #[inline]
     fn take_case(&self) -> Option<OriginalCase> {
-        if !self.2.waiting.load(Relaxed) {
+        if !self.case.waiting.load(Relaxed) {
             return None;
         }
-        self.2.waiting.store(false, Relaxed);
-        self.2.names.lock().unwrap().take()
+        self.case.waiting.store(false, Relaxed);
+        self.case.names.lock().unwrap().take()
     }
 
     /// A write found the socket full: the client's stall starts now unless it had already.
     #[cold]
     fn write_blocked(&self) {
-        if self.1.load(Relaxed) == 0 {
-            self.1.store(Moment::now().nanos().max(1), Relaxed);
+        if self.stalled.load(Relaxed) == 0 {
+            self.stalled.store(Moment::now().nanos().max(1), Relaxed);
         }
     }
 
     /// A write went through: the client is reading.
     #[inline]
     fn write_done(&self) {
-        if self.1.load(Relaxed) != 0 {
-            self.1.store(0, Relaxed);
+        if self.stalled.load(Relaxed) != 0 {
+            self.stalled.store(0, Relaxed);
         }
     }
 
     /// Bytes arrived from the client: an idle connection starts receiving a request head.
     #[inline]
     fn bytes_arrived(&self) {
-        if self.0.load(Relaxed) & PHASE == IDLE {
-            self.0.store(Moment::now().nanos() << 2 | HEAD, Relaxed);
+        if self.phase.load(Relaxed) & PHASE == IDLE {
+            self.phase.store(Moment::now().nanos() << 2 | HEAD, Relaxed);
         }
     }
 
@@ -105,7 +115,7 @@ impl ConnClock {
     #[inline]
     pub fn request_started(&self) -> Moment {
         let (phase, since) = self.load();
-        self.0.store(BUSY, Relaxed);
+        self.phase.store(BUSY, Relaxed);
         match phase {
             BUSY => Moment::now(),
             _ => Moment::from_nanos(since),
@@ -120,12 +130,12 @@ impl ConnClock {
     /// The response body was done at `at`: the connection waits for the next request.
     #[inline]
     fn response_done_at(&self, at: Moment) {
-        self.0.store(at.nanos() << 2 | IDLE, Relaxed);
+        self.phase.store(at.nanos() << 2 | IDLE, Relaxed);
     }
 
     /// The phase, and the nanoseconds of the [`Moment`] it began.
     fn load(&self) -> (u64, u64) {
-        let v = self.0.load(Relaxed);
+        let v = self.phase.load(Relaxed);
         (v & PHASE, v >> 2)
     }
 }
@@ -177,7 +187,7 @@ pub(super) async fn expired(clock: &ConnClock, limits: Limits) -> Expiry {
             HEAD => limits.head.map(|d| (d, Expiry::Head(d))),
             _ => None,
         };
-        let stalled = clock.1.load(Relaxed);
+        let stalled = clock.stalled.load(Relaxed);
         let send = limits.send.filter(|_| stalled != 0).map(|d| (stalled, d, Expiry::Send(d)));
         let mut next = now + tick_ns;
         for (since, limit, expiry) in limit.map(|(d, expiry)| (since, d, expiry)).into_iter().chain(send) {
@@ -325,7 +335,18 @@ impl Watched {
     /// Whether this write needs [`write_with_case`](Self::write_with_case).
     #[inline]
     fn has_case(&self, first: &[u8]) -> bool {
-        self.head.is_some() || (self.clock.2.waiting.load(Relaxed) && first.starts_with(b"HTTP/1."))
+        self.head.is_some() || (self.clock.case.waiting.load(Relaxed) && first.starts_with(b"HTTP/1."))
+    }
+
+    /// Tells the clock whether the client is taking what is written.
+    #[inline]
+    fn watch_write(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
+        match polled {
+            Poll::Ready(Ok(n)) if n > 0 => self.clock.write_done(),
+            Poll::Pending => self.clock.write_blocked(),
+            _ => {}
+        }
+        polled
     }
 
     /// Reports hyper's answer as written once coldbrew's has been, or has started to be.
@@ -356,19 +377,6 @@ impl AsyncRead for Watched {
                 buf.put_slice(&b"\r\n\r\n"[..room]);
             }
             self.delivered += (buf.filled().len() - before) as u64;
-        }
-        polled
-    }
-}
-
-impl Watched {
-    /// Tells the clock whether the client is taking what is written.
-    #[inline]
-    fn watch_write(&self, polled: Poll<io::Result<usize>>) -> Poll<io::Result<usize>> {
-        match polled {
-            Poll::Ready(Ok(n)) if n > 0 => self.clock.write_done(),
-            Poll::Pending => self.clock.write_blocked(),
-            _ => {}
         }
         polled
     }

@@ -63,12 +63,15 @@ impl Sockets {
 pub fn bind_sockets(config: &ServerConfig) -> PyResult<BoundSockets> {
     let app = bind_socket(&config.host, config.port).map_err(os_error)?;
     let metrics = match &config.metrics_bind {
-        Some((host, port)) => Some(bind_socket(host, *port).map_err(|err| {
-            PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {}", reason(&err)))
-        })?),
+        Some((host, port)) => Some(bind_socket(host, *port).map_err(|err| metrics_error(host, *port, &err))?),
         None => None,
     };
     Ok(BoundSockets { app, metrics })
+}
+
+/// The one line for a `--metrics-bind` address that cannot be had.
+fn metrics_error(host: &str, port: u16, err: &std::io::Error) -> PyErr {
+    PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {}", reason(err)))
 }
 
 /// An OSError that carries the errno, so that Python can name the reason in its own words
@@ -158,9 +161,7 @@ pub fn run(
         None => {
             let bound = Sockets::take_or_bind(sockets, &config)?;
             if let (Some(socket), Some((host, port))) = (&bound.metrics, &config.metrics_bind) {
-                socket.listen(128).map_err(|err| {
-                    PyRuntimeError::new_err(format!("cannot listen for metrics on {host}:{port}: {}", reason(&err)))
-                })?;
+                socket.listen(128).map_err(|err| metrics_error(host, *port, &err))?;
             }
             bound.app.listen(config.backlog).map_err(os_error)?;
             let listener = std::net::TcpListener::from(bound.app);

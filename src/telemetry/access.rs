@@ -1116,8 +1116,8 @@ mod tests {
         // What `respond` keeps for the enabled log's `%({content-type}o)s`.
         entry.observation.named.as_mut().unwrap().response = vec![Some(HeaderValue::from_static("text/plain"))];
         entry.latency = Duration::new(3, 4_005_006);
-        let peer = "[2001:db8::1]:5000".parse().unwrap();
-        entry.observation.remote = crate::http::ConnInfo::new(peer, peer).peer_ip;
+        let peer: std::net::SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        entry.observation.remote = crate::http::AddrText::format(peer.ip());
         let (fast, escaped) = both_lines(&log, &entry);
         assert_eq!(String::from_utf8(fast).unwrap(), String::from_utf8(escaped.clone()).unwrap());
         let line = String::from_utf8(escaped).unwrap();

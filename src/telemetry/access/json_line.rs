@@ -163,8 +163,8 @@ mod tests {
         let log = parse_format(DEFAULT_FORMAT).unwrap();
         let seen = TelemetryHeaders::scan(request.headers());
         let trace = seen.trace();
-        let peer = "[2001:db8::1]:5000".parse().unwrap();
-        let remote = crate::http::ConnInfo::new(peer, peer).peer_ip;
+        let peer: std::net::SocketAddr = "[2001:db8::1]:5000".parse().unwrap();
+        let remote = crate::http::AddrText::format(peer.ip());
         let mut observation = Observation::new(&request, &seen, remote, trace, crate::clock::Moment::now(), Some(&log));
         observation.status = 200;
         // Made without `begin`, so never counted in flight: dropping it must not uncount it.

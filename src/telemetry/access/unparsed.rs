@@ -262,10 +262,10 @@ mod tests {
     use crate::telemetry::access::{parse_format, DEFAULT_FORMAT};
 
     fn entry(head: &[u8]) -> UnparsedEntry<'_> {
-        let peer = "203.0.113.7:5000".parse().unwrap();
+        let peer: std::net::SocketAddr = "203.0.113.7:5000".parse().unwrap();
         UnparsedEntry {
             line: RequestLine::of(head),
-            remote: crate::http::ConnInfo::new(peer, peer).peer_ip,
+            remote: crate::http::AddrText::format(peer.ip()),
             status: 400,
             bytes: 0,
             latency: Duration::from_micros(2500),
