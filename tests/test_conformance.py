@@ -26,6 +26,7 @@ end of the run and written to target/conformance-summary.txt.
 """
 
 import base64
+import contextlib
 import json
 import os
 import socket
@@ -228,13 +229,21 @@ def read_answers(conn, requests):
         assert seen == expected_environ(request), f"request {index + 1}"
 
 
-def check_accept(server, raw, requests, needs_eof):
-    before = calls(server)
+@contextlib.contextmanager
+def answered(server, raw, requests, needs_eof):
+    """A connection that has sent `raw` (then its end, if `needs_eof`) and read each of
+    `requests`' answers."""
     with RawConn.open(server) as conn:
         conn.send(raw)
         if needs_eof:
             conn.sock.shutdown(socket.SHUT_WR)
         read_answers(conn, requests)
+        yield conn
+
+
+def check_accept(server, raw, requests, needs_eof):
+    before = calls(server)
+    with answered(server, raw, requests, needs_eof) as conn:
         if closes_after(requests[-1]):
             rest = conn.read_to_close()
             assert rest == b"", f"bytes after the last response: {rest[:200]!r}"
@@ -254,11 +263,7 @@ def check_accept_then_reject(server, raw, requests, status, needs_eof):
     """The requests before a refused one are answered as expected; then one answer, `status`,
     and the connection closes, with the app called only for those before."""
     before = calls(server)
-    with RawConn.open(server) as conn:
-        conn.send(raw)
-        if needs_eof:
-            conn.sock.shutdown(socket.SHUT_WR)
-        read_answers(conn, requests)
+    with answered(server, raw, requests, needs_eof) as conn:
         check_refusal(conn.read_to_close(), status)
     assert calls(server) == before + len(requests), "the app was called for a rejected request"
 

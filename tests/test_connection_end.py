@@ -22,8 +22,8 @@ from conftest import Server, free_dual_stack_port, recv_until_closed
 BODY = 256 * 1024
 
 
-def read_response(sock, timeout=10.0):
-    """One response, head and Content-Length body; raises on a timeout or a reset."""
+def read_response_head(sock, timeout=10.0):
+    """One response head, and the bytes read after it; raises on a timeout or a reset."""
     sock.settimeout(timeout)
     data = b""
     while b"\r\n\r\n" not in data:
@@ -32,17 +32,23 @@ def read_response(sock, timeout=10.0):
             raise AssertionError(f"connection closed inside the head: {data!r}")
         data += chunk
     head, _, rest = data.partition(b"\r\n\r\n")
+    return head.decode("latin-1"), rest
+
+
+def read_response(sock, timeout=10.0):
+    """One response, head and Content-Length body; raises on a timeout or a reset."""
+    head, rest = read_response_head(sock, timeout)
     length = 0
-    for line in head.split(b"\r\n")[1:]:
-        name, _, value = line.partition(b":")
-        if name.strip().lower() == b"content-length":
+    for line in head.split("\r\n")[1:]:
+        name, _, value = line.partition(":")
+        if name.strip().lower() == "content-length":
             length = int(value)
     while len(rest) < length:
         chunk = sock.recv(65536)
         if not chunk:
-            raise AssertionError(f"connection closed inside the body: {data!r}")
+            raise AssertionError(f"connection closed inside the body: {head!r} {rest!r}")
         rest += chunk
-    return head.decode("latin-1"), rest
+    return head, rest
 
 
 def upload(path, framing, close):
@@ -327,17 +333,6 @@ def test_an_http2_stream_its_client_grants_no_window_is_given_up_on(serve):
     assert server.stop() == 0
     assert "--send-timeout" in server.stderr, server.stderr
 
-
-def read_response_head(sock, timeout=10.0):
-    sock.settimeout(timeout)
-    data = b""
-    while b"\r\n\r\n" not in data:
-        chunk = sock.recv(65536)
-        if not chunk:
-            raise AssertionError(f"connection closed inside the head: {data!r}")
-        data += chunk
-    head, _, rest = data.partition(b"\r\n\r\n")
-    return head.decode("latin-1"), rest
 
 
 def test_a_client_that_floods_after_a_refusal_holds_neither_the_io_thread_nor_its_socket(serve):

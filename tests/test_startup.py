@@ -1,6 +1,7 @@
 """Startup: warm-up before the port opens, the startup report, and the worker count taken from
 the container's limits, all through real server processes."""
 
+import contextlib
 import os
 import re
 import signal
@@ -263,6 +264,15 @@ def test_a_failing_import_is_one_traceback_and_one_line(workers):
     assert lines[:-1] + [worker_prefix_removed(lines[-1])] == single.stderr.splitlines()
 
 
+@contextlib.contextmanager
+def taken_port():
+    """A port on 127.0.0.1 that a listening socket holds for the duration."""
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        yield taken.getsockname()[1]
+
+
 def write_marking_app(directory):
     """marking_app.py in `directory`: its import appends the importing pid to $IMPORT_MARKER."""
     (directory / "marking_app.py").write_text(
@@ -279,10 +289,7 @@ def write_marking_app(directory):
 def test_a_metrics_port_in_use_is_found_before_the_app_is_imported(tmp_path, workers):
     marker = tmp_path / "imported"
     write_marking_app(tmp_path)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         result = run_server("--workers", workers, "--metrics-bind", f"127.0.0.1:{port}", "marking_app:app",
                             cwd=tmp_path, env={"IMPORT_MARKER": str(marker)})
     assert result.returncode == 1, result.stderr
@@ -311,10 +318,7 @@ def test_an_asgi_app_is_one_line_saying_what_to_do(workers, spec, what):
 def test_a_port_in_use_is_found_before_the_app_is_imported(tmp_path, args):
     marker = tmp_path / "imported"
     write_marking_app(tmp_path)
-    with socket.socket() as taken:
-        taken.bind(("127.0.0.1", 0))
-        taken.listen()
-        port = taken.getsockname()[1]
+    with taken_port() as port:
         result = run_server(*args, "marking_app:app", cwd=tmp_path, port=port,
                             env={"IMPORT_MARKER": str(marker)})
     assert result.returncode == 1, result.stderr
