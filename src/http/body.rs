@@ -61,6 +61,7 @@ impl ResponseBody {
                 end: End::Open,
                 receiver_gone: false,
                 waker: None,
+                producer: None,
             }),
             space: Condvar::new(),
         });
@@ -188,6 +189,9 @@ struct State {
     end: End,
     receiver_gone: bool,
     waker: Option<Waker>,
+    /// A producer that must not block (the ASGI event loop) waits on this instead of the
+    /// condition variable: woken when the queue has room again or the receiver went away.
+    producer: Option<Waker>,
 }
 
 enum End {
@@ -269,6 +273,33 @@ impl ChunkSender {
         }
     }
 
+    /// Queues a chunk if there is room now, as [`try_send`](Self::try_send); when there is
+    /// none, the chunk comes back and `waker` is woken once there is room or the receiver has
+    /// gone. For a producer that must not block its thread (the ASGI event loop).
+    pub fn poll_send(&self, chunk: Bytes, waker: &Waker) -> Result<Option<Bytes>, Closed> {
+        let mut state = self.shared.state.lock().unwrap();
+        if state.receiver_gone {
+            return Err(Closed);
+        }
+        if state.queued_bytes >= self.capacity && !state.queue.is_empty() {
+            state.producer = Some(waker.clone());
+            return Ok(Some(chunk));
+        }
+        Self::push(&mut state, chunk);
+        Ok(None)
+    }
+
+    /// Has `waker` woken when the receiver goes away (the client disconnected), so a producer
+    /// that is not sending learns of it.
+    pub fn watch_receiver(&self, waker: &Waker) {
+        let mut state = self.shared.state.lock().unwrap();
+        if state.receiver_gone {
+            waker.wake_by_ref();
+        } else {
+            state.producer = Some(waker.clone());
+        }
+    }
+
     /// Whether the receiver is gone (the client disconnected).
     pub fn is_closed(&self) -> bool {
         self.shared.state.lock().unwrap().receiver_gone
@@ -328,7 +359,11 @@ impl ChunkReceiver {
         let mut state = self.shared.state.lock().unwrap();
         if let Some(chunk) = state.queue.pop_front() {
             state.queued_bytes -= chunk.len();
+            let producer = state.producer.take();
             drop(state);
+            if let Some(producer) = producer {
+                producer.wake();
+            }
             self.shared.space.notify_one();
             self.handed_out = true;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
@@ -362,8 +397,12 @@ impl Drop for ChunkReceiver {
         state.receiver_gone = true;
         state.queue.clear();
         state.queued_bytes = 0;
+        let producer = state.producer.take();
         drop(state);
         self.shared.space.notify_all();
+        if let Some(producer) = producer {
+            producer.wake();
+        }
     }
 }
 
