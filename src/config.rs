@@ -80,6 +80,23 @@ pub struct ServerConfig {
     /// `--limit-request-line`, `--limit-request-fields`, `--limit-request-field-size` and
     /// `--limit-request-body`.
     pub limits: Limits,
+    /// `--interface`, as resolved when the app was loaded.
+    pub interface: Interface,
+    /// `--loop`: auto, asyncio or uvloop (ASGI).
+    pub event_loop: String,
+    /// `--lifespan`: auto, on or off (ASGI).
+    pub lifespan: String,
+    /// Why `interface` is what it is, for the startup line.
+    pub interface_reason: String,
+}
+
+/// Which Python interface the app is served through.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Interface {
+    Wsgi,
+    Asgi,
+    /// `auto` before the app was loaded (a supervisor that did not preload it).
+    Unresolved,
 }
 
 impl ServerConfig {
@@ -146,6 +163,15 @@ impl ServerConfig {
             )
             .map_err(|err| PyValueError::new_err(format!("--forwarded-allow-ips: {err}")))?,
             limits: limits(cfg)?,
+            interface: match optional::<String>(cfg, "interface")?.as_deref() {
+                None | Some("auto") => Interface::Unresolved,
+                Some("wsgi") => Interface::Wsgi,
+                Some("asgi") => Interface::Asgi,
+                Some(other) => return Err(PyValueError::new_err(format!("invalid --interface: {other:?}"))),
+            },
+            event_loop: optional(cfg, "loop")?.unwrap_or_else(|| "auto".to_owned()),
+            lifespan: optional(cfg, "lifespan")?.unwrap_or_else(|| "auto".to_owned()),
+            interface_reason: optional(cfg, "interface_reason")?.unwrap_or_default(),
             protocols: match optional::<String>(cfg, "http")?.as_deref() {
                 None | Some("auto") => crate::http::Protocols::Auto,
                 Some("1") => crate::http::Protocols::Http1,

@@ -2,11 +2,13 @@
 //!
 //! - [`http`]: the protocol layer (hyper on tokio), which knows nothing about Python;
 //! - [`wsgi`]: the WSGI interface (PEP 3333) and the Python thread pool;
+//! - [`asgi`]: the ASGI 3 interface and the worker's event loop;
 //! - [`lifecycle`]: the listening socket, signals, startup and shutdown order;
 //! - [`config`]: the typed settings;
 //! - [`telemetry`]: the server's own logs, the access log and the metrics;
 //! - [`clock`]: the clock readings a request takes, and what is derived from them.
 
+pub mod asgi;
 pub mod clock;
 pub mod config;
 pub mod http;
@@ -156,6 +158,9 @@ fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(set_log_format, m)?)?;
     m.add_function(wrap_pyfunction!(container_resources, m)?)?;
     m.add_class::<wsgi::RequestTrace>()?;
+    m.add_class::<asgi::Bridge>()?;
+    m.add_class::<asgi::HttpCycle>()?;
+    m.add_class::<asgi::Ready>()?;
     m.add_class::<wsgi::FileWrapper>()?;
     m.add_class::<wsgi::InputStream>()?;
     m.add_class::<wsgi::ErrorStream>()?;

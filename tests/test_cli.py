@@ -49,6 +49,7 @@ ALL_FLAGS = [
     "--max-requests", "--max-requests-jitter", "--health-path", "--cgroup-root",
     "--http", "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout", "--send-timeout",
     "--max-pending", "--limit-request-line", "--limit-request-fields", "--limit-request-field-size", "--limit-request-body",
+    "--interface", "--loop", "--lifespan",
 ]
 
 CONFIG_FIELDS = [
@@ -59,7 +60,7 @@ CONFIG_FIELDS = [
     "metrics_host", "metrics_port", "workers_reason", "preload", "post_fork", "max_requests",
     "max_requests_jitter", "timeout", "warmup", "health_path", "cgroup_root",
     "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout", "send_timeout", "max_pending",
-    "http",
+    "http", "interface", "loop", "lifespan", "interface_reason",
 ]
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -1074,20 +1075,21 @@ def test_factory_exception_is_chained(apps_on_path):
     assert isinstance(exc.value.__cause__, ValueError)
 
 
-def test_asgi_app_is_rejected(apps_on_path):
-    with pytest.raises(AppLoadError) as exc:
-        load_app("cli_apps:asgi_app")
-    assert exc.value.message.startswith(
-        "'cli_apps:asgi_app' is an ASGI app (an async function), and this version of coldbrew "
-        "serves WSGI apps only: serve it with an ASGI server such as uvicorn or hypercorn"
-    )
-    assert not exc.value.show_traceback
+def test_an_async_function_is_an_asgi_app(apps_on_path):
+    from coldbrew.loader import resolve_interface
+
+    app = load_app("cli_apps:asgi_app")
+    assert resolve_interface(app) == ("asgi", "auto: an async function")
+    assert resolve_interface(app, "wsgi") == ("wsgi", "--interface wsgi")
 
 
-def test_asgi_app_with_a_coroutine_call_is_rejected(apps_on_path):
-    with pytest.raises(AppLoadError) as exc:
-        load_app("cli_apps:asgi_instance")
-    assert "is an ASGI app (its __call__ is a coroutine function)" in exc.value.message
+def test_an_object_with_a_coroutine_call_is_an_asgi_app(apps_on_path):
+    from coldbrew.loader import resolve_interface
+
+    app = load_app("cli_apps:asgi_instance")
+    assert resolve_interface(app) == ("asgi", "auto: its __call__ is a coroutine function")
+    assert resolve_interface(load_app("cli_apps:app")) == ("wsgi", "auto: a plain callable")
+    assert resolve_interface(load_app("cli_apps:app"), "asgi") == ("asgi", "--interface asgi")
 
 
 @pytest.mark.parametrize(

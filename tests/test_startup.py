@@ -18,8 +18,9 @@ from test_container_sizing import v1_cgroup, v1_cpu_mount  # noqa: F401  (fixtur
 from test_supervisor import children, wait_until
 
 REPORT = re.compile(
-    r"coldbrew \S+ serving WSGI app (?P<app>\S+) on http://(?P<addr>\S+) with (?P<workers>\d+) worker\(s\) "
-    r"x (?P<threads>\d+) thread\(s\) \((?P<why>[^)]*)\); (?P<memory>[^;]+); "
+    r"coldbrew \S+ serving (?:WSGI )?app (?P<app>\S+)(?: \(auto: a plain callable\))? on http://(?P<addr>\S+) "
+    r"with (?P<workers>\d+) worker\(s\) "
+    r"x (?P<threads>\d+) thread\(s\)(?: if WSGI, one event loop if ASGI)? \((?P<why>[^)]*)\); (?P<memory>[^;]+); "
     r"import (?P<import>\d+) ms, warm-up (?P<warmup>\d+) ms, port open (?P<open>\d+) ms after coldbrew started"
 )
 
@@ -302,15 +303,17 @@ def test_a_metrics_port_in_use_is_found_before_the_app_is_imported(tmp_path, wor
     ("cli_apps:asgi_app", "an async function"),
     ("cli_apps:asgi_instance", "its __call__ is a coroutine function"),
 ])
-def test_an_asgi_app_is_one_line_saying_what_to_do(workers, spec, what):
-    result = run_server("--workers", workers, spec)
-    assert result.returncode == 3, result.stderr
-    [line] = result.stderr.splitlines()
-    assert worker_prefix_removed(line) == (
-        f"coldbrew: error: {spec!r} is an ASGI app ({what}), and this version of coldbrew serves "
-        "WSGI apps only: serve it with an ASGI server such as uvicorn or hypercorn, or name the "
-        "app's WSGI callable instead (for Django, mysite.wsgi rather than mysite.asgi)"
-    )
+def test_an_asgi_app_is_served_and_the_startup_line_says_why(workers, spec, what, serve):
+    server = serve(spec, "--workers", workers)
+    server.stop()
+    if workers == "1":
+        assert f"serving ASGI app {spec} (auto: {what}) on http://" in server.stderr, server.stderr
+        assert "one event loop (--threads has no use for ASGI)" in server.stderr, server.stderr
+    else:
+        # The supervisor did not import the app; every worker did, and served it over ASGI.
+        assert f"serving app {spec} on http://" in server.stderr, server.stderr
+        assert "thread(s) if WSGI, one event loop if ASGI" in server.stderr, server.stderr
+        assert server.stderr.count("the app returned from the lifespan scope") == 3, server.stderr
 
 
 @pytest.mark.parametrize("args", [("--workers", "1"), ("--workers", "3"), ("--workers", "3", "--preload")],

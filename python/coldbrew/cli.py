@@ -108,7 +108,7 @@ def _load(config):
     """Import the app; returns (app, seconds), or (None, 0) after reporting why not."""
     import time
 
-    from coldbrew.loader import AppLoadError, load_app
+    from coldbrew.loader import AppLoadError, load_app, resolve_interface
 
     _log(config, "debug", f"loading {config.app_spec!r} from {os.getcwd()}")
     started = time.perf_counter()
@@ -118,6 +118,8 @@ def _load(config):
         _report_load_error(err)
         return None, 0.0
     elapsed = time.perf_counter() - started
+    config.interface, why = resolve_interface(app, config.interface)
+    config.interface_reason = why
     _log(config, "info", f"loaded app {config.app_spec!r} in {elapsed * 1000:.0f} ms")
     return app, elapsed
 

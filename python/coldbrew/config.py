@@ -72,6 +72,12 @@ DEFAULT_LOG_FORMAT = "text"
 LOG_FORMATS = ("text", "json")
 DEFAULT_HTTP = "auto"
 HTTP_CHOICES = ("auto", "1", "2")
+DEFAULT_INTERFACE = "auto"
+INTERFACE_CHOICES = ("auto", "wsgi", "asgi")
+DEFAULT_LOOP = "auto"
+LOOP_CHOICES = ("auto", "asyncio", "uvloop")
+DEFAULT_LIFESPAN = "auto"
+LIFESPAN_CHOICES = ("auto", "on", "off")
 # gunicorn's default access log format (the "combined" log format).
 DEFAULT_ACCESS_LOGFORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
 # The one-letter atoms of --access-logformat; also {NAME}i, {NAME}o and {NAME}e.
@@ -177,6 +183,9 @@ class Config(_Record):
     send_timeout: float
     max_pending: int
     http: str
+    interface: str
+    loop: str
+    lifespan: str
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
@@ -186,7 +195,7 @@ class Config(_Record):
         "gcp_project", "metrics_host", "metrics_port", "workers_reason", "preload",
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
         "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
-        "body_timeout", "send_timeout", "max_pending", "http",
+        "body_timeout", "send_timeout", "max_pending", "http", "interface", "loop", "lifespan", "interface_reason",
     )
 
     def __init__(
@@ -229,6 +238,9 @@ class Config(_Record):
         send_timeout: float = DEFAULT_SEND_TIMEOUT,
         max_pending: int = DEFAULT_MAX_PENDING,
         http: str = DEFAULT_HTTP,
+        interface: str = DEFAULT_INTERFACE,
+        loop: str = DEFAULT_LOOP,
+        lifespan: str = DEFAULT_LIFESPAN,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -268,6 +280,11 @@ class Config(_Record):
         self.send_timeout = send_timeout
         self.max_pending = max_pending
         self.http = http
+        self.interface = interface
+        self.loop = loop
+        self.lifespan = lifespan
+        # Why the interface is what it is, once the app is loaded (the startup line says it).
+        self.interface_reason = ""
 
 
 class Invocation(_Record):
@@ -484,6 +501,21 @@ def parse_http(text):
     return choice
 
 
+def _parse_choice(choices):
+    def parse(text):
+        choice = text.strip().lower()
+        if choice not in choices:
+            raise _bad(f"invalid choice: {text!r} (choose from {', '.join(choices)})")
+        return choice
+
+    return parse
+
+
+parse_interface = _parse_choice(INTERFACE_CHOICES)
+parse_loop = _parse_choice(LOOP_CHOICES)
+parse_lifespan = _parse_choice(LIFESPAN_CHOICES)
+
+
 def parse_on_off(text):
     """on/off, true/false, yes/no or 1/0, in any case."""
     value = _ON_OFF.get(text.strip().lower())
@@ -677,8 +709,18 @@ _OPTIONS = (
      "worker processes (default: $WEB_CONCURRENCY, else the cgroup CPU quota rounded up, "
      "else the CPUs this process may run on); 1 runs a single process with no supervisor, "
      "unless coldbrew is PID 1 or --max-requests is set"),
+    ("interface", ("--interface",), "|".join(INTERFACE_CHOICES), parse_interface, False,
+     "how the app is called: ASGI 3 when the app (or its __call__) is a coroutine function, "
+     "else WSGI (auto); or as named (default: auto)"),
     ("threads", ("--threads",), "N", parse_positive_int, False,
-     f"number of Python threads running the app (default: {DEFAULT_THREADS})"),
+     f"number of Python threads running a WSGI app (default: {DEFAULT_THREADS}); an ASGI app "
+     "runs on one event loop per worker and has no use for it"),
+    ("loop", ("--loop",), "|".join(LOOP_CHOICES), parse_loop, False,
+     "the ASGI event loop: uvloop when it is installed, else asyncio (auto); or as named "
+     "(default: auto)"),
+    ("lifespan", ("--lifespan",), "|".join(LIFESPAN_CHOICES), parse_lifespan, False,
+     "the ASGI lifespan protocol: run it and carry on if the app does not support it (auto), "
+     "require it (on), or skip it (off) (default: auto)"),
     ("graceful_timeout", ("--graceful-timeout",), "SECONDS", parse_seconds, False,
      f"on shutdown, seconds to let in-flight requests finish (default: {DEFAULT_GRACEFUL_TIMEOUT:g})"),
     ("root_path", ("--root-path",), "PATH", parse_root_path, False,
@@ -1082,6 +1124,9 @@ def parse(argv=None, environ=None):
         send_timeout=float(values.get("send_timeout", DEFAULT_SEND_TIMEOUT)),
         max_pending=values.get("max_pending", DEFAULT_MAX_PENDING),
         http=values.get("http", DEFAULT_HTTP),
+        interface=values.get("interface", DEFAULT_INTERFACE),
+        loop=values.get("loop", DEFAULT_LOOP),
+        lifespan=values.get("lifespan", DEFAULT_LIFESPAN),
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 

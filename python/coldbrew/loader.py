@@ -250,7 +250,7 @@ def _looks_async(obj):
 
 
 def load_app(spec):
-    """Import and return the WSGI callable named by ``spec`` (a string or AppSpec).
+    """Import and return the app (a WSGI or ASGI callable) named by ``spec`` (a string or AppSpec).
 
     The module is imported relative to sys.path as it stands; the CLI puts the
     working directory first. Raises :class:`AppLoadError`.
@@ -277,21 +277,21 @@ def load_app(spec):
     elif not callable(obj):
         raise AppLoadError(f"{name!r} is not callable (got {type(obj).__name__})")
 
-    if _looks_async(obj):
-        raise AppLoadError(_asgi_message(name, obj))
     return obj
 
 
-def _asgi_message(name, obj):
-    """Why an async callable cannot be served, and what to do instead."""
-    import inspect
+def resolve_interface(app, requested="auto"):
+    """``(interface, why)`` for ``app`` under ``--interface requested``."""
+    if requested == "asgi":
+        return "asgi", "--interface asgi"
+    if requested == "wsgi":
+        return "wsgi", "--interface wsgi"
+    if _looks_async(app):
+        import inspect
 
-    what = "an async function" if inspect.iscoroutinefunction(obj) else "its __call__ is a coroutine function"
-    return (
-        f"{name!r} is an ASGI app ({what}), and this version of coldbrew serves WSGI apps only: "
-        "serve it with an ASGI server such as uvicorn or hypercorn, or name the app's WSGI "
-        "callable instead (for Django, mysite.wsgi rather than mysite.asgi)"
-    )
+        what = "an async function" if inspect.iscoroutinefunction(app) else "its __call__ is a coroutine function"
+        return "asgi", f"auto: {what}"
+    return "wsgi", "auto: a plain callable"
 
 
 def print_traceback(exc, file=None):

@@ -27,6 +27,8 @@ use socket2::{Domain, Protocol, Socket, Type};
 use crate::config::ServerConfig;
 use crate::http::{self, ConnInfo, Handler, ServerOptions, Stop};
 use crate::telemetry::{access, log, metrics, sink};
+use crate::asgi::EventLoop;
+use crate::config::Interface;
 use crate::wsgi::Pool;
 
 pub use supervisor::{supervise, Failure, Outcome};
@@ -120,7 +122,39 @@ pub fn run(
         .max_blocking_threads(16)
         .thread_name("coldbrew-io")
         .build()?;
-    let (pool, handler) = Pool::start(py, app, &config, runtime.handle().clone())?;
+    match config.interface {
+        Interface::Wsgi | Interface::Unresolved => {
+            let (pool, handler) = Pool::start(py, app, &config, runtime.handle().clone())?;
+            serve_with(py, config, runtime, handler, move |_| pool.join(THREAD_GRACE), inherited, sockets, timings, started)
+        }
+        Interface::Asgi => match EventLoop::start(py, app, &config)? {
+            Ok((event_loop, handler)) => {
+                let graceful = config.graceful_timeout;
+                serve_with(py, config, runtime, handler, move |elapsed| event_loop.join(graceful.saturating_sub(elapsed)), inherited, sockets, timings, started)
+            }
+            Err(reason) => {
+                log::error(format_args!("{reason}"));
+                sink::flush(LOG_FLUSH);
+                Err(pyo3::exceptions::PySystemExit::new_err(3))
+            }
+        },
+    }
+}
+
+/// Serves through `handler` until a stop signal; `finish` then waits for the interface's
+/// Python side, given how long the stop has taken so far.
+#[allow(clippy::too_many_arguments)]
+fn serve_with<H: Handler>(
+    py: Python<'_>,
+    config: ServerConfig,
+    runtime: tokio::runtime::Runtime,
+    handler: H,
+    finish: impl FnOnce(Duration) -> bool + Send,
+    mut inherited: Option<worker::Inherited>,
+    sockets: Option<&mut Sockets>,
+    timings: (f64, f64),
+    started: Option<f64>,
+) -> PyResult<()> {
     // Before the port opens: a stop asked for the moment the port is open (a platform, a test)
     // must find the handlers in place, not the default action, which ends the process at once.
     let signal = {
@@ -196,6 +230,8 @@ pub fn run(
         protocols: config.protocols,
     };
     let finished = py.detach(move || {
+        let stop_began = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));
+        let stop_mark = stop_began.clone();
         let served = runtime.block_on(async move {
             let listener = tokio::net::TcpListener::from_std(listener)?;
             let (stopping, stop) = tokio::sync::watch::channel(None);
@@ -209,6 +245,7 @@ pub fn run(
             }
             let shutdown = async move {
                 let how = signal.await;
+                *stop_mark.lock().unwrap() = Some(std::time::Instant::now());
                 let _ = stopping.send(Some(how));
                 how
             };
@@ -219,7 +256,8 @@ pub fn run(
         runtime.shutdown_timeout(Duration::from_millis(100));
         // Access-log lines of the last responses wait in this (the I/O) thread's batch.
         access::flush_thread();
-        served.map(|_| pool.join(THREAD_GRACE))
+        let elapsed = stop_began.lock().unwrap().map_or(Duration::ZERO, |at| at.elapsed());
+        served.map(|_| finish(elapsed))
     })?;
     if !finished {
         log::warn(format_args!("requests still running after the graceful timeout; exiting"));
@@ -296,13 +334,20 @@ pub(crate) fn startup_report(startup: &Startup<'_>) {
     let resources = container::probed(config.cgroup_root.as_deref());
     let memory = resources.memory_limit.map_or_else(|| "no memory limit".to_owned(), |m| format!("memory limit {}", format_bytes(m)));
     let why = if config.workers_reason.is_empty() { String::new() } else { format!(" ({})", config.workers_reason) };
+    let (interface, per_worker) = match config.interface {
+        crate::config::Interface::Wsgi => ("WSGI", format!("{} thread(s)", config.threads)),
+        crate::config::Interface::Asgi => ("ASGI", "one event loop (--threads has no use for ASGI)".to_owned()),
+        // A supervisor that did not import the app: each worker resolves it.
+        crate::config::Interface::Unresolved => ("", format!("{} thread(s) if WSGI, one event loop if ASGI", config.threads)),
+    };
+    let interface_why = if config.interface_reason.is_empty() { String::new() } else { format!(" ({})", config.interface_reason) };
     log::info(format_args!(
-        "coldbrew {} serving WSGI app {} on http://{} with {} worker(s) x {} thread(s){}; {}; import {} ms, warm-up {} ms{}",
+        "coldbrew {} serving {interface}{}app {}{interface_why} on http://{} with {} worker(s) x {per_worker}{}; {}; import {} ms, warm-up {} ms{}",
         env!("CARGO_PKG_VERSION"),
+        if interface.is_empty() { "" } else { " " },
         config.app_spec,
         startup.address,
         startup.workers,
-        config.threads,
         why,
         memory,
         (startup.import_seconds * 1000.0).round(),

@@ -7,7 +7,7 @@
 
 mod deadline;
 mod doorbell;
-mod environ;
+pub(crate) mod environ;
 #[cfg(test)]
 mod fuzz;
 mod input;
@@ -36,6 +36,7 @@ use crate::telemetry::metrics;
 
 pub use input::InputStream;
 pub use pool::{Pool, RequestTrace};
+pub(crate) use pool::format_traceback;
 pub use streams::{ErrorStream, FileWrapper};
 
 /// One request waiting for a Python thread.
@@ -215,7 +216,7 @@ fn enqueue(queue: &Sender<RequestJob>, doorbell: &Doorbell, job: RequestJob) -> 
 
 /// The answer to a body that could not be read ahead: the app is not called, one line is
 /// logged, and the connection closes.
-fn refuse_body(parts: &http::request::Parts, conn: &ConnInfo, err: BodyError) -> proto::Response {
+pub(crate) fn refuse_body(parts: &http::request::Parts, conn: &ConnInfo, err: BodyError) -> proto::Response {
     let refused = err.rejection();
     proto::log_refused("", conn, &parts.method, &parts.uri, &refused);
     refused.response()
@@ -265,7 +266,7 @@ pub(crate) async fn next_frame(body: &mut Incoming, limit: Option<Duration>) -> 
 /// `Expect: 100-continue` is never read ahead: the interim response goes out only when the app
 /// asks for the body. A body over `ahead.body_limit` (0: none) is refused here if it gets that
 /// far; one with a `Content-Length` over it never reaches this point.
-async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, ahead: ReadAhead) -> Result<RequestBody, BodyError> {
+pub(crate) async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, ahead: ReadAhead) -> Result<RequestBody, BodyError> {
     let limit = ahead.limit;
     let body_limit = ahead.body_limit;
     if incoming.is_end_stream() {
@@ -298,7 +299,7 @@ async fn read_body(parts: &http::request::Parts, mut incoming: Incoming, ahead: 
 }
 
 /// The chunks as one buffer; a single chunk is passed on without a copy.
-fn concat(mut chunks: Vec<Bytes>, total: usize) -> Bytes {
+pub(crate) fn concat(mut chunks: Vec<Bytes>, total: usize) -> Bytes {
     match chunks.len() {
         0 => Bytes::new(),
         1 => chunks.pop().unwrap(),

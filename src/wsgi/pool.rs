@@ -77,15 +77,21 @@ impl WorkerContext {
     /// The traceback as Python prints it. `traceback` is imported on the first error only: it
     /// costs milliseconds of startup that a healthy app never needs.
     pub fn format_traceback(&self, py: Python<'_>, err: &PyErr) -> String {
-        let formatted = py
-            .import("traceback")
-            .and_then(|module| module.getattr("format_exception"))
-            .and_then(|format| format.call1((err.get_type(py), err.value(py), err.traceback(py))))
-            .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)));
-        match formatted {
-            Ok(text) => text.to_string().trim_end().to_owned(),
-            Err(_) => err.to_string(),
-        }
+        format_traceback(py, err)
+    }
+}
+
+/// The traceback as Python prints it. `traceback` is imported on the first error only: it
+/// costs milliseconds of startup that a healthy app never needs.
+pub(crate) fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
+    let formatted = py
+        .import("traceback")
+        .and_then(|module| module.getattr("format_exception"))
+        .and_then(|format| format.call1((err.get_type(py), err.value(py), err.traceback(py))))
+        .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)));
+    match formatted {
+        Ok(text) => text.to_string().trim_end().to_owned(),
+        Err(_) => err.to_string(),
     }
 }
 

@@ -1,0 +1,428 @@
+//! One HTTP request's `receive` and `send`, on the loop thread.
+//!
+//! Both return a [`Ready`] when the answer is already there (the body was read ahead, the
+//! chunk fits the response buffer): awaiting it completes at once, and no asyncio `Future` is
+//! made. Only a `send` that must wait for a slow client, or a `receive` that waits for the
+//! client to leave, gets a loop future, which the drain callback completes when the I/O
+//! thread wakes the cycle.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Wake, Waker};
+use std::time::Duration;
+
+use bytes::Bytes;
+use http::header::{HeaderMap, HeaderName, HeaderValue, CONTENT_LENGTH};
+use http::StatusCode;
+use pyo3::exceptions::{PyOSError, PyRuntimeError, PyStopIteration, PyTypeError, PyValueError};
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyString};
+use tokio::sync::oneshot;
+
+use super::queue::{Event, LoopQueue};
+use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
+use crate::telemetry::log;
+
+/// What the I/O thread and the loop thread share about one request.
+pub(crate) struct CycleShared {
+    queue: Arc<LoopQueue>,
+    /// A wake is on the queue already.
+    queued: AtomicBool,
+    /// hyper dropped the request before its response began.
+    gone: AtomicBool,
+    /// The loop side, for the drain callback to find from a wake; cleared when the app's task
+    /// ends, which breaks the cycle between the two.
+    pub(crate) cycle: Mutex<Option<Py<HttpCycle>>>,
+}
+
+impl CycleShared {
+    pub fn new(queue: Arc<LoopQueue>) -> Arc<Self> {
+        Arc::new(CycleShared { queue, queued: AtomicBool::new(false), gone: AtomicBool::new(false), cycle: Mutex::new(None) })
+    }
+
+    pub fn client_gone(self: &Arc<Self>) {
+        self.gone.store(true, Ordering::Release);
+        self.clone().wake();
+    }
+}
+
+impl Wake for CycleShared {
+    fn wake(self: Arc<Self>) {
+        if !self.queued.swap(true, Ordering::AcqRel) {
+            let queue = self.queue.clone();
+            queue.push(Event::Wake(self));
+        }
+    }
+}
+
+impl Drop for CycleShared {
+    fn drop(&mut self) {
+        self.queue.finished();
+    }
+}
+
+/// An awaitable whose result is already known: its first step returns it.
+#[pyclass(module = "coldbrew._coldbrew", freelist = 64)]
+pub struct Ready(Option<Py<PyAny>>);
+
+#[pymethods]
+impl Ready {
+    fn __await__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __iter__(slf: PyRef<'_, Self>) -> PyRef<'_, Self> {
+        slf
+    }
+
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<()> {
+        let value = self.0.take().unwrap_or_else(|| py.None());
+        Err(PyStopIteration::new_err((value,)))
+    }
+
+    fn send(&mut self, py: Python<'_>, _value: Py<PyAny>) -> PyResult<()> {
+        self.__next__(py)
+    }
+
+    #[pyo3(signature = (*_args))]
+    fn throw(&mut self, _args: &Bound<'_, pyo3::types::PyTuple>) -> PyResult<()> {
+        Err(PyRuntimeError::new_err("a completed ASGI awaitable cannot take an exception"))
+    }
+
+    fn close(&mut self) {}
+}
+
+fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+    Ok(Py::new(py, Ready(Some(value)))?.into_any())
+}
+
+/// What the loop thread knows of one request and its response.
+#[pyclass(module = "coldbrew._coldbrew")]
+pub struct HttpCycle {
+    shared: Arc<CycleShared>,
+    waker: Waker,
+    body: Option<Bytes>,
+    reply: Option<oneshot::Sender<proto::Response>>,
+    /// From `http.response.start` until the head goes to the I/O thread.
+    head: Option<(StatusCode, HeaderMap)>,
+    started: bool,
+    stream: Option<ChunkSender>,
+    /// A chunk waiting for room in the response buffer, the future its `send` awaits, and
+    /// whether the body ends with it.
+    blocked_send: Option<(Bytes, Py<PyAny>, bool)>,
+    waiting_receive: Option<Py<PyAny>>,
+    complete: bool,
+    disconnected: bool,
+    head_request: bool,
+    response_buffer: usize,
+    send_timeout: Option<Duration>,
+    create_future: Py<PyAny>,
+    /// `GET /path`, for log lines.
+    pub(crate) line: String,
+}
+
+impl HttpCycle {
+    #[allow(clippy::too_many_arguments)]
+    pub(crate) fn new(
+        shared: Arc<CycleShared>,
+        body: Bytes,
+        reply: oneshot::Sender<proto::Response>,
+        head_request: bool,
+        response_buffer: usize,
+        send_timeout: Option<Duration>,
+        create_future: Py<PyAny>,
+        line: String,
+    ) -> Self {
+        HttpCycle {
+            waker: Waker::from(shared.clone()),
+            shared,
+            body: Some(body),
+            reply: Some(reply),
+            head: None,
+            started: false,
+            stream: None,
+            blocked_send: None,
+            waiting_receive: None,
+            complete: false,
+            disconnected: false,
+            head_request,
+            response_buffer,
+            send_timeout,
+            create_future,
+            line,
+        }
+    }
+
+    fn future(&self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        Ok(self.create_future.call0(py)?)
+    }
+
+    /// The I/O thread woke this cycle: room in the response buffer, or the client left.
+    pub(crate) fn woken(&mut self, py: Python<'_>) {
+        self.shared.queued.store(false, Ordering::Release);
+        if self.shared.gone.load(Ordering::Acquire) && self.reply.is_some() {
+            self.disconnected = true;
+        }
+        if let Some((chunk, future, last)) = self.blocked_send.take() {
+            let stream = self.stream.as_ref().expect("a blocked send has a stream");
+            match stream.poll_send(chunk, &self.waker) {
+                Ok(None) => {
+                    if last {
+                        self.finish_stream();
+                    }
+                    resolve(py, &future, Ok(py.None()));
+                }
+                Ok(Some(chunk)) => self.blocked_send = Some((chunk, future, last)),
+                Err(Closed) => {
+                    self.disconnected = true;
+                    resolve(py, &future, Err(client_disconnected()));
+                }
+            }
+        }
+        if self.stream.as_ref().is_some_and(ChunkSender::is_closed) {
+            self.disconnected = true;
+        }
+        if self.disconnected || self.complete {
+            if let Some(future) = self.waiting_receive.take() {
+                resolve(py, &future, disconnect_message(py));
+            }
+        }
+    }
+
+    fn finish_stream(&mut self) {
+        if let Some(stream) = self.stream.take() {
+            stream.finish();
+        }
+        self.complete = true;
+    }
+
+    fn respond(&mut self, response: proto::Response) {
+        if let Some(reply) = self.reply.take() {
+            if reply.send(response).is_err() {
+                self.disconnected = true;
+            }
+        }
+    }
+
+    fn start_message(&mut self, message: &Bound<'_, PyDict>) -> PyResult<()> {
+        if self.started {
+            return Err(PyRuntimeError::new_err("http.response.start sent twice"));
+        }
+        let py = message.py();
+        let status: u16 = match message.get_item(pyo3::intern!(py, "status"))? {
+            Some(status) => status.extract()?,
+            None => return Err(PyValueError::new_err("http.response.start needs a status")),
+        };
+        let status = StatusCode::from_u16(status).map_err(|_| PyValueError::new_err(format!("invalid status {status}")))?;
+        let mut headers = HeaderMap::new();
+        if let Some(list) = message.get_item(pyo3::intern!(py, "headers"))? {
+            for pair in list.try_iter()? {
+                let pair = pair?;
+                let name = pair.get_item(0)?;
+                let value = pair.get_item(1)?;
+                let name = name.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header names must be bytes"))?;
+                let value = value.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header values must be bytes"))?;
+                let name = HeaderName::from_bytes(name.as_bytes())
+                    .map_err(|_| PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(name.as_bytes()))))?;
+                let value = HeaderValue::from_bytes(value.as_bytes())
+                    .map_err(|_| PyValueError::new_err(format!("invalid value for header {name}")))?;
+                headers.append(name, value);
+            }
+        }
+        self.started = true;
+        self.head = Some((status, headers));
+        Ok(())
+    }
+
+    fn body_message(&mut self, py: Python<'_>, message: &Bound<'_, PyDict>) -> PyResult<Py<PyAny>> {
+        if !self.started {
+            return Err(PyRuntimeError::new_err("http.response.body sent before http.response.start"));
+        }
+        if self.complete {
+            return Err(PyRuntimeError::new_err("http.response.body sent after the response was complete"));
+        }
+        if self.blocked_send.is_some() {
+            return Err(PyRuntimeError::new_err("send() called again before the previous send() completed"));
+        }
+        let body = match message.get_item(pyo3::intern!(py, "body"))? {
+            Some(body) => {
+                let body = body.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("http.response.body's body must be bytes"))?;
+                Bytes::copy_from_slice(body.as_bytes())
+            }
+            None => Bytes::new(),
+        };
+        let more = match message.get_item(pyo3::intern!(py, "more_body"))? {
+            Some(more) => more.is_truthy()?,
+            None => false,
+        };
+        if self.disconnected {
+            return Err(client_disconnected());
+        }
+        let body = if self.head_request { Bytes::new() } else { body };
+        if let Some((status, mut headers)) = self.head.take() {
+            if !more {
+                // The whole body in one message: one complete response, no stream.
+                if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
+                    headers.remove(CONTENT_LENGTH);
+                }
+                let mut response = proto::Response::new(ResponseBody::full(body));
+                *response.status_mut() = status;
+                *response.headers_mut() = headers;
+                self.respond(response);
+                self.complete = true;
+                return ready(py, py.None());
+            }
+            let (sender, stream) = ResponseBody::channel(self.response_buffer, self.send_timeout);
+            let mut response = proto::Response::new(stream);
+            *response.status_mut() = status;
+            *response.headers_mut() = headers;
+            self.respond(response);
+            sender.watch_receiver(&self.waker);
+            self.stream = Some(sender);
+        }
+        let Some(stream) = self.stream.as_ref() else {
+            return Err(client_disconnected());
+        };
+        match stream.poll_send(body, &self.waker) {
+            Ok(None) => {
+                if !more {
+                    self.finish_stream();
+                }
+                ready(py, py.None())
+            }
+            Ok(Some(chunk)) => {
+                let future = self.future(py)?;
+                self.blocked_send = Some((chunk, future.clone_ref(py), !more));
+                Ok(future)
+            }
+            Err(Closed) => {
+                self.disconnected = true;
+                Err(client_disconnected())
+            }
+        }
+    }
+
+    /// Ends a response the app left unfinished: 500 if nothing was sent, else the connection
+    /// is cut, so the client sees the body is incomplete.
+    fn abandon(&mut self, why: &str) {
+        if self.reply.is_some() {
+            self.respond(proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"));
+        }
+        if let Some(stream) = self.stream.take() {
+            stream.abort(why.to_owned());
+        }
+        self.blocked_send = None;
+        self.complete = true;
+    }
+}
+
+#[pymethods]
+impl HttpCycle {
+    fn receive(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
+        if let Some(body) = self.body.take() {
+            let message = PyDict::new(py);
+            message.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
+            message.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, &body))?;
+            message.set_item(pyo3::intern!(py, "more_body"), false)?;
+            return ready(py, message.into_any().unbind());
+        }
+        if self.shared.gone.load(Ordering::Acquire) && self.reply.is_some() {
+            self.disconnected = true;
+        }
+        if self.disconnected || self.complete {
+            return ready(py, disconnect_message(py)?);
+        }
+        if self.waiting_receive.is_some() {
+            return Err(PyRuntimeError::new_err("receive() called again before the previous receive() completed"));
+        }
+        let future = self.future(py)?;
+        self.waiting_receive = Some(future.clone_ref(py));
+        Ok(future)
+    }
+
+    fn send(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
+        let message = message.cast::<PyDict>().map_err(|_| PyTypeError::new_err("an ASGI message must be a dict"))?;
+        let kind = match message.get_item(pyo3::intern!(py, "type"))? {
+            Some(kind) => kind,
+            None => return Err(PyValueError::new_err("an ASGI message needs a type")),
+        };
+        let kind = kind.cast::<PyString>().map_err(|_| PyTypeError::new_err("an ASGI message type must be a str"))?;
+        let result = match kind.to_str()? {
+            "http.response.start" => self.start_message(message).and_then(|()| ready(py, py.None())),
+            "http.response.body" => self.body_message(py, message),
+            other => Err(PyValueError::new_err(format!("unexpected ASGI message type {other:?} for an HTTP request"))),
+        };
+        if self.complete {
+            if let Some(future) = self.waiting_receive.take() {
+                resolve(py, &future, disconnect_message(py));
+            }
+        }
+        result
+    }
+
+    /// The app's coroutine returned.
+    fn returned(&mut self) {
+        self.shared.cycle.lock().unwrap().take();
+        if self.complete {
+            return;
+        }
+        if !self.started {
+            log::error(format_args!("{}: the ASGI app returned without sending a response; answered 500", self.line));
+        } else if self.disconnected {
+            self.complete = true;
+            return;
+        } else {
+            log::error(format_args!("{}: the ASGI app returned before its response was complete", self.line));
+        }
+        self.abandon("the app returned before the response was complete");
+    }
+
+    /// The app's coroutine raised `error`, with `traceback` formatted.
+    fn failed(&mut self, error: &Bound<'_, PyAny>, traceback: &str) {
+        self.shared.cycle.lock().unwrap().take();
+        let quiet = self.disconnected && error.is_instance_of::<PyOSError>();
+        if quiet {
+            log::debug(format_args!("{}: the client went away: {traceback}", self.line));
+        } else if self.reply.is_some() {
+            log::error(format_args!("error in ASGI app for {}; answered 500:\n{traceback}", self.line));
+        } else if self.complete {
+            log::error(format_args!("error in ASGI app for {} after its response was complete:\n{traceback}", self.line));
+        } else {
+            log::error(format_args!("error in ASGI app for {} during its response; connection aborted:\n{traceback}", self.line));
+        }
+        if !self.complete {
+            self.abandon("the app raised during the response");
+        }
+    }
+
+    #[getter]
+    fn disconnected(&self) -> bool {
+        self.disconnected
+    }
+}
+
+fn resolve(py: Python<'_>, future: &Py<PyAny>, outcome: PyResult<Py<PyAny>>) {
+    let future = future.bind(py);
+    // A cancelled task has cancelled its future; there is nothing left to tell it.
+    if future.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {
+        return;
+    }
+    let result = match outcome {
+        Ok(value) => future.call_method1(pyo3::intern!(py, "set_result"), (value,)),
+        Err(err) => future.call_method1(pyo3::intern!(py, "set_exception"), (err.value(py),)),
+    };
+    if let Err(err) = result {
+        log::warn(format_args!("cannot complete an ASGI future: {err}"));
+    }
+}
+
+fn disconnect_message(py: Python<'_>) -> PyResult<Py<PyAny>> {
+    let message = PyDict::new(py);
+    message.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.disconnect"))?;
+    Ok(message.into_any().unbind())
+}
+
+/// What `send()` raises once the client has gone: an `OSError`, as the ASGI spec asks.
+fn client_disconnected() -> PyErr {
+    PyOSError::new_err("the client disconnected")
+}

@@ -1,0 +1,84 @@
+//! The HTTP connection scope of one request.
+
+use http::Version;
+use percent_encoding::percent_decode;
+use pyo3::prelude::*;
+use pyo3::types::{PyBytes, PyDict, PyList, PyString, PyTuple};
+
+use crate::http::ConnInfo;
+
+/// What every scope of this worker shares, made once.
+pub(crate) struct ScopeBuilder {
+    asgi: Py<PyDict>,
+    server: Py<PyAny>,
+    root_path: Py<PyString>,
+    root_bytes: Vec<u8>,
+    /// The lifespan state; each request gets a shallow copy.
+    state: Option<Py<PyDict>>,
+    extensions: Py<PyDict>,
+}
+
+impl ScopeBuilder {
+    pub fn new(py: Python<'_>, server_host: &str, server_port: u16, root_path: &str) -> PyResult<Self> {
+        let asgi = PyDict::new(py);
+        asgi.set_item("version", "3.0")?;
+        asgi.set_item("spec_version", "2.4")?;
+        Ok(ScopeBuilder {
+            asgi: asgi.unbind(),
+            server: PyTuple::new(py, [server_host.into_pyobject(py)?.into_any(), server_port.into_pyobject(py)?.into_any()])?.into_any().unbind(),
+            root_path: PyString::new(py, root_path).unbind(),
+            root_bytes: root_path.as_bytes().to_vec(),
+            state: None,
+            extensions: PyDict::new(py).unbind(),
+        })
+    }
+
+    pub fn set_state(&mut self, state: Option<Py<PyDict>>) {
+        self.state = state;
+    }
+
+    pub fn build<'py>(&self, py: Python<'py>, parts: &http::request::Parts, conn: &ConnInfo) -> PyResult<Bound<'py, PyDict>> {
+        let scope = PyDict::new(py);
+        scope.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http"))?;
+        scope.set_item(pyo3::intern!(py, "asgi"), self.asgi.bind(py))?;
+        let version = match parts.version {
+            Version::HTTP_10 => pyo3::intern!(py, "1.0"),
+            Version::HTTP_2 => pyo3::intern!(py, "2"),
+            _ => pyo3::intern!(py, "1.1"),
+        };
+        scope.set_item(pyo3::intern!(py, "http_version"), version)?;
+        let method = match parts.method {
+            http::Method::GET => pyo3::intern!(py, "GET").clone(),
+            http::Method::POST => pyo3::intern!(py, "POST").clone(),
+            ref other => PyString::new(py, other.as_str()),
+        };
+        scope.set_item(pyo3::intern!(py, "method"), method)?;
+        let scheme = if conn.https { pyo3::intern!(py, "https") } else { pyo3::intern!(py, "http") };
+        scope.set_item(pyo3::intern!(py, "scheme"), scheme)?;
+        let raw_path = parts.uri.path().as_bytes();
+        let decoded: std::borrow::Cow<'_, [u8]> = percent_decode(raw_path).into();
+        scope.set_item(pyo3::intern!(py, "path"), String::from_utf8_lossy(&decoded))?;
+        scope.set_item(pyo3::intern!(py, "raw_path"), PyBytes::new(py, raw_path))?;
+        let query = parts.uri.query().unwrap_or("");
+        scope.set_item(pyo3::intern!(py, "query_string"), PyBytes::new(py, query.as_bytes()))?;
+        scope.set_item(pyo3::intern!(py, "root_path"), self.root_path.bind(py))?;
+        let headers = PyList::empty(py);
+        for (name, value) in &parts.headers {
+            let pair = PyTuple::new(py, [PyBytes::new(py, name.as_str().as_bytes()), PyBytes::new(py, value.as_bytes())])?;
+            headers.append(pair)?;
+        }
+        scope.set_item(pyo3::intern!(py, "headers"), headers)?;
+        let client = match conn.peer_port.as_str().parse::<u16>() {
+            Ok(port) => PyTuple::new(py, [PyString::new(py, conn.peer_ip.as_str()).into_any(), port.into_pyobject(py)?.into_any()])?,
+            Err(_) => PyTuple::new(py, [PyString::new(py, conn.peer_ip.as_str()).into_any(), 0u16.into_pyobject(py)?.into_any()])?,
+        };
+        scope.set_item(pyo3::intern!(py, "client"), client)?;
+        scope.set_item(pyo3::intern!(py, "server"), self.server.bind(py))?;
+        if let Some(state) = &self.state {
+            scope.set_item(pyo3::intern!(py, "state"), state.bind(py).copy()?)?;
+        }
+        scope.set_item(pyo3::intern!(py, "extensions"), self.extensions.bind(py).copy()?)?;
+        let _ = &self.root_bytes;
+        Ok(scope)
+    }
+}
