@@ -146,7 +146,7 @@ def test_workers_serve_from_one_port(serve, state):
     assert seen <= set(workers)
     assert len(seen) >= 2, f"60 connections all went to one worker: {seen}"
     assert server.stop() == 0, server.stderr
-    assert "with 3 worker(s) x 8 thread(s) (set by --workers)" in server.stderr
+    assert "with 3 worker(s) x 8 thread(s) if WSGI, one event loop if ASGI (set by --workers)" in server.stderr
     assert children(server.proc.pid) == []
 
 
@@ -196,7 +196,7 @@ def test_workers_default_from_web_concurrency(serve, state):
     server = supervised(serve, state, env={"WEB_CONCURRENCY": "3"})
     wait_until(lambda: len(children(server.proc.pid)) == 3, what="3 workers")
     assert server.stop() == 0
-    assert "with 3 worker(s) x 8 thread(s) (WEB_CONCURRENCY=3)" in server.stderr
+    assert "with 3 worker(s) x 8 thread(s) if WSGI, one event loop if ASGI (WEB_CONCURRENCY=3)" in server.stderr
 
 
 def test_bad_web_concurrency_is_a_config_error(state):
