@@ -7,7 +7,7 @@ import time
 import pytest
 import requests
 
-from conftest import Server
+from conftest import recv_until_closed
 
 
 def get(server, path, **kwargs):
@@ -40,9 +40,7 @@ def test_percent_encoded_path_is_decoded_and_raw_path_kept(serve):
     server = serve("asgi_apps:app")
     with server.connect() as sock:
         sock.sendall(b"GET /sc%6Fpe HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = recv_until_closed(sock)
     scope = ast.literal_eval(data.split(b"\r\n\r\n", 1)[1].decode())
     assert scope["path"] == "/scope" and scope["raw_path"] == b"/sc%6Fpe"
 
@@ -86,9 +84,7 @@ def test_an_app_that_raises_mid_body_aborts_the_connection(serve):
     server = serve("asgi_apps:app")
     with server.connect() as sock:
         sock.sendall(b"GET /raise-mid-body HTTP/1.1\r\nHost: x\r\n\r\n")
-        data = b""
-        while chunk := sock.recv(65536):
-            data += chunk
+        data = recv_until_closed(sock)
     assert data.startswith(b"HTTP/1.1 200")
     assert b"partial" in data
     assert not data.endswith(b"0\r\n\r\n"), "the chunked body must not look complete"

@@ -6,7 +6,6 @@ loop through the bridge's eventfd; :meth:`Bridge.drain` turns each into a task r
 """
 
 import asyncio
-import sys
 
 from coldbrew import _coldbrew
 
@@ -178,4 +177,3 @@ def loop_name(kind):
 
 
 __all__ = ["run_loop", "new_event_loop", "loop_name", "Lifespan"]
-_ = sys

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
+use pyo3::types::PyDict;
 
 use super::cycle::HttpCycle;
 use super::queue::{Event, LoopQueue};
@@ -76,11 +76,9 @@ impl Bridge {
 
     /// Called once the loop runs: what a request's task is made of, and the lifespan state.
     fn prepare(&mut self, event_loop: &Bound<'_, PyAny>, runner: Py<PyAny>, state: Option<Py<PyDict>>) -> PyResult<()> {
-        let py = event_loop.py();
         self.create_task = Some(event_loop.getattr("create_task")?.unbind());
         self.create_future = Some(event_loop.getattr("create_future")?.unbind());
         self.runner = Some(runner);
-        let _ = py;
         self.scope.set_state(state);
         Ok(())
     }
@@ -152,7 +150,6 @@ impl Bridge {
         *shared.cycle.lock().unwrap() = Some(cycle.clone_ref(py));
         let coroutine = runner.call1(py, (self.app.bind(py), scope, cycle))?;
         create_task.call1(py, (coroutine,))?;
-        let _ = PyString::new;
         Ok(())
     }
 }

@@ -12,7 +12,6 @@ pub(crate) struct ScopeBuilder {
     asgi: Py<PyDict>,
     server: Py<PyAny>,
     root_path: Py<PyString>,
-    root_bytes: Vec<u8>,
     /// The lifespan state; each request gets a shallow copy.
     state: Option<Py<PyDict>>,
     extensions: Py<PyDict>,
@@ -27,7 +26,6 @@ impl ScopeBuilder {
             asgi: asgi.unbind(),
             server: PyTuple::new(py, [server_host.into_pyobject(py)?.into_any(), server_port.into_pyobject(py)?.into_any()])?.into_any().unbind(),
             root_path: PyString::new(py, root_path).unbind(),
-            root_bytes: root_path.as_bytes().to_vec(),
             state: None,
             extensions: PyDict::new(py).unbind(),
         })
@@ -78,7 +76,6 @@ impl ScopeBuilder {
             scope.set_item(pyo3::intern!(py, "state"), state.bind(py).copy()?)?;
         }
         scope.set_item(pyo3::intern!(py, "extensions"), self.extensions.bind(py).copy()?)?;
-        let _ = &self.root_bytes;
         Ok(scope)
     }
 }
