@@ -20,6 +20,7 @@ use pyo3::types::{PyBytes, PyDict, PyString};
 use tokio::sync::oneshot;
 
 use super::queue::{Event, LoopQueue};
+use super::request_body::{BodyReader, Taken};
 use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
 use crate::telemetry::log;
 
@@ -96,12 +97,22 @@ fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
     Ok(Py::new(py, Ready(Some(value)))?.into_any())
 }
 
+/// A request body as the loop thread holds it.
+pub(crate) enum RequestBody {
+    /// Read ahead in full; `None` once received.
+    Whole(Option<Bytes>),
+    /// Still arriving, through the pump.
+    Piped(BodyReader),
+    /// Received to its end, or failed.
+    Done,
+}
+
 /// What the loop thread knows of one request and its response.
 #[pyclass(module = "coldbrew._coldbrew")]
 pub struct HttpCycle {
     shared: Arc<CycleShared>,
     waker: Waker,
-    body: Option<Bytes>,
+    body: RequestBody,
     reply: Option<oneshot::Sender<proto::Response>>,
     /// From `http.response.start` until the head goes to the I/O thread.
     head: Option<(StatusCode, HeaderMap)>,
@@ -125,7 +136,7 @@ impl HttpCycle {
     #[allow(clippy::too_many_arguments)]
     pub(crate) fn new(
         shared: Arc<CycleShared>,
-        body: Bytes,
+        body: RequestBody,
         reply: oneshot::Sender<proto::Response>,
         head_request: bool,
         response_buffer: usize,
@@ -136,7 +147,7 @@ impl HttpCycle {
         HttpCycle {
             waker: Waker::from(shared.clone()),
             shared,
-            body: Some(body),
+            body,
             reply: Some(reply),
             head: None,
             started: false,
@@ -182,11 +193,44 @@ impl HttpCycle {
         if self.stream.as_ref().is_some_and(ChunkSender::is_closed) {
             self.disconnected = true;
         }
+        if self.waiting_receive.is_some() {
+            if let Some(message) = self.body_message_ready(py) {
+                let future = self.waiting_receive.take().unwrap();
+                resolve(py, &future, message);
+                return;
+            }
+        }
         if self.disconnected || self.complete {
             if let Some(future) = self.waiting_receive.take() {
                 resolve(py, &future, disconnect_message(py));
             }
         }
+    }
+
+    /// The next `http.request` message, if the body has one ready.
+    fn body_message_ready(&mut self, py: Python<'_>) -> Option<PyResult<Py<PyAny>>> {
+        let (data, more) = match &mut self.body {
+            RequestBody::Whole(body) => (body.take()?, false),
+            RequestBody::Done => return None,
+            RequestBody::Piped(reader) => match reader.0.take() {
+                Taken::Empty => return None,
+                Taken::Data(data, more) => (data, more),
+                Taken::Failed(rejection) => {
+                    self.body = RequestBody::Done;
+                    if self.reply.is_some() {
+                        log::info(format_args!("{}: {}; answered {}", self.line, rejection.reason, rejection.status.as_u16()));
+                        self.respond(rejection.response());
+                        self.complete = true;
+                    }
+                    self.disconnected = true;
+                    return None;
+                }
+            },
+        };
+        if !more {
+            self.body = RequestBody::Done;
+        }
+        Some(request_message(py, &data, more))
     }
 
     fn finish_stream(&mut self) {
@@ -237,6 +281,9 @@ impl HttpCycle {
     fn body_message(&mut self, py: Python<'_>, message: &Bound<'_, PyDict>) -> PyResult<Py<PyAny>> {
         if !self.started {
             return Err(PyRuntimeError::new_err("http.response.body sent before http.response.start"));
+        }
+        if self.disconnected && self.reply.is_none() && self.stream.is_none() {
+            return Err(client_disconnected());
         }
         if self.complete {
             return Err(PyRuntimeError::new_err("http.response.body sent after the response was complete"));
@@ -319,21 +366,19 @@ impl HttpCycle {
 #[pymethods]
 impl HttpCycle {
     fn receive(&mut self, py: Python<'_>) -> PyResult<Py<PyAny>> {
-        if let Some(body) = self.body.take() {
-            let message = PyDict::new(py);
-            message.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
-            message.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, &body))?;
-            message.set_item(pyo3::intern!(py, "more_body"), false)?;
-            return ready(py, message.into_any().unbind());
+        if self.waiting_receive.is_some() {
+            return Err(PyRuntimeError::new_err("receive() called again before the previous receive() completed"));
         }
         if self.shared.gone.load(Ordering::Acquire) && self.reply.is_some() {
             self.disconnected = true;
         }
+        if !self.disconnected {
+            if let Some(message) = self.body_message_ready(py) {
+                return ready(py, message?);
+            }
+        }
         if self.disconnected || self.complete {
             return ready(py, disconnect_message(py)?);
-        }
-        if self.waiting_receive.is_some() {
-            return Err(PyRuntimeError::new_err("receive() called again before the previous receive() completed"));
         }
         let future = self.future(py)?;
         self.waiting_receive = Some(future.clone_ref(py));
@@ -414,6 +459,14 @@ fn resolve(py: Python<'_>, future: &Py<PyAny>, outcome: PyResult<Py<PyAny>>) {
     if let Err(err) = result {
         log::warn(format_args!("cannot complete an ASGI future: {err}"));
     }
+}
+
+fn request_message(py: Python<'_>, body: &[u8], more: bool) -> PyResult<Py<PyAny>> {
+    let message = PyDict::new(py);
+    message.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "http.request"))?;
+    message.set_item(pyo3::intern!(py, "body"), PyBytes::new(py, body))?;
+    message.set_item(pyo3::intern!(py, "more_body"), more)?;
+    Ok(message.into_any().unbind())
 }
 
 fn disconnect_message(py: Python<'_>) -> PyResult<Py<PyAny>> {

@@ -9,6 +9,7 @@
 mod bridge;
 mod cycle;
 mod queue;
+mod request_body;
 mod scope;
 
 use std::future::Future;
@@ -19,7 +20,9 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 use crate::http::{self as proto, ConnInfo, Handler};
-use crate::wsgi::{next_data, read_body, refuse_body, ReadAhead, RequestBody};
+use crate::wsgi::{read_body, refuse_body, ReadAhead, RequestBody};
+use request_body::PumpSource;
+use std::task::Waker;
 
 pub use bridge::{Bridge, Started};
 pub use cycle::{HttpCycle, Ready};
@@ -28,10 +31,21 @@ pub(crate) use queue::LoopQueue;
 use cycle::CycleShared;
 use queue::Event;
 
+/// A request body as the handler found it.
+enum JobBody {
+    Whole(Bytes),
+    /// Larger than `--request-buffer`: `head` was read ahead, the rest streams.
+    Streaming { head: Bytes, source: PumpSource, expects_continue: bool },
+}
+
+/// The least a streamed body may hold in memory between the client and the app, so that a
+/// tiny `--request-buffer` does not turn a body into one message per TCP segment.
+const MIN_PIPE: usize = 16 * 1024;
+
 /// One request on its way to the event loop.
 pub(crate) struct Job {
     pub parts: http::request::Parts,
-    pub body: Bytes,
+    pub body: cycle::RequestBody,
     pub conn: ConnInfo,
     pub reply: oneshot::Sender<proto::Response>,
     pub shared: Arc<CycleShared>,
@@ -64,24 +78,12 @@ impl Handler for AsgiHandler {
         let max_pending = self.max_pending;
         Box::pin(async move {
             let (parts, incoming) = request.into_parts();
+            let expects_continue = parts.headers.contains_key(http::header::EXPECT);
             let body = match read_body(&parts, incoming, ahead).await {
-                Ok(RequestBody::Empty) => Bytes::new(),
-                Ok(RequestBody::Complete(body)) => body,
-                Ok(RequestBody::Streaming { head, mut rest, mut allowed, limit }) => {
-                    // Read in full before the app runs, within --limit-request-body.
-                    let mut chunks = vec![head];
-                    let mut total = chunks[0].len();
-                    loop {
-                        match next_data(&mut rest, &mut allowed, limit, ahead.timeout).await {
-                            Ok(None) => break,
-                            Ok(Some(data)) => {
-                                total += data.len();
-                                chunks.push(data);
-                            }
-                            Err(err) => return refuse_body(&parts, &conn, err),
-                        }
-                    }
-                    crate::wsgi::concat(chunks, total)
+                Ok(RequestBody::Empty) => JobBody::Whole(Bytes::new()),
+                Ok(RequestBody::Complete(body)) => JobBody::Whole(body),
+                Ok(RequestBody::Streaming { head, rest, allowed, limit }) => {
+                    JobBody::Streaming { head, source: PumpSource { rest, allowed, limit, timeout: ahead.timeout }, expects_continue }
                 }
                 Err(err) => return refuse_body(&parts, &conn, err),
             };
@@ -91,6 +93,13 @@ impl Handler for AsgiHandler {
             }
             let (reply, answer) = oneshot::channel();
             let shared = CycleShared::new(queue.clone());
+            let body = match body {
+                JobBody::Whole(body) => cycle::RequestBody::Whole(Some(body)),
+                JobBody::Streaming { head, source, expects_continue } => {
+                    let capacity = ahead.limit.max(MIN_PIPE);
+                    cycle::RequestBody::Piped(request_body::start(head, source, capacity, expects_continue, Waker::from(shared.clone())))
+                }
+            };
             let guard = DisconnectOnDrop(Some(shared.clone()));
             queue.push(Event::Request(Job { parts, body, conn, reply, shared }));
             let response = answer.await.unwrap_or_else(|_| no_answer());

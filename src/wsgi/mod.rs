@@ -74,7 +74,7 @@ pub(crate) enum BodyError {
 
 impl BodyError {
     /// What the client is answered when the app has not been called yet.
-    fn rejection(&self) -> proto::Rejection {
+    pub(crate) fn rejection(&self) -> proto::Rejection {
         match self {
             BodyError::Read(err) => proto::Rejection::new(
                 StatusCode::BAD_REQUEST,
