@@ -26,6 +26,12 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `--send-timeout`: as nginx's send_timeout.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `--ws-ping-interval` and `--ws-ping-timeout`.
+pub const DEFAULT_WS_PING: Duration = Duration::from_secs(20);
+
+/// `--ws-max-size`.
+pub const DEFAULT_WS_MAX_SIZE: usize = 16 << 20;
+
 /// `--forwarded-allow-ips` when nothing sets it (and not on Cloud Run, where Python makes it `*`).
 pub const DEFAULT_FORWARDED_ALLOW_IPS: &str = "127.0.0.1,::1";
 
@@ -88,6 +94,12 @@ pub struct ServerConfig {
     pub lifespan: String,
     /// Why `interface` is what it is, for the startup line.
     pub interface_reason: String,
+    /// `--ws-ping-interval`; `None`: no pings.
+    pub ws_ping_interval: Option<Duration>,
+    /// `--ws-ping-timeout`.
+    pub ws_ping_timeout: Duration,
+    /// `--ws-max-size`.
+    pub ws_max_size: usize,
 }
 
 /// Which Python interface the app is served through.
@@ -172,6 +184,9 @@ impl ServerConfig {
             event_loop: optional(cfg, "loop")?.unwrap_or_else(|| "auto".to_owned()),
             lifespan: optional(cfg, "lifespan")?.unwrap_or_else(|| "auto".to_owned()),
             interface_reason: optional(cfg, "interface_reason")?.unwrap_or_default(),
+            ws_ping_interval: seconds(cfg, "ws_ping_interval")?.map_or(Some(DEFAULT_WS_PING), |d| (!d.is_zero()).then_some(d)),
+            ws_ping_timeout: seconds(cfg, "ws_ping_timeout")?.unwrap_or(DEFAULT_WS_PING),
+            ws_max_size: optional(cfg, "ws_max_size")?.unwrap_or(DEFAULT_WS_MAX_SIZE),
             protocols: match optional::<String>(cfg, "http")?.as_deref() {
                 None | Some("auto") => crate::http::Protocols::Auto,
                 Some("1") => crate::http::Protocols::Http1,

@@ -161,6 +161,7 @@ fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<asgi::Bridge>()?;
     m.add_class::<asgi::HttpCycle>()?;
     m.add_class::<asgi::Ready>()?;
+    m.add_class::<asgi::WebSocketCycle>()?;
     m.add_class::<wsgi::FileWrapper>()?;
     m.add_class::<wsgi::InputStream>()?;
     m.add_class::<wsgi::ErrorStream>()?;

@@ -62,6 +62,13 @@ DEFAULT_KEEP_ALIVE = 620.0
 DEFAULT_BODY_TIMEOUT = 60.0
 # The longest a client may leave a response unread before its connection is closed.
 DEFAULT_SEND_TIMEOUT = 60.0
+# Websocket keepalive: a ping this often, and the connection is dropped when no pong came
+# back within the timeout. 20 s each keeps idle websockets alive through proxies that drop
+# silent connections after 30 to 60 s.
+DEFAULT_WS_PING_INTERVAL = 20.0
+DEFAULT_WS_PING_TIMEOUT = 20.0
+# The largest websocket message a client may send (RFC 6455 close code 1009 past it).
+DEFAULT_WS_MAX_SIZE = 16 * 1024 * 1024
 # Peers whose X-Forwarded-* and Forwarded headers are applied: a proxy on the same host.
 # On Cloud Run and Knative (K_SERVICE set) the default is "*": Google's front end is the only
 # peer a container has.
@@ -186,6 +193,9 @@ class Config(_Record):
     interface: str
     loop: str
     lifespan: str
+    ws_ping_interval: float
+    ws_ping_timeout: float
+    ws_max_size: int
 
     __slots__ = (
         "app_spec", "host", "port", "threads", "graceful_timeout", "root_path",
@@ -196,6 +206,7 @@ class Config(_Record):
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
         "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
         "body_timeout", "send_timeout", "max_pending", "http", "interface", "loop", "lifespan", "interface_reason",
+        "ws_ping_interval", "ws_ping_timeout", "ws_max_size",
     )
 
     def __init__(
@@ -241,6 +252,9 @@ class Config(_Record):
         interface: str = DEFAULT_INTERFACE,
         loop: str = DEFAULT_LOOP,
         lifespan: str = DEFAULT_LIFESPAN,
+        ws_ping_interval: float = DEFAULT_WS_PING_INTERVAL,
+        ws_ping_timeout: float = DEFAULT_WS_PING_TIMEOUT,
+        ws_max_size: int = DEFAULT_WS_MAX_SIZE,
     ) -> None:
         self.app_spec = app_spec
         self.host = host
@@ -283,6 +297,9 @@ class Config(_Record):
         self.interface = interface
         self.loop = loop
         self.lifespan = lifespan
+        self.ws_ping_interval = ws_ping_interval
+        self.ws_ping_timeout = ws_ping_timeout
+        self.ws_max_size = ws_max_size
         # Why the interface is what it is, once the app is loaded (the startup line says it).
         self.interface_reason = ""
 
@@ -721,6 +738,15 @@ _OPTIONS = (
     ("lifespan", ("--lifespan",), "|".join(LIFESPAN_CHOICES), parse_lifespan, False,
      "the ASGI lifespan protocol: run it and carry on if the app does not support it (auto), "
      "require it (on), or skip it (off) (default: auto)"),
+    ("ws_ping_interval", ("--ws-ping-interval",), "SECONDS", parse_seconds, False,
+     f"ASGI websockets: ping each open websocket this often (default: "
+     f"{DEFAULT_WS_PING_INTERVAL:g}; 0: no pings)"),
+    ("ws_ping_timeout", ("--ws-ping-timeout",), "SECONDS", parse_seconds, False,
+     f"ASGI websockets: drop a connection whose client has not answered a ping within "
+     f"SECONDS; the app gets code 1006 (default: {DEFAULT_WS_PING_TIMEOUT:g})"),
+    ("ws_max_size", ("--ws-max-size",), "SIZE", parse_size, False,
+     f"ASGI websockets: the largest message a client may send; a larger one closes the "
+     f"connection with 1009 (default: {_format_size(DEFAULT_WS_MAX_SIZE)})"),
     ("graceful_timeout", ("--graceful-timeout",), "SECONDS", parse_seconds, False,
      f"on shutdown, seconds to let in-flight requests finish (default: {DEFAULT_GRACEFUL_TIMEOUT:g})"),
     ("root_path", ("--root-path",), "PATH", parse_root_path, False,
@@ -1127,6 +1153,9 @@ def parse(argv=None, environ=None):
         interface=values.get("interface", DEFAULT_INTERFACE),
         loop=values.get("loop", DEFAULT_LOOP),
         lifespan=values.get("lifespan", DEFAULT_LIFESPAN),
+        ws_ping_interval=float(values.get("ws_ping_interval", DEFAULT_WS_PING_INTERVAL)),
+        ws_ping_timeout=float(values.get("ws_ping_timeout", DEFAULT_WS_PING_TIMEOUT)),
+        ws_max_size=values.get("ws_max_size", DEFAULT_WS_MAX_SIZE),
     )
     return Invocation(config=config, chdir=values.get("chdir"), env=env_pairs, sources=sources)
 

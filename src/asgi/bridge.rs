@@ -7,7 +7,8 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
-use super::cycle::HttpCycle;
+use super::cycle::{HttpCycle, LoopSide};
+use super::websocket::WebSocketCycle;
 use super::queue::{Event, LoopQueue};
 use super::scope::ScopeBuilder;
 use crate::config::ServerConfig;
@@ -107,9 +108,17 @@ impl Bridge {
                 Event::Wake(shared) => {
                     let cycle = shared.cycle.lock().unwrap().as_ref().map(|c| c.clone_ref(py));
                     match cycle {
-                        Some(cycle) => cycle.bind(py).borrow_mut().woken(py),
+                        Some(cycle) => cycle.woken(py),
                         // The task has ended; only its flag needs clearing.
-                        None => {}
+                        None => shared.queued.store(false, std::sync::atomic::Ordering::Release),
+                    }
+                }
+                Event::EndStreams => {
+                    for shared in self.queue.take_streams() {
+                        let cycle = shared.cycle.lock().unwrap().as_ref().map(|c| c.clone_ref(py));
+                        if let Some(LoopSide::Http(cycle)) = cycle {
+                            cycle.bind(py).borrow_mut().end_stream(py);
+                        }
                     }
                 }
                 Event::Stop => stop = true,
@@ -128,12 +137,20 @@ impl Bridge {
     }
 
     fn start(&self, py: Python<'_>, job: super::Job) -> PyResult<()> {
-        let super::Job { parts, body, conn, reply, shared } = job;
+        let super::Job { parts, body, conn, reply, shared, websocket } = job;
         let (Some(runner), Some(create_task), Some(create_future)) = (&self.runner, &self.create_task, &self.create_future) else {
             return Err(pyo3::exceptions::PyRuntimeError::new_err("the loop is not prepared"));
         };
         let scope = self.scope.build(py, &parts, &conn)?;
         let line = format!("{} {}", parts.method, parts.uri.path());
+        if let Some(offer) = websocket {
+            self.scope.make_websocket(py, &scope, &parts, &conn)?;
+            let cycle = Py::new(py, WebSocketCycle::new(shared.clone(), offer, reply, create_future.clone_ref(py), line))?;
+            *shared.cycle.lock().unwrap() = Some(LoopSide::WebSocket(cycle.clone_ref(py)));
+            let coroutine = runner.call1(py, (self.app.bind(py), scope, cycle))?;
+            create_task.call1(py, (coroutine,))?;
+            return Ok(());
+        }
         let cycle = Py::new(
             py,
             HttpCycle::new(
@@ -147,7 +164,7 @@ impl Bridge {
                 line,
             ),
         )?;
-        *shared.cycle.lock().unwrap() = Some(cycle.clone_ref(py));
+        *shared.cycle.lock().unwrap() = Some(LoopSide::Http(cycle.clone_ref(py)));
         let coroutine = runner.call1(py, (self.app.bind(py), scope, cycle))?;
         create_task.call1(py, (coroutine,))?;
         Ok(())

@@ -28,12 +28,34 @@ use crate::telemetry::log;
 pub(crate) struct CycleShared {
     queue: Arc<LoopQueue>,
     /// A wake is on the queue already.
-    queued: AtomicBool,
+    pub(crate) queued: AtomicBool,
     /// hyper dropped the request before its response began.
-    gone: AtomicBool,
+    pub(crate) gone: AtomicBool,
     /// The loop side, for the drain callback to find from a wake; cleared when the app's task
     /// ends, which breaks the cycle between the two.
-    pub(crate) cycle: Mutex<Option<Py<HttpCycle>>>,
+    pub(crate) cycle: Mutex<Option<LoopSide>>,
+}
+
+/// The loop thread's object for a request.
+pub(crate) enum LoopSide {
+    Http(Py<HttpCycle>),
+    WebSocket(Py<super::WebSocketCycle>),
+}
+
+impl LoopSide {
+    pub fn clone_ref(&self, py: Python<'_>) -> LoopSide {
+        match self {
+            LoopSide::Http(cycle) => LoopSide::Http(cycle.clone_ref(py)),
+            LoopSide::WebSocket(cycle) => LoopSide::WebSocket(cycle.clone_ref(py)),
+        }
+    }
+
+    pub fn woken(&self, py: Python<'_>) {
+        match self {
+            LoopSide::Http(cycle) => cycle.bind(py).borrow_mut().woken(py),
+            LoopSide::WebSocket(cycle) => cycle.bind(py).borrow_mut().woken(py),
+        }
+    }
 }
 
 impl CycleShared {
@@ -93,7 +115,7 @@ impl Ready {
     fn close(&mut self) {}
 }
 
-fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
+pub(crate) fn ready(py: Python<'_>, value: Py<PyAny>) -> PyResult<Py<PyAny>> {
     Ok(Py::new(py, Ready(Some(value)))?.into_any())
 }
 
@@ -326,6 +348,7 @@ impl HttpCycle {
             self.respond(response);
             sender.watch_receiver(&self.waker);
             self.stream = Some(sender);
+            self.shared.queue.add_stream(&self.shared);
         }
         let Some(stream) = self.stream.as_ref() else {
             return Err(client_disconnected());
@@ -346,6 +369,22 @@ impl HttpCycle {
                 self.disconnected = true;
                 Err(client_disconnected())
             }
+        }
+    }
+
+    /// The graceful stop ends a response still streaming: its body ends cleanly where it is,
+    /// and the app is told the client has gone.
+    pub(crate) fn end_stream(&mut self, py: Python<'_>) {
+        if self.complete || self.stream.is_none() {
+            return;
+        }
+        if let Some((_, future, _)) = self.blocked_send.take() {
+            resolve(py, &future, Err(client_disconnected()));
+        }
+        self.finish_stream();
+        self.disconnected = true;
+        if let Some(future) = self.waiting_receive.take() {
+            resolve(py, &future, disconnect_message(py));
         }
     }
 
@@ -446,7 +485,7 @@ impl HttpCycle {
     }
 }
 
-fn resolve(py: Python<'_>, future: &Py<PyAny>, outcome: PyResult<Py<PyAny>>) {
+pub(crate) fn resolve(py: Python<'_>, future: &Py<PyAny>, outcome: PyResult<Py<PyAny>>) {
     let future = future.bind(py);
     // A cancelled task has cancelled its future; there is nothing left to tell it.
     if future.call_method0(pyo3::intern!(py, "done")).and_then(|d| d.is_truthy()).unwrap_or(true) {

@@ -11,21 +11,24 @@ mod cycle;
 mod queue;
 mod request_body;
 mod scope;
+mod websocket;
 
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
-use tokio::sync::oneshot;
+use tokio::sync::{oneshot, watch};
 
 use crate::http::{self as proto, ConnInfo, Handler};
+use crate::telemetry::log;
 use crate::wsgi::{read_body, refuse_body, ReadAhead, RequestBody};
 use request_body::PumpSource;
 use std::task::Waker;
 
 pub use bridge::{Bridge, Started};
 pub use cycle::{HttpCycle, Ready};
+pub use websocket::WebSocketCycle;
 pub(crate) use queue::LoopQueue;
 
 use cycle::CycleShared;
@@ -49,6 +52,8 @@ pub(crate) struct Job {
     pub conn: ConnInfo,
     pub reply: oneshot::Sender<proto::Response>,
     pub shared: Arc<CycleShared>,
+    /// For a websocket handshake: what the app's answer is made of.
+    pub websocket: Option<websocket::Offer>,
 }
 
 /// Hands requests from the I/O thread to the event loop.
@@ -56,11 +61,14 @@ pub struct AsgiHandler {
     queue: Arc<LoopQueue>,
     read_ahead: ReadAhead,
     max_pending: usize,
+    websockets: websocket::Settings,
+    /// Becomes true halfway through a graceful stop: open websockets close with 1001.
+    ending: Arc<watch::Sender<bool>>,
 }
 
 impl AsgiHandler {
-    pub(crate) fn new(queue: Arc<LoopQueue>, read_ahead: ReadAhead, max_pending: usize) -> Self {
-        AsgiHandler { queue, read_ahead, max_pending }
+    pub(crate) fn new(queue: Arc<LoopQueue>, read_ahead: ReadAhead, max_pending: usize, websockets: websocket::Settings) -> Self {
+        AsgiHandler { queue, read_ahead, max_pending, websockets, ending: Arc::new(watch::channel(false).0) }
     }
 }
 
@@ -72,12 +80,38 @@ impl Drop for AsgiHandler {
 }
 
 impl Handler for AsgiHandler {
+    /// Halfway through the graceful budget, ends what would otherwise keep it busy to the end:
+    /// streaming responses get `http.disconnect` (their body ends cleanly) and websockets are
+    /// closed with 1001, so that the lifespan shutdown has the rest of the budget.
+    fn stopping(&self, graceful_timeout: Duration) {
+        let ending = self.ending.clone();
+        let queue = self.queue.clone();
+        tokio::spawn(async move {
+            tokio::time::sleep(graceful_timeout / 2).await;
+            ending.send_replace(true);
+            queue.push(Event::EndStreams);
+        });
+    }
+
     fn call(&self, request: proto::Request, conn: ConnInfo) -> impl Future<Output = proto::Response> + Send + use<> {
         let queue = self.queue.clone();
         let ahead = self.read_ahead;
         let max_pending = self.max_pending;
+        let websockets = self.websockets;
+        let ending = self.ending.subscribe();
         Box::pin(async move {
             let (parts, incoming) = request.into_parts();
+            match websocket::handshake(&parts, &websockets) {
+                None => {}
+                Some(Err(refused)) => {
+                    log::info(format_args!("{} {} from {}: {}; answered {}", parts.method, parts.uri.path(), conn.peer_ip.as_str(), "an invalid websocket handshake", refused.status().as_u16()));
+                    return refused;
+                }
+                Some(Ok(handshake)) => {
+                    drop(incoming);
+                    return serve_websocket(parts, conn, handshake, queue, websockets, max_pending, ending).await;
+                }
+            }
             let expects_continue = parts.headers.contains_key(http::header::EXPECT);
             let body = match read_body(&parts, incoming, ahead).await {
                 Ok(RequestBody::Empty) => JobBody::Whole(Bytes::new()),
@@ -101,12 +135,49 @@ impl Handler for AsgiHandler {
                 }
             };
             let guard = DisconnectOnDrop(Some(shared.clone()));
-            queue.push(Event::Request(Job { parts, body, conn, reply, shared }));
+            queue.push(Event::Request(Job { parts, body, conn, reply, shared, websocket: None }));
             let response = answer.await.unwrap_or_else(|_| no_answer());
             guard.defuse();
             response
         })
     }
+}
+
+/// Puts a websocket handshake to the app and, when it accepts, leaves the connection's
+/// takeover with the HTTP layer.
+async fn serve_websocket(
+    mut parts: http::request::Parts,
+    conn: ConnInfo,
+    handshake: websocket::Handshake,
+    queue: Arc<LoopQueue>,
+    settings: websocket::Settings,
+    max_pending: usize,
+    ending: watch::Receiver<bool>,
+) -> proto::Response {
+    if *ending.borrow() {
+        return proto::plain(http::StatusCode::SERVICE_UNAVAILABLE, "the server is stopping\n");
+    }
+    if queue.pending() >= max_pending {
+        crate::telemetry::shedding::request_shed();
+        return proto::overloaded();
+    }
+    let Some(slot) = parts.extensions.remove::<proto::UpgradeSlot>() else {
+        unreachable!("a websocket handshake comes with its connection's upgrade slot");
+    };
+    let (reply, answer) = oneshot::channel();
+    let shared = CycleShared::new(queue.clone());
+    let link = Arc::new(websocket::Link::new(settings, Waker::from(shared.clone())));
+    let extensions = handshake.extensions.as_ref().and_then(|value| value.to_str().ok()).map(str::to_owned);
+    let offer = websocket::Offer { handshake, link: link.clone() };
+    let guard = DisconnectOnDrop(Some(shared.clone()));
+    let job = Job { parts, body: cycle::RequestBody::Done, conn, reply, shared, websocket: Some(offer) };
+    queue.push(Event::Request(job));
+    let response = answer.await.unwrap_or_else(|_| no_answer());
+    guard.defuse();
+    if response.status() == http::StatusCode::SWITCHING_PROTOCOLS {
+        slot.set(Box::new(move |io| Box::pin(websocket::run(io, link, extensions, ending))));
+    }
+    response
 }
 
 /// Tells the app `http.disconnect` when hyper drops the request before its response began:
@@ -176,7 +247,13 @@ impl EventLoop {
             return Ok(Err(reason));
         }
         let ahead = ReadAhead { limit: config.request_buffer, timeout: config.body_timeout, body_limit: config.limits.body };
-        Ok(Ok((EventLoop { thread, shutdown_budget }, AsgiHandler::new(queue, ahead, config.max_pending))))
+        let websockets = websocket::Settings {
+            ping_interval: config.ws_ping_interval,
+            ping_timeout: config.ws_ping_timeout,
+            max_size: config.ws_max_size,
+            outbound_limit: config.response_buffer,
+        };
+        Ok(Ok((EventLoop { thread, shutdown_budget }, AsgiHandler::new(queue, ahead, config.max_pending, websockets))))
     }
 
     /// After the handler is gone: waits for the lifespan shutdown, given `budget`, and the

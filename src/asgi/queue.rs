@@ -7,7 +7,7 @@
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, Weak};
 
 use super::cycle::CycleShared;
 use super::Job;
@@ -17,6 +17,8 @@ pub(crate) enum Event {
     Request(Job),
     /// Something changed for a running request (room in its response buffer, its client left).
     Wake(Arc<CycleShared>),
+    /// The graceful stop is halfway through: end the streaming responses still open.
+    EndStreams,
     /// No more requests will come: run the lifespan shutdown and stop.
     Stop,
 }
@@ -27,6 +29,8 @@ pub(crate) struct LoopQueue {
     eventfd: OwnedFd,
     /// Requests queued or running, for `--max-pending`.
     pending: AtomicUsize,
+    /// Responses that stream, for the graceful stop to end (only the loop thread uses it).
+    streams: Mutex<Vec<Weak<CycleShared>>>,
 }
 
 impl LoopQueue {
@@ -43,6 +47,7 @@ impl LoopQueue {
             armed: AtomicBool::new(true),
             eventfd,
             pending: AtomicUsize::new(0),
+            streams: Mutex::new(Vec::new()),
         }))
     }
 
@@ -76,6 +81,20 @@ impl LoopQueue {
 
     pub fn pending(&self) -> usize {
         self.pending.load(Ordering::Relaxed)
+    }
+
+    /// A response began to stream: a graceful stop ends it halfway through its budget.
+    pub fn add_stream(&self, shared: &Arc<CycleShared>) {
+        let mut streams = self.streams.lock().unwrap();
+        if streams.len() == streams.capacity() {
+            streams.retain(|stream| stream.strong_count() > 0);
+        }
+        streams.push(Arc::downgrade(shared));
+    }
+
+    /// The streams still open.
+    pub fn take_streams(&self) -> Vec<Arc<CycleShared>> {
+        std::mem::take(&mut *self.streams.lock().unwrap()).iter().filter_map(Weak::upgrade).collect()
     }
 
     /// A request's task has ended.

@@ -15,6 +15,7 @@ pub(crate) struct ScopeBuilder {
     /// The lifespan state; each request gets a shallow copy.
     state: Option<Py<PyDict>>,
     extensions: Py<PyDict>,
+    websocket_extensions: Py<PyDict>,
 }
 
 impl ScopeBuilder {
@@ -28,6 +29,11 @@ impl ScopeBuilder {
             root_path: PyString::new(py, root_path).unbind(),
             state: None,
             extensions: PyDict::new(py).unbind(),
+            websocket_extensions: {
+                let extensions = PyDict::new(py);
+                extensions.set_item("websocket.http.response", PyDict::new(py))?;
+                extensions.unbind()
+            },
         })
     }
 
@@ -77,5 +83,26 @@ impl ScopeBuilder {
         }
         scope.set_item(pyo3::intern!(py, "extensions"), self.extensions.bind(py).copy()?)?;
         Ok(scope)
+    }
+
+    /// Turns an HTTP scope made by [`build`](Self::build) into the websocket scope of the
+    /// same request.
+    pub fn make_websocket(&self, py: Python<'_>, scope: &Bound<'_, PyDict>, parts: &http::request::Parts, conn: &ConnInfo) -> PyResult<()> {
+        scope.set_item(pyo3::intern!(py, "type"), pyo3::intern!(py, "websocket"))?;
+        scope.del_item(pyo3::intern!(py, "method"))?;
+        let scheme = if conn.https { pyo3::intern!(py, "wss") } else { pyo3::intern!(py, "ws") };
+        scope.set_item(pyo3::intern!(py, "scheme"), scheme)?;
+        let subprotocols = PyList::empty(py);
+        for value in parts.headers.get_all(http::header::SEC_WEBSOCKET_PROTOCOL) {
+            for protocol in String::from_utf8_lossy(value.as_bytes()).split(',') {
+                let protocol = protocol.trim();
+                if !protocol.is_empty() {
+                    subprotocols.append(protocol)?;
+                }
+            }
+        }
+        scope.set_item(pyo3::intern!(py, "subprotocols"), subprotocols)?;
+        scope.set_item(pyo3::intern!(py, "extensions"), self.websocket_extensions.bind(py).copy()?)?;
+        Ok(())
     }
 }

@@ -12,7 +12,8 @@ use hyper_util::rt::TokioIo;
 use tokio::sync::watch;
 
 use super::checks;
-use super::watchdog::Watched;
+use super::upgrade::{Switched, UpgradeSlot};
+use super::watchdog::{ConnClock, Watched};
 use crate::telemetry::log;
 
 /// Counts the open connections and asks them to finish. hyper-util's `GracefulShutdown` does
@@ -41,11 +42,19 @@ impl Graceful {
     }
 }
 
+/// How an HTTP/1.1 connection may leave HTTP: the slot its requests' handler fills before it
+/// answers 101, and the clock to stop.
+pub(super) struct Switch {
+    pub slot: UpgradeSlot,
+    pub clock: std::sync::Arc<ConnClock>,
+}
+
 /// Runs a connection to its end, finishing it gracefully once `stop` changes, and says what
 /// went wrong if hyper refused a request.
 pub(super) async fn drive<S, B>(
     mut conn: http1::Connection<TokioIo<Watched>, S>,
     mut stop: watch::Receiver<()>,
+    switch: Switch,
     label: &'static str,
     observe: bool,
     peer: SocketAddr,
@@ -69,6 +78,16 @@ pub(super) async fn drive<S, B>(
         .await
     };
     let parts = conn.into_parts();
+    if ended.is_ok() {
+        if let Some(takeover) = switch.slot.take() {
+            // A 101 went out: the connection is the handler's now, and counts as open (the
+            // graceful stop waits for it) until its protocol ends.
+            switch.clock.switched();
+            let stream = parts.io.into_inner().into_stream();
+            takeover(Switched::new(stream, parts.read_buf)).await;
+            return;
+        }
+    }
     let watched = parts.io.inner();
     let stream = watched.stream();
     // A stop closes idle keep-alive connections, whose clients may hold them open for a long

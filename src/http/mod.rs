@@ -11,6 +11,7 @@ mod connection;
 mod header_case;
 mod hyper_refusal;
 mod server;
+mod upgrade;
 mod watchdog;
 
 use std::future::Future;
@@ -20,6 +21,7 @@ pub use body::{ChunkSender, Closed, ResponseBody};
 pub use header_case::OriginalCase;
 pub use checks::{log_refused, too_large, Limits, Rejection};
 pub use server::{serve, Protocols, ServerOptions, Stop};
+pub use upgrade::{Switched, Takeover, UpgradeSlot};
 
 pub type Request = hyper::Request<hyper::body::Incoming>;
 pub type Response = hyper::Response<ResponseBody>;
@@ -120,6 +122,10 @@ impl std::fmt::Debug for AddrText {
 /// thread pool) and awaits the answer.
 pub trait Handler: Send + Sync + 'static {
     fn call(&self, request: Request, conn: ConnInfo) -> impl Future<Output = Response> + Send + use<Self>;
+
+    /// A graceful stop has begun: connections get `graceful_timeout` to finish. A handler
+    /// whose responses may never end by themselves (streams, websockets) ends them in time.
+    fn stopping(&self, _graceful_timeout: std::time::Duration) {}
 }
 
 /// A short plain-text response for answers the server gives itself.

@@ -15,6 +15,7 @@ use tokio::net::{TcpListener, TcpStream};
 use super::checks::{self, Limits};
 use super::connection::{self, Graceful};
 use super::forwarded::TrustedProxies;
+use super::upgrade::UpgradeSlot;
 use super::watchdog::{self, ConnClock, Tracked, Watched};
 use super::{ConnInfo, Handler, OriginalCase};
 use crate::telemetry::access::Observation;
@@ -154,8 +155,13 @@ pub async fn serve<H: Handler>(
         let handler = handler.clone();
         let clock = ConnClock::new();
         let service_clock = clock.clone();
+        let slot = UpgradeSlot::default();
+        let service_slot = slot.clone();
         let service = service_fn(move |mut req: super::Request| {
             let started = service_clock.request_started();
+            if req.version() == http::Version::HTTP_11 && req.headers().contains_key(http::header::UPGRADE) {
+                req.extensions_mut().insert(service_slot.clone());
+            }
             let clock = service_clock.clone();
             let (conn_info, refused) = match conn_info.for_request(req.headers(), &trusted) {
                 Ok(conn) => (conn, None),
@@ -198,7 +204,7 @@ pub async fn serve<H: Handler>(
                         clock.restore_case(case);
                     }
                 }
-                if http1 && draining.load(Ordering::Relaxed) {
+                if http1 && draining.load(Ordering::Relaxed) && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     // hyper closes the connection after a response that says so.
                     response.headers_mut().insert(http::header::CONNECTION, CLOSE);
                 }
@@ -226,7 +232,8 @@ pub async fn serve<H: Handler>(
                 if http2 {
                     connection::drive_h2(h2.serve_connection(io, service), stop, label, peer).await;
                 } else {
-                    connection::drive(h1.serve_connection(io, service), stop, label, observe, peer).await;
+                    let switch = connection::Switch { slot, clock: clock.clone() };
+                    connection::drive(h1.serve_connection(io, service), stop, switch, label, observe, peer).await;
                 }
             };
             tokio::select! {
@@ -261,6 +268,7 @@ pub async fn serve<H: Handler>(
     };
     draining.store(true, Ordering::Relaxed);
     if stop == Stop::Graceful {
+        handler.stopping(options.graceful_timeout);
         // Connections the kernel completed before the stop are in the listen queue, and their
         // clients have sent or are sending a request: serve them rather than reset them.
         // Straight from the socket: the reactor may not have seen the latest ones yet.

@@ -122,6 +122,11 @@ impl ConnClock {
         }
     }
 
+    /// The connection left HTTP: no idle or head deadline applies to it any more.
+    pub fn switched(&self) {
+        self.phase.store(BUSY, Relaxed);
+    }
+
     #[cfg(test)]
     fn response_done(&self) {
         self.response_done_at(Moment::now());
@@ -232,6 +237,11 @@ impl Watched {
 
     pub fn stream(&self) -> &TcpStream {
         &self.stream
+    }
+
+    /// The socket, for a connection that leaves HTTP (its response head is written).
+    pub fn into_stream(self) -> TcpStream {
+        self.stream
     }
 
     /// When the request head now arriving (or the last one) began to arrive.

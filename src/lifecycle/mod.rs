@@ -303,6 +303,10 @@ impl<H: Handler> Handler for Guarded<H> {
             }
         }
     }
+
+    fn stopping(&self, graceful_timeout: Duration) {
+        self.inner.stopping(graceful_timeout);
+    }
 }
 
 /// A random 0..=`max` from the clock and the pid: enough to spread workers' recycling.
