@@ -26,6 +26,9 @@ pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
 /// `--send-timeout`: as nginx's send_timeout.
 pub const DEFAULT_SEND_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// `--loop-block-warning`.
+pub const DEFAULT_LOOP_BLOCK_WARNING: Duration = Duration::from_millis(500);
+
 /// `--ws-ping-interval` and `--ws-ping-timeout`.
 pub const DEFAULT_WS_PING: Duration = Duration::from_secs(20);
 
@@ -94,6 +97,8 @@ pub struct ServerConfig {
     pub lifespan: String,
     /// Why `interface` is what it is, for the startup line.
     pub interface_reason: String,
+    /// `--loop-block-warning`; `None`: off.
+    pub loop_block_warning: Option<Duration>,
     /// `--ws-ping-interval`; `None`: no pings.
     pub ws_ping_interval: Option<Duration>,
     /// `--ws-ping-timeout`.
@@ -184,6 +189,8 @@ impl ServerConfig {
             event_loop: optional(cfg, "loop")?.unwrap_or_else(|| "auto".to_owned()),
             lifespan: optional(cfg, "lifespan")?.unwrap_or_else(|| "auto".to_owned()),
             interface_reason: optional(cfg, "interface_reason")?.unwrap_or_default(),
+            loop_block_warning: seconds(cfg, "loop_block_warning")?
+                .map_or(Some(DEFAULT_LOOP_BLOCK_WARNING), |d| (!d.is_zero()).then_some(d)),
             ws_ping_interval: seconds(cfg, "ws_ping_interval")?.map_or(Some(DEFAULT_WS_PING), |d| (!d.is_zero()).then_some(d)),
             ws_ping_timeout: seconds(cfg, "ws_ping_timeout")?.unwrap_or(DEFAULT_WS_PING),
             ws_max_size: optional(cfg, "ws_max_size")?.unwrap_or(DEFAULT_WS_MAX_SIZE),

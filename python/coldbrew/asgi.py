@@ -8,6 +8,12 @@ loop through the bridge's eventfd; :meth:`Bridge.drain` turns each into a task r
 import asyncio
 
 from coldbrew import _coldbrew
+from coldbrew.cloud_logging import current_trace
+
+
+# What Bridge.drain returns besides 0.
+_STOPPED = 1
+_START_BEAT = 2
 
 
 def new_event_loop(kind):
@@ -29,7 +35,10 @@ def _traceback(exc):
     return "".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip()
 
 
-async def _run_http(app, scope, cycle):
+async def _run_http(app, scope, cycle, trace=None):
+    if trace is not None:
+        # This task's own context: the app's log records made while it runs carry the trace.
+        current_trace.set(trace)
     try:
         await app(scope, cycle.receive, cycle.send)
     except BaseException as exc:  # noqa: BLE001 - every way out of the app is answered
@@ -38,6 +47,21 @@ async def _run_http(app, scope, cycle):
             raise
     else:
         cycle.returned()
+
+
+def task_stack(task):
+    """Where ``task`` is suspended: each coroutine of its chain of awaits, outermost first."""
+    import traceback
+
+    frames = []
+    coro = task.get_coro()
+    while coro is not None:
+        frame = getattr(coro, "cr_frame", None) or getattr(coro, "gi_frame", None)
+        if frame is None:
+            break
+        frames.append((frame, frame.f_lineno))
+        coro = getattr(coro, "cr_await", None) or getattr(coro, "gi_yieldfrom", None)
+    return "".join(traceback.StackSummary.extract(frames).format()).rstrip()
 
 
 class Lifespan:
@@ -134,9 +158,17 @@ def run_loop(bridge, loop_kind, lifespan_mode):
             return
         bridge.prepare(loop, _run_http, lifespan.state if lifespan.supported else None)
         stopped = loop.create_future()
+        period = bridge.beat_period
+
+        def beat():
+            if bridge.beat():
+                loop.call_later(period, beat)
 
         def on_wake():
-            if bridge.drain() and not stopped.done():
+            outcome = bridge.drain()
+            if outcome == _START_BEAT:
+                loop.call_later(period, beat)
+            elif outcome == _STOPPED and not stopped.done():
                 stopped.set_result(None)
 
         loop.add_reader(bridge.fileno(), on_wake)

@@ -65,6 +65,8 @@ DEFAULT_SEND_TIMEOUT = 60.0
 # Websocket keepalive: a ping this often, and the connection is dropped when no pong came
 # back within the timeout. 20 s each keeps idle websockets alive through proxies that drop
 # silent connections after 30 to 60 s.
+# An ASGI event loop that has not run for this long is blocked by the app: its stack is logged.
+DEFAULT_LOOP_BLOCK_WARNING = 0.5
 DEFAULT_WS_PING_INTERVAL = 20.0
 DEFAULT_WS_PING_TIMEOUT = 20.0
 # The largest websocket message a client may send (RFC 6455 close code 1009 past it).
@@ -193,6 +195,7 @@ class Config(_Record):
     interface: str
     loop: str
     lifespan: str
+    loop_block_warning: float
     ws_ping_interval: float
     ws_ping_timeout: float
     ws_max_size: int
@@ -206,7 +209,7 @@ class Config(_Record):
         "post_fork", "max_requests", "max_requests_jitter", "timeout", "warmup",
         "health_path", "cgroup_root", "forwarded_allow_ips", "header_timeout", "keep_alive",
         "body_timeout", "send_timeout", "max_pending", "http", "interface", "loop", "lifespan", "interface_reason",
-        "ws_ping_interval", "ws_ping_timeout", "ws_max_size",
+        "ws_ping_interval", "ws_ping_timeout", "ws_max_size", "loop_block_warning",
     )
 
     def __init__(
@@ -252,6 +255,7 @@ class Config(_Record):
         interface: str = DEFAULT_INTERFACE,
         loop: str = DEFAULT_LOOP,
         lifespan: str = DEFAULT_LIFESPAN,
+        loop_block_warning: float = DEFAULT_LOOP_BLOCK_WARNING,
         ws_ping_interval: float = DEFAULT_WS_PING_INTERVAL,
         ws_ping_timeout: float = DEFAULT_WS_PING_TIMEOUT,
         ws_max_size: int = DEFAULT_WS_MAX_SIZE,
@@ -297,6 +301,7 @@ class Config(_Record):
         self.interface = interface
         self.loop = loop
         self.lifespan = lifespan
+        self.loop_block_warning = loop_block_warning
         self.ws_ping_interval = ws_ping_interval
         self.ws_ping_timeout = ws_ping_timeout
         self.ws_max_size = ws_max_size
@@ -738,6 +743,10 @@ _OPTIONS = (
     ("lifespan", ("--lifespan",), "|".join(LIFESPAN_CHOICES), parse_lifespan, False,
      "the ASGI lifespan protocol: run it and carry on if the app does not support it (auto), "
      "require it (on), or skip it (off) (default: auto)"),
+    ("loop_block_warning", ("--loop-block-warning",), "SECONDS", parse_seconds, False,
+     f"ASGI: when a worker's event loop has not run for SECONDS while requests wait (the app "
+     f"blocks instead of awaiting), log the stack it is stuck in, once per stall (default: "
+     f"{DEFAULT_LOOP_BLOCK_WARNING:g}; 0: off)"),
     ("ws_ping_interval", ("--ws-ping-interval",), "SECONDS", parse_seconds, False,
      f"ASGI websockets: ping each open websocket this often (default: "
      f"{DEFAULT_WS_PING_INTERVAL:g}; 0: no pings)"),
@@ -1153,6 +1162,7 @@ def parse(argv=None, environ=None):
         interface=values.get("interface", DEFAULT_INTERFACE),
         loop=values.get("loop", DEFAULT_LOOP),
         lifespan=values.get("lifespan", DEFAULT_LIFESPAN),
+        loop_block_warning=float(values.get("loop_block_warning", DEFAULT_LOOP_BLOCK_WARNING)),
         ws_ping_interval=float(values.get("ws_ping_interval", DEFAULT_WS_PING_INTERVAL)),
         ws_ping_timeout=float(values.get("ws_ping_timeout", DEFAULT_WS_PING_TIMEOUT)),
         ws_max_size=values.get("ws_max_size", DEFAULT_WS_MAX_SIZE),

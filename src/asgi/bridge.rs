@@ -7,12 +7,15 @@ use std::time::Duration;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
 
+use super::blocked::Heartbeat;
 use super::cycle::{HttpCycle, LoopSide};
 use super::websocket::WebSocketCycle;
 use super::queue::{Event, LoopQueue};
 use super::scope::ScopeBuilder;
 use crate::config::ServerConfig;
 use crate::telemetry::log;
+use crate::telemetry::TraceContext;
+use crate::wsgi::RequestTrace;
 
 /// How the lifespan startup ended: `Ok` to serve, or the reason not to.
 pub type Started = Result<(), String>;
@@ -28,10 +31,21 @@ pub struct Bridge {
     batch: Vec<Event>,
     response_buffer: usize,
     send_timeout: Option<Duration>,
+    /// `--timeout` is set: a request's cycle keeps its task, to cancel it.
+    timeout: bool,
+    /// The app's log records go through coldbrew's JSON writer, which wants their trace.
+    trace_var: bool,
     started: Mutex<Option<mpsc::Sender<Started>>>,
     /// Seconds the lifespan shutdown may take, set when the stop comes.
     pub(crate) shutdown_budget: Arc<Mutex<f64>>,
+    /// `--loop-block-warning`.
+    heartbeat: Option<Arc<Heartbeat>>,
 }
+
+/// What the drain callback tells the loop to do next.
+const DRAINED: u8 = 0;
+const STOPPED: u8 = 1;
+const START_BEAT: u8 = 2;
 
 impl Bridge {
     pub(crate) fn new(
@@ -41,6 +55,7 @@ impl Bridge {
         config: &ServerConfig,
         started: mpsc::Sender<Started>,
         shutdown_budget: Arc<Mutex<f64>>,
+        heartbeat: Option<Arc<Heartbeat>>,
     ) -> PyResult<Self> {
         Ok(Bridge {
             queue,
@@ -52,8 +67,11 @@ impl Bridge {
             batch: Vec::with_capacity(64),
             response_buffer: config.response_buffer,
             send_timeout: config.send_timeout,
+            timeout: config.timeout.is_some(),
+            trace_var: config.log_format == crate::telemetry::log::Format::Json && config.app_log_handler,
             started: Mutex::new(Some(started)),
             shutdown_budget,
+            heartbeat,
         })
     }
 }
@@ -81,7 +99,21 @@ impl Bridge {
         self.create_future = Some(event_loop.getattr("create_future")?.unbind());
         self.runner = Some(runner);
         self.scope.set_state(state);
+        if let Some(heartbeat) = &self.heartbeat {
+            heartbeat.set_thread();
+        }
         Ok(())
+    }
+
+    /// Seconds between heartbeats, or None without `--loop-block-warning`.
+    #[getter]
+    fn beat_period(&self) -> Option<f64> {
+        self.heartbeat.as_ref().map(|heartbeat| heartbeat.period())
+    }
+
+    /// The heartbeat callback: True while requests are in flight, for it to run again.
+    fn beat(&self) -> bool {
+        self.heartbeat.as_ref().is_some_and(|heartbeat| heartbeat.beat(self.queue.pending() > 0))
     }
 
     /// The lifespan startup ended; `failure` says why it failed.
@@ -92,15 +124,18 @@ impl Bridge {
         }
     }
 
-    /// The eventfd's reader callback: runs what the I/O thread queued. Returns True once the
-    /// server is stopping and no request will come any more.
-    fn drain(&mut self, py: Python<'_>) -> PyResult<bool> {
+    /// The eventfd's reader callback: runs what the I/O thread queued. Returns STOPPED once
+    /// the server is stopping and no request will come any more, START_BEAT when requests
+    /// arrived and the heartbeat must start.
+    fn drain(&mut self, py: Python<'_>) -> PyResult<u8> {
         let mut batch = std::mem::take(&mut self.batch);
         self.queue.take(&mut batch);
         let mut stop = false;
+        let mut arrived = false;
         for event in batch.drain(..) {
             match event {
                 Event::Request(job) => {
+                    arrived = true;
                     if let Err(err) = self.start(py, job) {
                         log::error(format_args!("cannot start an ASGI request: {err}"));
                     }
@@ -111,6 +146,12 @@ impl Bridge {
                         Some(cycle) => cycle.woken(py),
                         // The task has ended; only its flag needs clearing.
                         None => shared.queued.store(false, std::sync::atomic::Ordering::Release),
+                    }
+                }
+                Event::TimedOut(shared, limit) => {
+                    let cycle = shared.cycle.lock().unwrap().as_ref().map(|c| c.clone_ref(py));
+                    if let Some(LoopSide::Http(cycle)) = cycle {
+                        cycle.bind(py).borrow_mut().time_out(py, limit);
                     }
                 }
                 Event::EndStreams => {
@@ -125,7 +166,13 @@ impl Bridge {
             }
         }
         self.batch = batch;
-        Ok(stop)
+        if stop {
+            return Ok(STOPPED);
+        }
+        if arrived && self.heartbeat.as_ref().is_some_and(|heartbeat| heartbeat.wanted()) {
+            return Ok(START_BEAT);
+        }
+        Ok(DRAINED)
     }
 }
 
@@ -143,11 +190,18 @@ impl Bridge {
         };
         let scope = self.scope.build(py, &parts, &conn)?;
         let line = format!("{} {}", parts.method, parts.uri.path());
+        let trace = parts.extensions.get::<TraceContext>().copied();
+        // The app's log records find the trace through a context variable, which the task
+        // sets in its own context.
+        let trace_var = match trace {
+            Some(trace) if self.trace_var => Some(Py::new(py, RequestTrace(trace))?),
+            _ => None,
+        };
         if let Some(offer) = websocket {
             self.scope.make_websocket(py, &scope, &parts, &conn)?;
-            let cycle = Py::new(py, WebSocketCycle::new(shared.clone(), offer, reply, create_future.clone_ref(py), line))?;
+            let cycle = Py::new(py, WebSocketCycle::new(shared.clone(), offer, reply, create_future.clone_ref(py), line, trace))?;
             *shared.cycle.lock().unwrap() = Some(LoopSide::WebSocket(cycle.clone_ref(py)));
-            let coroutine = runner.call1(py, (self.app.bind(py), scope, cycle))?;
+            let coroutine = runner.call1(py, (self.app.bind(py), scope, cycle, trace_var))?;
             create_task.call1(py, (coroutine,))?;
             return Ok(());
         }
@@ -162,11 +216,18 @@ impl Bridge {
                 self.send_timeout,
                 create_future.clone_ref(py),
                 line,
+                trace,
             ),
         )?;
         *shared.cycle.lock().unwrap() = Some(LoopSide::Http(cycle.clone_ref(py)));
-        let coroutine = runner.call1(py, (self.app.bind(py), scope, cycle))?;
-        create_task.call1(py, (coroutine,))?;
+        let coroutine = match trace_var {
+            None => runner.call1(py, (self.app.bind(py), scope, cycle.clone_ref(py)))?,
+            Some(trace) => runner.call1(py, (self.app.bind(py), scope, cycle.clone_ref(py), trace))?,
+        };
+        let task = create_task.call1(py, (coroutine,))?;
+        if self.timeout {
+            cycle.bind(py).borrow_mut().task = Some(task);
+        }
         Ok(())
     }
 }

@@ -22,7 +22,8 @@ use tokio::sync::oneshot;
 use super::queue::{Event, LoopQueue};
 use super::request_body::{BodyReader, Taken};
 use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
-use crate::telemetry::log;
+use crate::telemetry::log::{self, Level};
+use crate::telemetry::TraceContext;
 
 /// What the I/O thread and the loop thread share about one request.
 pub(crate) struct CycleShared {
@@ -152,6 +153,12 @@ pub struct HttpCycle {
     create_future: Py<PyAny>,
     /// `GET /path`, for log lines.
     pub(crate) line: String,
+    /// The request's trace, on the server's log lines about it.
+    trace: Option<TraceContext>,
+    /// The app's task, kept only with `--timeout`.
+    pub(crate) task: Option<Py<PyAny>>,
+    /// `--timeout` cancelled the task.
+    timed_out: bool,
 }
 
 impl HttpCycle {
@@ -165,6 +172,7 @@ impl HttpCycle {
         send_timeout: Option<Duration>,
         create_future: Py<PyAny>,
         line: String,
+        trace: Option<TraceContext>,
     ) -> Self {
         HttpCycle {
             waker: Waker::from(shared.clone()),
@@ -183,6 +191,9 @@ impl HttpCycle {
             send_timeout,
             create_future,
             line,
+            trace,
+            task: None,
+            timed_out: false,
         }
     }
 
@@ -240,7 +251,7 @@ impl HttpCycle {
                 Taken::Failed(rejection) => {
                     self.body = RequestBody::Done;
                     if self.reply.is_some() {
-                        log::info(format_args!("{}: {}; answered {}", self.line, rejection.reason, rejection.status.as_u16()));
+                        log::emit_traced(Level::Info, self.trace, format_args!("{}: {}; answered {}", self.line, rejection.reason, rejection.status.as_u16()));
                         self.respond(rejection.response());
                         self.complete = true;
                     }
@@ -372,6 +383,42 @@ impl HttpCycle {
         }
     }
 
+    /// `--timeout` passed with no response begun: 504 to the client, the task's stack to the
+    /// log, and the task cancelled.
+    pub(crate) fn time_out(&mut self, py: Python<'_>, limit: Duration) {
+        if self.reply.is_none() {
+            // The response began in time; its answer was already on its way.
+            return;
+        }
+        self.respond(proto::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"));
+        self.complete = true;
+        self.timed_out = true;
+        let limit = limit.as_secs_f64();
+        let Some(task) = self.task.take() else { return };
+        let stack = py
+            .import("coldbrew.asgi")
+            .and_then(|module| module.call_method1("task_stack", (task.bind(py),)))
+            .and_then(|stack| stack.extract::<String>());
+        match stack {
+            Ok(stack) => log::emit_traced(
+                Level::Error,
+                self.trace,
+                format_args!("{}: no response within {limit} s (--timeout); answered 504 and cancelled the task, which was at:\n{stack}", self.line),
+            ),
+            Err(err) => log::emit_traced(
+                Level::Error,
+                self.trace,
+                format_args!("{}: no response within {limit} s (--timeout); answered 504 and cancelled the task; cannot read its stack: {err}", self.line),
+            ),
+        }
+        if let Err(err) = task.call_method0(py, pyo3::intern!(py, "cancel")) {
+            log::warn(format_args!("cannot cancel the task of {}: {err}", self.line));
+        }
+        if let Some(future) = self.waiting_receive.take() {
+            resolve(py, &future, disconnect_message(py));
+        }
+    }
+
     /// The graceful stop ends a response still streaming: its body ends cleanly where it is,
     /// and the app is told the client has gone.
     pub(crate) fn end_stream(&mut self, py: Python<'_>) {
@@ -447,16 +494,17 @@ impl HttpCycle {
     /// The app's coroutine returned.
     fn returned(&mut self) {
         self.shared.cycle.lock().unwrap().take();
+        self.task = None;
         if self.complete {
             return;
         }
         if !self.started {
-            log::error(format_args!("{}: the ASGI app returned without sending a response; answered 500", self.line));
+            log::emit_traced(Level::Error, self.trace, format_args!("{}: the ASGI app returned without sending a response; answered 500", self.line));
         } else if self.disconnected {
             self.complete = true;
             return;
         } else {
-            log::error(format_args!("{}: the ASGI app returned before its response was complete", self.line));
+            log::emit_traced(Level::Error, self.trace, format_args!("{}: the ASGI app returned before its response was complete", self.line));
         }
         self.abandon("the app returned before the response was complete");
     }
@@ -464,15 +512,20 @@ impl HttpCycle {
     /// The app's coroutine raised `error`, with `traceback` formatted.
     fn failed(&mut self, error: &Bound<'_, PyAny>, traceback: &str) {
         self.shared.cycle.lock().unwrap().take();
+        self.task = None;
+        if self.timed_out {
+            // The cancellation --timeout asked for; it has been logged.
+            return;
+        }
         let quiet = self.disconnected && error.is_instance_of::<PyOSError>();
         if quiet {
-            log::debug(format_args!("{}: the client went away: {traceback}", self.line));
+            log::emit_traced(Level::Debug, self.trace, format_args!("{}: the client went away: {traceback}", self.line));
         } else if self.reply.is_some() {
-            log::error(format_args!("error in ASGI app for {}; answered 500:\n{traceback}", self.line));
+            log::emit_traced(Level::Error, self.trace, format_args!("error in ASGI app for {}; answered 500:\n{traceback}", self.line));
         } else if self.complete {
-            log::error(format_args!("error in ASGI app for {} after its response was complete:\n{traceback}", self.line));
+            log::emit_traced(Level::Error, self.trace, format_args!("error in ASGI app for {} after its response was complete:\n{traceback}", self.line));
         } else {
-            log::error(format_args!("error in ASGI app for {} during its response; connection aborted:\n{traceback}", self.line));
+            log::emit_traced(Level::Error, self.trace, format_args!("error in ASGI app for {} during its response; connection aborted:\n{traceback}", self.line));
         }
         if !self.complete {
             self.abandon("the app raised during the response");

@@ -6,6 +6,7 @@
 //! that runs the app with a [`cycle::HttpCycle`]'s `receive` and `send`. The loop itself, and
 //! the lifespan protocol, are Python (`coldbrew/asgi.py`): neither is on a request's path.
 
+mod blocked;
 mod bridge;
 mod cycle;
 mod queue;
@@ -62,13 +63,15 @@ pub struct AsgiHandler {
     read_ahead: ReadAhead,
     max_pending: usize,
     websockets: websocket::Settings,
+    /// `--timeout`: from the request's arrival to its response head.
+    timeout: Option<Duration>,
     /// Becomes true halfway through a graceful stop: open websockets close with 1001.
     ending: Arc<watch::Sender<bool>>,
 }
 
 impl AsgiHandler {
-    pub(crate) fn new(queue: Arc<LoopQueue>, read_ahead: ReadAhead, max_pending: usize, websockets: websocket::Settings) -> Self {
-        AsgiHandler { queue, read_ahead, max_pending, websockets, ending: Arc::new(watch::channel(false).0) }
+    pub(crate) fn new(queue: Arc<LoopQueue>, read_ahead: ReadAhead, max_pending: usize, websockets: websocket::Settings, timeout: Option<Duration>) -> Self {
+        AsgiHandler { queue, read_ahead, max_pending, websockets, timeout, ending: Arc::new(watch::channel(false).0) }
     }
 }
 
@@ -99,6 +102,7 @@ impl Handler for AsgiHandler {
         let max_pending = self.max_pending;
         let websockets = self.websockets;
         let ending = self.ending.subscribe();
+        let deadline = self.timeout.map(|limit| (tokio::time::Instant::now() + limit, limit));
         Box::pin(async move {
             let (parts, incoming) = request.into_parts();
             match websocket::handshake(&parts, &websockets) {
@@ -135,8 +139,23 @@ impl Handler for AsgiHandler {
                 }
             };
             let guard = DisconnectOnDrop(Some(shared.clone()));
-            queue.push(Event::Request(Job { parts, body, conn, reply, shared, websocket: None }));
-            let response = answer.await.unwrap_or_else(|_| no_answer());
+            queue.push(Event::Request(Job { parts, body, conn, reply, shared: shared.clone(), websocket: None }));
+            let response = match deadline {
+                None => answer.await,
+                Some((at, limit)) => {
+                    tokio::pin!(answer);
+                    tokio::select! {
+                        biased;
+                        response = &mut answer => response,
+                        () = tokio::time::sleep_until(at) => {
+                            // The loop answers 504 unless the app's answer is on its way.
+                            queue.push(Event::TimedOut(shared, limit));
+                            answer.await
+                        }
+                    }
+                }
+            }
+            .unwrap_or_else(|_| no_answer());
             guard.defuse();
             response
         })
@@ -220,7 +239,9 @@ impl EventLoop {
         let queue = LoopQueue::new()?;
         let (started_tx, started_rx) = std::sync::mpsc::channel();
         let shutdown_budget = Arc::new(std::sync::Mutex::new(config.graceful_timeout.as_secs_f64().max(MIN_SHUTDOWN.as_secs_f64())));
-        let bridge = Py::new(py, Bridge::new(py, queue.clone(), app, config, started_tx, shutdown_budget.clone())?)?;
+        let heartbeat = blocked::Heartbeat::start(config.loop_block_warning)
+            .map_err(|err| pyo3::exceptions::PyOSError::new_err(format!("cannot start the event loop's watcher thread: {err}")))?;
+        let bridge = Py::new(py, Bridge::new(py, queue.clone(), app, config, started_tx, shutdown_budget.clone(), heartbeat)?)?;
         // uvloop takes the thread that first imports it for the main one, where it installs a
         // signal wake-up; imported here, on the main thread, it leaves the loop thread's alone.
         let loop_kind: String = py.import("coldbrew.asgi")?.call_method1("loop_name", (config.event_loop.as_str(),))?.extract()?;
@@ -253,7 +274,7 @@ impl EventLoop {
             max_size: config.ws_max_size,
             outbound_limit: config.response_buffer,
         };
-        Ok(Ok((EventLoop { thread, shutdown_budget }, AsgiHandler::new(queue, ahead, config.max_pending, websockets))))
+        Ok(Ok((EventLoop { thread, shutdown_budget }, AsgiHandler::new(queue, ahead, config.max_pending, websockets, config.timeout))))
     }
 
     /// After the handler is gone: waits for the lifespan shutdown, given `budget`, and the

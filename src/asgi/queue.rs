@@ -17,6 +17,8 @@ pub(crate) enum Event {
     Request(Job),
     /// Something changed for a running request (room in its response buffer, its client left).
     Wake(Arc<CycleShared>),
+    /// The request has had no response within `--timeout`: answer 504 and cancel its task.
+    TimedOut(Arc<CycleShared>, std::time::Duration),
     /// The graceful stop is halfway through: end the streaming responses still open.
     EndStreams,
     /// No more requests will come: run the lifespan shutdown and stop.

@@ -34,7 +34,8 @@ use yawc::{Frame, OpCode, Options, Role, WebSocketError};
 
 use super::cycle::{ready, resolve, CycleShared};
 use crate::http::{self as proto, ResponseBody, Switched};
-use crate::telemetry::log;
+use crate::telemetry::log::{self, Level};
+use crate::telemetry::TraceContext;
 
 /// Messages from the client the app may leave unread before the I/O task stops reading (and
 /// TCP holds the client back).
@@ -582,10 +583,18 @@ pub struct WebSocketCycle {
     blocked_send: Option<Py<PyAny>>,
     create_future: Py<PyAny>,
     line: String,
+    trace: Option<TraceContext>,
 }
 
 impl WebSocketCycle {
-    pub(crate) fn new(shared: Arc<CycleShared>, offer: Offer, reply: oneshot::Sender<proto::Response>, create_future: Py<PyAny>, line: String) -> Self {
+    pub(crate) fn new(
+        shared: Arc<CycleShared>,
+        offer: Offer,
+        reply: oneshot::Sender<proto::Response>,
+        create_future: Py<PyAny>,
+        line: String,
+        trace: Option<TraceContext>,
+    ) -> Self {
         WebSocketCycle {
             shared,
             link: offer.link,
@@ -597,6 +606,7 @@ impl WebSocketCycle {
             blocked_send: None,
             create_future,
             line,
+            trace,
         }
     }
 
@@ -880,7 +890,7 @@ impl WebSocketCycle {
     /// The app's coroutine returned.
     fn returned(&mut self) {
         if self.reply.is_some() {
-            log::info(format_args!("{}: the ASGI app returned without accepting the websocket; answered 403", self.line));
+            log::emit_traced(Level::Info, self.trace, format_args!("{}: the ASGI app returned without accepting the websocket; answered 403", self.line));
         }
         self.end(StatusCode::FORBIDDEN, 1000);
     }
@@ -889,11 +899,11 @@ impl WebSocketCycle {
     fn failed(&mut self, error: &Bound<'_, PyAny>, traceback: &str) {
         let ended = self.link.state.lock().unwrap().ended.is_some();
         if ended && error.is_instance_of::<PyOSError>() {
-            log::debug(format_args!("{}: the client went away: {traceback}", self.line));
+            log::emit_traced(Level::Debug, self.trace, format_args!("{}: the client went away: {traceback}", self.line));
         } else if self.reply.is_some() {
-            log::error(format_args!("error in ASGI app for websocket {}; answered 500:\n{traceback}", self.line));
+            log::emit_traced(Level::Error, self.trace, format_args!("error in ASGI app for websocket {}; answered 500:\n{traceback}", self.line));
         } else {
-            log::error(format_args!("error in ASGI app for websocket {}; closed with 1011:\n{traceback}", self.line));
+            log::emit_traced(Level::Error, self.trace, format_args!("error in ASGI app for websocket {}; closed with 1011:\n{traceback}", self.line));
         }
         self.end(StatusCode::INTERNAL_SERVER_ERROR, 1011);
     }

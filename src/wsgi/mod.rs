@@ -37,6 +37,7 @@ use crate::telemetry::metrics;
 pub use input::InputStream;
 pub use pool::{Pool, RequestTrace};
 pub(crate) use pool::format_traceback;
+pub(crate) use deadline::python_thread_ident;
 pub use streams::{ErrorStream, FileWrapper};
 
 /// One request waiting for a Python thread.
