@@ -1,0 +1,61 @@
+"""ASGI apps for tests/test_asgi_operations.py: timeouts, a blocked loop, traces, the stop."""
+
+import asyncio
+import logging
+import os
+import time
+
+log = logging.getLogger("opsapp")
+
+
+async def wait_upstream():
+    await asyncio.sleep(60)
+
+
+async def app(scope, receive, send):
+    if scope["type"] == "lifespan":
+        while True:
+            message = await receive()
+            if message["type"] == "lifespan.startup":
+                await send({"type": "lifespan.startup.complete"})
+            elif message["type"] == "lifespan.shutdown":
+                marker = os.environ.get("SHUTDOWN_MARKER")
+                if marker:
+                    with open(marker, "w") as f:
+                        f.write(f"{time.time()}\n")
+                await send({"type": "lifespan.shutdown.complete"})
+                return
+    if scope["type"] == "websocket":
+        await receive()
+        await send({"type": "websocket.accept"})
+        while True:
+            message = await receive()
+            if message["type"] == "websocket.disconnect":
+                print(f"websocket disconnect {message['code']}", flush=True)
+                return
+            await send({"type": "websocket.send", "text": message.get("text") or ""})
+    path = scope["path"]
+    if path == "/upstream":
+        await wait_upstream()
+    elif path == "/block":
+        time.sleep(1.5)
+    elif path == "/log":
+        # Two log records with an await between them: another request's task runs meanwhile,
+        # and each record must still carry its own request's trace.
+        tag = scope["query_string"].decode()
+        log.warning("first record of %s", tag)
+        await asyncio.sleep(0.2)
+        log.warning("second record of %s", tag)
+    elif path == "/slow":
+        await asyncio.sleep(2.5)
+    elif path == "/events":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"text/event-stream")]})
+        await send({"type": "http.response.body", "body": b"data: hello\n\n", "more_body": True})
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                print("event stream told http.disconnect", flush=True)
+                return
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": b"done"})

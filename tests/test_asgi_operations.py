@@ -1,0 +1,151 @@
+"""ASGI in operation: --timeout, --loop-block-warning, traces in the JSON log, the staged stop."""
+
+import json
+import socket
+import threading
+import time
+
+import pytest
+import requests
+from websockets.sync.client import connect as ws_connect
+
+from conftest import recv_until_closed
+
+TRACE_A = "0af7651916cd43dd8448eb211c80319c"
+TRACE_B = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
+def traceparent(trace):
+    return f"00-{trace}-b7ad6b7169203331-01"
+
+
+def json_lines(text):
+    return [json.loads(line) for line in text.splitlines() if line.startswith("{")]
+
+
+def test_timeout_answers_504_logs_the_await_chain_and_cancels_the_task(serve):
+    server = serve("asgi_ops_apps:app", "--timeout", "1")
+    response = requests.get(server.url + "/upstream", timeout=10)
+    assert response.status_code == 504
+    # The server goes on serving, the cancelled task did not take the loop with it.
+    assert requests.get(server.url + "/fast", timeout=10).text == "done"
+    assert server.stop() == 0
+    log = server.stderr
+    assert "GET /upstream: no response within 1 s (--timeout); answered 504 and cancelled the task" in log
+    # The stack names every coroutine of the chain down to where it waits.
+    assert "in app" in log and "in wait_upstream" in log and "await asyncio.sleep(60)" in log
+    # The cancellation is not reported again as an error in the app.
+    assert "CancelledError" not in log
+
+
+def test_a_blocked_loop_is_reported_once_with_its_stack(serve):
+    server = serve("asgi_ops_apps:app", "--loop-block-warning", "0.3")
+    # An idle wait first: a request that awaits is not a blocked loop.
+    assert requests.get(server.url + "/slow", timeout=10).text == "done"
+    assert requests.get(server.url + "/block", timeout=10).text == "done"
+    assert server.stop() == 0
+    warnings = [line for line in server.stderr.splitlines() if "the event loop has not run for" in line]
+    assert len(warnings) == 1, server.stderr
+    assert "(--loop-block-warning 0.3)" in warnings[0]
+    assert "time.sleep(1.5)" in server.stderr
+
+
+def test_no_block_warning_when_turned_off(serve):
+    server = serve("asgi_ops_apps:app", "--loop-block-warning", "0")
+    assert requests.get(server.url + "/block", timeout=10).text == "done"
+    assert server.stop() == 0
+    assert "the event loop has not run" not in server.stderr
+
+
+def test_each_task_logs_with_its_own_requests_trace(serve):
+    server = serve("asgi_ops_apps:app", "--log-format", "json", env={"GOOGLE_CLOUD_PROJECT": "proj"})
+    results = {}
+
+    def fetch(tag, trace):
+        results[tag] = requests.get(server.url + f"/log?{tag}", headers={"traceparent": traceparent(trace)}, timeout=10)
+
+    threads = [threading.Thread(target=fetch, args=("a", TRACE_A)), threading.Thread(target=fetch, args=("b", TRACE_B))]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert all(response.status_code == 200 for response in results.values())
+    untraced = requests.get(server.url + "/log?none", timeout=10)
+    assert untraced.status_code == 200
+    assert server.stop() == 0
+    records = [r for r in json_lines(server.stderr) if r.get("logger") == "opsapp"]
+    by_tag = {}
+    for record in records:
+        tag = record["message"].rsplit(" ", 1)[1]
+        by_tag.setdefault(tag, []).append(record.get("logging.googleapis.com/trace"))
+    assert by_tag["a"] == [f"projects/proj/traces/{TRACE_A}"] * 2
+    assert by_tag["b"] == [f"projects/proj/traces/{TRACE_B}"] * 2
+    assert by_tag["none"] == [None, None]
+
+
+def test_the_servers_own_lines_about_a_request_carry_its_trace(serve):
+    server = serve("asgi_ops_apps:app", "--log-format", "json", "--timeout", "0.5", env={"GOOGLE_CLOUD_PROJECT": "proj"})
+    response = requests.get(server.url + "/upstream", headers={"traceparent": traceparent(TRACE_A)}, timeout=10)
+    assert response.status_code == 504
+    assert server.stop() == 0
+    [line] = [r for r in json_lines(server.stderr) if "(--timeout)" in r["message"]]
+    assert line["severity"] == "ERROR"
+    assert line["logging.googleapis.com/trace"] == f"projects/proj/traces/{TRACE_A}"
+
+
+def read_until(sock, marker, timeout=10.0):
+    sock.settimeout(timeout)
+    data = b""
+    while marker not in data:
+        chunk = sock.recv(65536)
+        if not chunk:
+            break
+        data += chunk
+    return data
+
+
+def test_sigterm_ends_streams_and_websockets_at_half_budget_then_runs_the_lifespan_shutdown(serve, tmp_path):
+    """The issue's proof: an SSE stream, a websocket and a slow request open at once, and with
+    the default --graceful-timeout the whole stop, lifespan shutdown included, fits inside
+    Cloud Run's 10 seconds."""
+    marker = tmp_path / "shutdown"
+    server = serve("asgi_ops_apps:app", env={"SHUTDOWN_MARKER": str(marker)})
+
+    events = server.connect()
+    events.sendall(b"GET /events HTTP/1.1\r\nHost: x\r\n\r\n")
+    head = read_until(events, b"data: hello")
+    assert b"200 OK" in head and b"data: hello" in head
+
+    with ws_connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+        ws.send("ping")
+        assert ws.recv(timeout=10) == "ping"
+        stop_with_everything_open(server, events, ws, marker)
+
+
+def stop_with_everything_open(server, events, ws, marker):
+    slow = {}
+    slow_thread = threading.Thread(target=lambda: slow.update(r=requests.get(server.url + "/slow", timeout=20)))
+    slow_thread.start()
+    time.sleep(0.3)  # the slow request has reached the app
+
+    stopped_at = time.monotonic()
+    server.proc.send_signal(15)
+
+    # The websocket is closed by the server with 1001, going away.
+    with pytest.raises(Exception) as closed:
+        ws.recv(timeout=9)
+    assert ws.close_code == 1001, closed.value
+
+    # The event stream's body ends cleanly: the chunked terminator, then the connection closes.
+    rest = recv_until_closed(events, timeout=9)
+    assert rest.endswith(b"0\r\n\r\n"), rest
+
+    slow_thread.join(timeout=10)
+    assert slow["r"].status_code == 200 and slow["r"].text == "done"
+
+    code = server.proc.wait(timeout=9.5 - (time.monotonic() - stopped_at))
+    assert code == 0
+    assert marker.exists(), "the lifespan shutdown did not run"
+    server.stop()
+    assert "event stream told http.disconnect" in server.stdout
+    assert "websocket disconnect 1001" in server.stdout
