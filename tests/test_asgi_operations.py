@@ -149,3 +149,34 @@ def stop_with_everything_open(server, events, ws, marker):
     server.stop()
     assert "event stream told http.disconnect" in server.stdout
     assert "websocket disconnect 1001" in server.stdout
+
+
+def scrape(port):
+    text = requests.get(f"http://127.0.0.1:{port}/metrics", timeout=10).text
+    values = {}
+    for line in text.splitlines():
+        if not line.startswith("#"):
+            name, value = line.rsplit(" ", 1)
+            values[name] = float(value)
+    return values
+
+
+def test_websockets_are_counted_in_the_metrics(serve):
+    from conftest import free_port
+
+    metrics_port = free_port()
+    server = serve("asgi_ops_apps:app", "--metrics-bind", f"127.0.0.1:{metrics_port}")
+    with ws_connect(f"ws://127.0.0.1:{server.port}/ws") as ws:
+        for text in ("a", "b", "c"):
+            ws.send(text)
+            assert ws.recv(timeout=10) == text
+        values = scrape(metrics_port)
+        assert values["coldbrew_websockets_open"] == 1
+        assert values["coldbrew_websockets_total"] == 1
+        assert values['coldbrew_websocket_messages_total{direction="received"}'] == 3
+        assert values['coldbrew_websocket_messages_total{direction="sent"}'] == 3
+    deadline = time.monotonic() + 10
+    while scrape(metrics_port)["coldbrew_websockets_open"] != 0 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    values = scrape(metrics_port)
+    assert values["coldbrew_websockets_open"] == 0 and values["coldbrew_websockets_total"] == 1

@@ -29,6 +29,9 @@ FAMILIES = {
     "coldbrew_request_body_bytes_total": "counter",
     "coldbrew_response_body_bytes_total": "counter",
     "coldbrew_worker_restarts_total": "counter",
+    "coldbrew_websockets_total": "counter",
+    "coldbrew_websockets_open": "gauge",
+    "coldbrew_websocket_messages_total": "counter",
     "coldbrew_startup_duration_seconds": "gauge",
 }
 BUCKETS = ["0.001", "0.0025", "0.005", "0.01", "0.025", "0.05", "0.1", "0.25", "0.5",

@@ -35,7 +35,7 @@ use yawc::{Frame, OpCode, Options, Role, WebSocketError};
 use super::cycle::{ready, resolve, CycleShared};
 use crate::http::{self as proto, ResponseBody, Switched};
 use crate::telemetry::log::{self, Level};
-use crate::telemetry::TraceContext;
+use crate::telemetry::{metrics, TraceContext};
 
 /// Messages from the client the app may leave unread before the I/O task stops reading (and
 /// TCP holds the client back).
@@ -210,6 +210,8 @@ pub(crate) async fn run(io: Switched, link: Arc<Link>, extensions: Option<String
             return;
         }
     };
+    metrics::websocket_open(1);
+    let _open = OpenGauge;
     let mut conn = Conn {
         ws: ws.into_streaming(),
         link: link.clone(),
@@ -249,6 +251,15 @@ pub(crate) async fn run(io: Switched, link: Arc<Link>, extensions: Option<String
         }
     };
     finish(&link, told);
+}
+
+/// Counts a websocket open until dropped.
+struct OpenGauge;
+
+impl Drop for OpenGauge {
+    fn drop(&mut self) {
+        metrics::websocket_open(-1);
+    }
 }
 
 /// Marks the link ended (unless the app already knows how) and tells the app.
@@ -334,6 +345,7 @@ impl Conn {
             let frame = match state.outbound.pop_front().unwrap() {
                 Outgoing::Message(message) => {
                     state.outbound_bytes -= message.len();
+                    metrics::websocket_message(false);
                     match message {
                         Message::Text(text) => Frame::text(text),
                         Message::Binary(data) => Frame::binary(data),
@@ -479,6 +491,7 @@ impl Conn {
             }
             _ => return Err((1002, "an unknown opcode")),
         };
+        metrics::websocket_message(true);
         let mut state = self.link.state.lock().unwrap();
         if !state.abandoned {
             state.inbound.push_back(message);

@@ -70,6 +70,11 @@ struct Registry {
     startup_seconds: AtomicU64,
     /// Requests waiting for a Python thread.
     waiting: AtomicI64,
+    /// Websockets accepted.
+    websockets: AtomicU64,
+    websockets_open: AtomicI64,
+    /// Websocket messages `[received, sent]`.
+    websocket_messages: [AtomicU64; 2],
 }
 
 static ENABLED: AtomicBool = AtomicBool::new(false);
@@ -168,6 +173,26 @@ pub fn requests_waiting(delta: i64) {
         return;
     }
     registry().waiting.fetch_add(delta, Relaxed);
+}
+
+/// A websocket was accepted (+1) or has closed (−1).
+pub fn websocket_open(delta: i64) {
+    if !enabled() {
+        return;
+    }
+    if delta > 0 {
+        registry().websockets.fetch_add(1, Relaxed);
+    }
+    registry().websockets_open.fetch_add(delta, Relaxed);
+}
+
+/// A websocket message was received from (`received`) or sent to a client.
+#[inline]
+pub fn websocket_message(received: bool) {
+    if !enabled() {
+        return;
+    }
+    registry().websocket_messages[usize::from(!received)].fetch_add(1, Relaxed);
 }
 
 /// How long startup took (the `coldbrew_startup_duration_seconds` gauge). Stored even while
@@ -310,6 +335,9 @@ impl Registry {
             worker_restarts: AtomicU64::new(0),
             startup_seconds: AtomicU64::new(0), // 0.0f64's bits
             waiting: AtomicI64::new(0),
+            websockets: AtomicU64::new(0),
+            websockets_open: AtomicI64::new(0),
+            websocket_messages: [const { AtomicU64::new(0) }; 2],
         }
     }
 
@@ -328,6 +356,11 @@ impl Registry {
         self.body_out.fetch_add(other.body_out.load(Relaxed), Relaxed);
         self.worker_restarts.fetch_add(other.worker_restarts.load(Relaxed), Relaxed);
         self.waiting.fetch_add(other.waiting.load(Relaxed), Relaxed);
+        self.websockets.fetch_add(other.websockets.load(Relaxed), Relaxed);
+        self.websockets_open.fetch_add(other.websockets_open.load(Relaxed), Relaxed);
+        for (mine, theirs) in self.websocket_messages.iter().zip(other.websocket_messages.iter()) {
+            mine.fetch_add(theirs.load(Relaxed), Relaxed);
+        }
         let startup = f64::from_bits(self.startup_seconds.load(Relaxed)).max(f64::from_bits(other.startup_seconds.load(Relaxed)));
         self.startup_seconds.store(startup.to_bits(), Relaxed);
     }
@@ -336,10 +369,13 @@ impl Registry {
         for cell in self.requests.iter().flatten().chain(self.buckets.iter()) {
             cell.store(0, Relaxed);
         }
-        for cell in [&self.duration_sum_micros, &self.body_in, &self.body_out, &self.worker_restarts, &self.startup_seconds] {
+        for cell in [&self.duration_sum_micros, &self.body_in, &self.body_out, &self.worker_restarts, &self.startup_seconds, &self.websockets]
+            .into_iter()
+            .chain(self.websocket_messages.iter())
+        {
             cell.store(0, Relaxed);
         }
-        for cell in [&self.in_flight, &self.python_busy, &self.waiting] {
+        for cell in [&self.in_flight, &self.python_busy, &self.waiting, &self.websockets_open] {
             cell.store(0, Relaxed);
         }
     }
@@ -399,6 +435,12 @@ impl Registry {
         counter(w, "coldbrew_request_body_bytes_total", "Request body bytes read.", self.body_in.load(Relaxed));
         counter(w, "coldbrew_response_body_bytes_total", "Response body bytes sent.", self.body_out.load(Relaxed));
         counter(w, "coldbrew_worker_restarts_total", "Worker processes restarted.", self.worker_restarts.load(Relaxed));
+        counter(w, "coldbrew_websockets_total", "Websocket connections accepted (ASGI).", self.websockets.load(Relaxed));
+        gauge(w, "coldbrew_websockets_open", "Websocket connections open (ASGI).", self.websockets_open.load(Relaxed).max(0));
+        family(w, "coldbrew_websocket_messages_total", "counter", "Websocket messages, by direction (ASGI).");
+        for (direction, n) in ["received", "sent"].iter().zip(self.websocket_messages.iter()) {
+            let _ = writeln!(w, "coldbrew_websocket_messages_total{{direction=\"{direction}\"}} {}", n.load(Relaxed));
+        }
 
         let startup = f64::from_bits(self.startup_seconds.load(Relaxed));
         gauge(w, "coldbrew_startup_duration_seconds", "Seconds from coldbrew's start until ready to serve.", startup);
@@ -644,6 +686,9 @@ mod tests {
             ("coldbrew_request_body_bytes_total", "counter"),
             ("coldbrew_response_body_bytes_total", "counter"),
             ("coldbrew_worker_restarts_total", "counter"),
+            ("coldbrew_websockets_total", "counter"),
+            ("coldbrew_websockets_open", "gauge"),
+            ("coldbrew_websocket_messages_total", "counter"),
             ("coldbrew_startup_duration_seconds", "gauge"),
         ];
         assert_eq!(types.len(), expected.len());
@@ -651,8 +696,8 @@ mod tests {
             assert_eq!(types.get(name).map(String::as_str), Some(kind), "{name}");
         }
         assert!(samples.iter().all(|s| s.value == 0.0), "{text}");
-        // 8 methods x 5 classes, 16 buckets + sum + count, 7 single samples.
-        assert_eq!(samples.len(), 40 + 18 + 7);
+        // 8 methods x 5 classes, 16 buckets + sum + count, 9 single samples, 2 directions.
+        assert_eq!(samples.len(), 40 + 18 + 9 + 2);
     }
 
     #[test]
