@@ -180,3 +180,45 @@ def test_websockets_are_counted_in_the_metrics(serve):
         time.sleep(0.05)
     values = scrape(metrics_port)
     assert values["coldbrew_websockets_open"] == 0 and values["coldbrew_websockets_total"] == 1
+
+
+def raw_get(server, path, extra=b""):
+    with server.connect() as sock:
+        sock.sendall(b"GET " + path.encode() + b" HTTP/1.1\r\nHost: x\r\nConnection: close\r\n" + extra + b"\r\n")
+        return recv_until_closed(sock)
+
+
+def test_pathsend_sends_the_file_from_rust(serve, tmp_path):
+    data = bytes(range(256)) * 4096 + b"tail"  # 1 MiB and a bit
+    path = tmp_path / "payload.bin"
+    path.write_bytes(data)
+    server = serve("asgi_ops_apps:app", env={"PATHSEND_FILE": str(path)})
+    assert "'http.response.pathsend'" in requests.get(server.url + "/extensions", timeout=10).text
+    response = requests.get(server.url + "/pathsend", timeout=10)
+    assert response.status_code == 200
+    assert response.headers["content-length"] == str(len(data))
+    assert response.content == data
+    head = requests.head(server.url + "/pathsend", timeout=10)
+    assert head.status_code == 200 and head.content == b""
+    missing = requests.get(server.url + "/pathsend-missing", timeout=10)
+    assert missing.status_code == 200
+    assert missing.text.startswith("OSError: http.response.pathsend cannot open /nonexistent/file")
+
+
+def test_trailers_are_advertised_and_sent_only_to_a_client_that_takes_them(serve):
+    server = serve("asgi_ops_apps:app")
+    assert "http.response.trailers" not in requests.get(server.url + "/extensions", timeout=10).text
+    advertised = raw_get(server, "/extensions", b"TE: trailers\r\n")
+    assert b"'http.response.trailers'" in advertised
+
+    answer = raw_get(server, "/trailers", b"TE: trailers\r\n")
+    head, _, body = answer.partition(b"\r\n\r\n")
+    assert b"Transfer-Encoding: chunked" in head or b"transfer-encoding: chunked" in head
+    # The body in chunks, then the trailer fields after the last chunk.
+    assert b"part one, " in body and b"part two" in body
+    tail = body[body.index(b"\r\n0\r\n") + len(b"\r\n0\r\n"):].lower()
+    assert b"x-checksum: abc123\r\n" in tail and b"x-count: 2\r\n" in tail and tail.endswith(b"\r\n\r\n")
+
+    # Without TE: trailers the body is the same and no trailer field goes out.
+    plain = raw_get(server, "/trailers")
+    assert b"part two" in plain and b"abc123" not in plain

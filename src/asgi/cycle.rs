@@ -140,6 +140,10 @@ pub struct HttpCycle {
     /// From `http.response.start` until the head goes to the I/O thread.
     head: Option<(StatusCode, HeaderMap)>,
     started: bool,
+    /// `http.response.start` said trailers follow the body.
+    trailers: Option<HeaderMap>,
+    /// The last body message came; with trailers, the response waits for them.
+    body_ended: bool,
     stream: Option<ChunkSender>,
     /// A chunk waiting for room in the response buffer, the future its `send` awaits, and
     /// whether the body ends with it.
@@ -181,6 +185,8 @@ impl HttpCycle {
             reply: Some(reply),
             head: None,
             started: false,
+            trailers: None,
+            body_ended: false,
             stream: None,
             blocked_send: None,
             waiting_receive: None,
@@ -292,18 +298,10 @@ impl HttpCycle {
         };
         let status = StatusCode::from_u16(status).map_err(|_| PyValueError::new_err(format!("invalid status {status}")))?;
         let mut headers = HeaderMap::new();
-        if let Some(list) = message.get_item(pyo3::intern!(py, "headers"))? {
-            for pair in list.try_iter()? {
-                let pair = pair?;
-                let name = pair.get_item(0)?;
-                let value = pair.get_item(1)?;
-                let name = name.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header names must be bytes"))?;
-                let value = value.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header values must be bytes"))?;
-                let name = HeaderName::from_bytes(name.as_bytes())
-                    .map_err(|_| PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(name.as_bytes()))))?;
-                let value = HeaderValue::from_bytes(value.as_bytes())
-                    .map_err(|_| PyValueError::new_err(format!("invalid value for header {name}")))?;
-                headers.append(name, value);
+        read_headers(message, &mut headers)?;
+        if let Some(trailers) = message.get_item(pyo3::intern!(py, "trailers"))? {
+            if trailers.is_truthy()? {
+                self.trailers = Some(HeaderMap::new());
             }
         }
         self.started = true;
@@ -338,9 +336,15 @@ impl HttpCycle {
         if self.disconnected {
             return Err(client_disconnected());
         }
+        if self.body_ended {
+            return Err(PyRuntimeError::new_err("http.response.body sent after the last one (more_body false)"));
+        }
         let body = if self.head_request { Bytes::new() } else { body };
+        // With trailers to come, the last body message does not end the response.
+        let ends = !more && self.trailers.is_none();
+        self.body_ended = !more;
         if let Some((status, mut headers)) = self.head.take() {
-            if !more {
+            if ends {
                 // The whole body in one message: one complete response, no stream.
                 if status == StatusCode::NO_CONTENT || status == StatusCode::NOT_MODIFIED {
                     headers.remove(CONTENT_LENGTH);
@@ -366,14 +370,14 @@ impl HttpCycle {
         };
         match stream.poll_send(body, &self.waker) {
             Ok(None) => {
-                if !more {
+                if ends {
                     self.finish_stream();
                 }
                 ready(py, py.None())
             }
             Ok(Some(chunk)) => {
                 let future = self.future(py)?;
-                self.blocked_send = Some((chunk, future.clone_ref(py), !more));
+                self.blocked_send = Some((chunk, future.clone_ref(py), ends));
                 Ok(future)
             }
             Err(Closed) => {
@@ -381,6 +385,77 @@ impl HttpCycle {
                 Err(client_disconnected())
             }
         }
+    }
+
+    /// `http.response.trailers` (the extension): gathered until `more_trailers` is false, then
+    /// sent after the body.
+    fn trailers_message(&mut self, py: Python<'_>, message: &Bound<'_, PyDict>) -> PyResult<Py<PyAny>> {
+        if self.trailers.is_none() {
+            return Err(PyRuntimeError::new_err("http.response.trailers without trailers: True in http.response.start"));
+        }
+        if !self.body_ended {
+            return Err(PyRuntimeError::new_err("http.response.trailers sent before the last http.response.body"));
+        }
+        if self.complete {
+            return Err(PyRuntimeError::new_err("http.response.trailers sent after the response was complete"));
+        }
+        if self.blocked_send.is_some() {
+            return Err(PyRuntimeError::new_err("send() called again before the previous send() completed"));
+        }
+        let mut fields = HeaderMap::new();
+        read_headers(message, &mut fields)?;
+        let trailers = self.trailers.as_mut().unwrap();
+        for (name, value) in fields {
+            if let Some(name) = name {
+                trailers.append(name, value);
+            }
+        }
+        let more = match message.get_item(pyo3::intern!(py, "more_trailers"))? {
+            Some(more) => more.is_truthy()?,
+            None => false,
+        };
+        if !more {
+            let trailers = self.trailers.take().unwrap_or_default();
+            match self.stream.take() {
+                Some(stream) => stream.finish_with_trailers(trailers),
+                None if self.disconnected => return Err(client_disconnected()),
+                None => {}
+            }
+            self.complete = true;
+        }
+        ready(py, py.None())
+    }
+
+    /// `http.response.pathsend` (the extension): the file goes out from Rust, read on tokio's
+    /// blocking pool, never through Python.
+    fn pathsend_message(&mut self, py: Python<'_>, message: &Bound<'_, PyDict>) -> PyResult<Py<PyAny>> {
+        let Some((status, headers)) = self.head.take() else {
+            return Err(PyRuntimeError::new_err(if self.started {
+                "http.response.pathsend after the body began"
+            } else {
+                "http.response.pathsend sent before http.response.start"
+            }));
+        };
+        let path: std::path::PathBuf = match message.get_item(pyo3::intern!(py, "path"))? {
+            Some(path) => path.extract()?,
+            None => return Err(PyValueError::new_err("http.response.pathsend needs a path")),
+        };
+        let (file, length) = match std::fs::File::open(&path).and_then(|file| Ok((file.metadata()?.len(), file))) {
+            Ok((length, file)) => (file, length),
+            Err(err) => {
+                self.head = Some((status, headers));
+                return Err(PyOSError::new_err(format!("http.response.pathsend cannot open {}: {err}", path.display())));
+            }
+        };
+        let body = if self.head_request { ResponseBody::empty() } else { ResponseBody::file(file, length) };
+        let mut response = proto::Response::new(body);
+        *response.status_mut() = status;
+        *response.headers_mut() = headers;
+        response.headers_mut().entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(length));
+        self.respond(response);
+        self.body_ended = true;
+        self.complete = true;
+        ready(py, py.None())
     }
 
     /// `--timeout` passed with no response begun: 504 to the client, the task's stack to the
@@ -481,6 +556,8 @@ impl HttpCycle {
         let result = match kind.to_str()? {
             "http.response.start" => self.start_message(message).and_then(|()| ready(py, py.None())),
             "http.response.body" => self.body_message(py, message),
+            "http.response.pathsend" => self.pathsend_message(py, message),
+            "http.response.trailers" => self.trailers_message(py, message),
             other => Err(PyValueError::new_err(format!("unexpected ASGI message type {other:?} for an HTTP request"))),
         };
         if self.complete {
@@ -570,4 +647,23 @@ fn disconnect_message(py: Python<'_>) -> PyResult<Py<PyAny>> {
 /// What `send()` raises once the client has gone: an `OSError`, as the ASGI spec asks.
 fn client_disconnected() -> PyErr {
     PyOSError::new_err("the client disconnected")
+}
+
+/// The `headers` of an ASGI message (an iterable of `[name, value]` byte pairs), added to `headers`.
+pub(crate) fn read_headers(message: &Bound<'_, PyDict>, headers: &mut HeaderMap) -> PyResult<()> {
+    let py = message.py();
+    if let Some(list) = message.get_item(pyo3::intern!(py, "headers"))? {
+        for pair in list.try_iter()? {
+            let pair = pair?;
+            let name = pair.get_item(0)?;
+            let value = pair.get_item(1)?;
+            let name = name.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header names must be bytes"))?;
+            let value = value.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header values must be bytes"))?;
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(name.as_bytes()))))?;
+            let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| PyValueError::new_err(format!("invalid value for header {name}")))?;
+            headers.append(name, value);
+        }
+    }
+    Ok(())
 }

@@ -28,7 +28,11 @@ impl ScopeBuilder {
             server: PyTuple::new(py, [server_host.into_pyobject(py)?.into_any(), server_port.into_pyobject(py)?.into_any()])?.into_any().unbind(),
             root_path: PyString::new(py, root_path).unbind(),
             state: None,
-            extensions: PyDict::new(py).unbind(),
+            extensions: {
+                let extensions = PyDict::new(py);
+                extensions.set_item("http.response.pathsend", PyDict::new(py))?;
+                extensions.unbind()
+            },
             websocket_extensions: {
                 let extensions = PyDict::new(py);
                 extensions.set_item("websocket.http.response", PyDict::new(py))?;
@@ -81,7 +85,18 @@ impl ScopeBuilder {
         if let Some(state) = &self.state {
             scope.set_item(pyo3::intern!(py, "state"), state.bind(py).copy()?)?;
         }
-        scope.set_item(pyo3::intern!(py, "extensions"), self.extensions.bind(py).copy()?)?;
+        let extensions = self.extensions.bind(py).copy()?;
+        // Trailers only for a client that said it takes them (RFC 9110 section 10.1.4).
+        let takes_trailers = parts.headers.get_all(http::header::TE).iter().any(|value| {
+            value.as_bytes().split(|b| *b == b',').any(|token| {
+                let token = token.split(|b| *b == b';').next().unwrap_or_default();
+                token.trim_ascii().eq_ignore_ascii_case(b"trailers")
+            })
+        });
+        if takes_trailers {
+            extensions.set_item(pyo3::intern!(py, "http.response.trailers"), PyDict::new(py))?;
+        }
+        scope.set_item(pyo3::intern!(py, "extensions"), extensions)?;
         Ok(scope)
     }
 

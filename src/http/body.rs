@@ -197,6 +197,8 @@ struct State {
 enum End {
     Open,
     Finished,
+    /// Finished, with trailer fields to send after the last chunk.
+    Trailers(Option<http::HeaderMap>),
     Aborted(String),
 }
 
@@ -321,6 +323,11 @@ impl ChunkSender {
         self.end(End::Finished);
     }
 
+    /// Ends the body with trailer fields (HTTP/1.1 chunked trailers, HTTP/2 trailing HEADERS).
+    pub fn finish_with_trailers(mut self, trailers: http::HeaderMap) {
+        self.end(End::Trailers(Some(trailers)));
+    }
+
     /// Ends the body with an error; the connection is aborted.
     pub fn abort(mut self, reason: impl Into<String>) {
         self.end(End::Aborted(reason.into()));
@@ -368,7 +375,7 @@ impl ChunkReceiver {
             self.handed_out = true;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
-        match &state.end {
+        match &mut state.end {
             End::Open => {
                 match &state.waker {
                     Some(w) if w.will_wake(cx.waker()) => {}
@@ -378,6 +385,7 @@ impl ChunkReceiver {
                 Poll::Pending
             }
             End::Finished => Poll::Ready(None),
+            End::Trailers(trailers) => Poll::Ready(trailers.take().map(|t| Ok(Frame::trailers(t)))),
             End::Aborted(_) if self.handed_out => {
                 // hyper drops what it has buffered when a body fails, without writing it, and
                 // it buffers the chunks it gets until the body makes it wait. Waiting once

@@ -35,6 +35,31 @@ async def app(scope, receive, send):
                 return
             await send({"type": "websocket.send", "text": message.get("text") or ""})
     path = scope["path"]
+    if path == "/extensions":
+        body = repr(sorted(scope["extensions"])).encode()
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": body})
+        return
+    if path == "/pathsend":
+        await send({"type": "http.response.start", "status": 200,
+                    "headers": [(b"content-type", b"application/octet-stream")]})
+        await send({"type": "http.response.pathsend", "path": os.environ["PATHSEND_FILE"]})
+        return
+    if path == "/pathsend-missing":
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        try:
+            await send({"type": "http.response.pathsend", "path": "/nonexistent/file"})
+        except OSError as err:
+            await send({"type": "http.response.body", "body": f"OSError: {err}".encode()})
+        return
+    if path == "/trailers":
+        await send({"type": "http.response.start", "status": 200, "trailers": True,
+                    "headers": [(b"trailer", b"x-checksum, x-count")]})
+        await send({"type": "http.response.body", "body": b"part one, ", "more_body": True})
+        await send({"type": "http.response.body", "body": b"part two"})
+        await send({"type": "http.response.trailers", "headers": [(b"x-checksum", b"abc123")], "more_trailers": True})
+        await send({"type": "http.response.trailers", "headers": [(b"x-count", b"2")]})
+        return
     if path == "/upstream":
         await wait_upstream()
     elif path == "/block":
