@@ -23,7 +23,7 @@ use std::time::Duration;
 
 use bytes::{Bytes, BytesMut};
 use futures_util::Sink;
-use http::header::{HeaderMap, HeaderName, HeaderValue};
+use http::header::{HeaderMap, HeaderValue};
 use http::StatusCode;
 use pyo3::exceptions::{PyOSError, PyRuntimeError, PyTypeError, PyValueError};
 use pyo3::prelude::*;
@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, watch};
 use yawc::close::CloseCode;
 use yawc::{Frame, OpCode, Options, Role, WebSocketError};
 
-use super::cycle::{ready, resolve, CycleShared};
+use super::cycle::{read_headers, ready, resolve, CycleShared};
 use crate::http::{self as proto, ResponseBody, Switched};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::{metrics, TraceContext};
@@ -101,6 +101,10 @@ pub(crate) fn handshake(parts: &http::request::Parts, settings: &Settings) -> Op
     if !asks_upgrade {
         return refused(StatusCode::BAD_REQUEST, "a websocket handshake needs Connection: upgrade");
     }
+    // yawc agrees to one offer at a time: the client's offers, in its order of preference,
+    // are put to it one by one until one is agreed.
+    let offers = deflate_offers(&parts.headers);
+    request.headers_mut().remove(http::header::SEC_WEBSOCKET_EXTENSIONS);
     let (response, _) = match yawc::HttpWebSocket::upgrade_with_options(&mut request, settings.options()) {
         Ok(answer) => answer,
         Err(WebSocketError::InvalidSecWebsocketVersion) => {
@@ -109,8 +113,29 @@ pub(crate) fn handshake(parts: &http::request::Parts, settings: &Settings) -> Op
         Err(err) => return refused(StatusCode::BAD_REQUEST, &format!("invalid websocket handshake: {err}")),
     };
     let accept = response.headers().get(http::header::SEC_WEBSOCKET_ACCEPT)?.clone();
-    let extensions = response.headers().get(http::header::SEC_WEBSOCKET_EXTENSIONS).cloned();
+    let mut extensions = None;
+    for offer in offers {
+        let Ok(value) = HeaderValue::from_str(&offer) else { continue };
+        request.headers_mut().insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
+        extensions = yawc::HttpWebSocket::upgrade_with_options(&mut request, settings.options())
+            .ok()
+            .and_then(|(response, _)| response.headers().get(http::header::SEC_WEBSOCKET_EXTENSIONS).cloned());
+        if extensions.is_some() {
+            break;
+        }
+    }
     Some(Ok(Handshake { accept, extensions }))
+}
+
+/// The client's permessage-deflate offers, in its order of preference.
+fn deflate_offers(headers: &HeaderMap) -> Vec<String> {
+    let offers = headers.get_all(http::header::SEC_WEBSOCKET_EXTENSIONS).iter().filter_map(|value| value.to_str().ok());
+    offers
+        .flat_map(|value| value.split(','))
+        .map(str::trim)
+        .filter(|offer| offer.split(';').next().map(str::trim) == Some("permessage-deflate"))
+        .map(str::to_owned)
+        .collect()
 }
 
 /// A message of either direction.
@@ -412,6 +437,11 @@ impl Conn {
             }
         };
         match frame.opcode() {
+            OpCode::Close if frame.payload().len() > 125 => {
+                // A control frame carries at most 125 bytes (RFC 6455 section 5.5); yawc would
+                // echo it as it is. The connection is failed instead, without an echo.
+                Poll::Ready(Some(Ending::Failed(1002, "a close frame longer than 125 bytes".into())))
+            }
             OpCode::Close => {
                 if self.closing_since.is_some() {
                     // The answer to the app's (or the stop's) close: the handshake is done.
@@ -931,24 +961,6 @@ impl Drop for WebSocketCycle {
     fn drop(&mut self) {
         self.link.abandon();
     }
-}
-
-fn read_headers(message: &Bound<'_, PyDict>, headers: &mut HeaderMap) -> PyResult<()> {
-    let py = message.py();
-    if let Some(list) = message.get_item(pyo3::intern!(py, "headers"))? {
-        for pair in list.try_iter()? {
-            let pair = pair?;
-            let name = pair.get_item(0)?;
-            let value = pair.get_item(1)?;
-            let name = name.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header names must be bytes"))?;
-            let value = value.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header values must be bytes"))?;
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(name.as_bytes()))))?;
-            let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| PyValueError::new_err(format!("invalid value for header {name}")))?;
-            headers.append(name, value);
-        }
-    }
-    Ok(())
 }
 
 fn simple_message(py: Python<'_>, kind: &str) -> PyResult<Py<PyAny>> {
