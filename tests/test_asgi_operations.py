@@ -222,3 +222,18 @@ def test_trailers_are_advertised_and_sent_only_to_a_client_that_takes_them(serve
     # Without TE: trailers the body is the same and no trailer field goes out.
     plain = raw_get(server, "/trailers")
     assert b"part two" in plain and b"abc123" not in plain
+
+
+def test_an_async_warmup_is_awaited_on_the_workers_event_loop(serve):
+    for workers in ("1", "2"):
+        server = serve("asgi_ops_apps:app", "--workers", workers, "--warmup", "asgi_ops_apps:warm_on_the_loop")
+        assert requests.get(server.url + "/warmed", timeout=10).text == "same loop"
+        assert server.stop() == 0
+        assert "async warm-up (1 function(s))" in server.stderr
+
+
+def test_a_failing_async_warmup_stops_the_server_with_status_3(serve):
+    server = serve("asgi_ops_apps:app", "--warmup", "asgi_ops_apps:warm_and_fail", ready=False)
+    assert server.proc.wait(timeout=30) == 3
+    server.stop()
+    assert "--warmup asgi_ops_apps:warm_and_fail raised RuntimeError: the database is unreachable" in server.stderr

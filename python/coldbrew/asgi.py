@@ -11,6 +11,10 @@ from coldbrew import _coldbrew
 from coldbrew.cloud_logging import current_trace
 
 
+#: ``(function, text)`` of the async --warmup functions, awaited on the loop before the
+#: lifespan startup (set by the command line after the app is loaded).
+WARMUPS = []
+
 # What Bridge.drain returns besides 0.
 _STOPPED = 1
 _START_BEAT = 2
@@ -47,6 +51,20 @@ async def _run_http(app, scope, cycle, trace=None):
             raise
     else:
         cycle.returned()
+
+
+async def _warm_up():
+    """Awaits the async --warmup functions together; None, or why one failed."""
+    import time
+
+    started = time.perf_counter()
+    results = await asyncio.gather(*(function() for function, _ in WARMUPS), return_exceptions=True)
+    for (_, text), result in zip(WARMUPS, results):
+        if isinstance(result, BaseException):
+            return f"--warmup {text} raised {type(result).__name__}: {result}\n{_traceback(result)}"
+    elapsed = (time.perf_counter() - started) * 1000
+    _coldbrew.log("info", f"async warm-up ({len(WARMUPS)} function(s)) took {elapsed:.0f} ms on the event loop")
+    return None
 
 
 def task_stack(task):
@@ -148,6 +166,10 @@ def run_loop(bridge, loop_kind, lifespan_mode):
         return
     asyncio.set_event_loop(loop)
     try:
+        failure = loop.run_until_complete(_warm_up()) if WARMUPS else None
+        if failure is not None:
+            bridge.started(failure)
+            return
         lifespan = Lifespan(bridge.app, lifespan_mode)
         try:
             failure = loop.run_until_complete(lifespan.startup())

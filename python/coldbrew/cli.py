@@ -141,10 +141,27 @@ def _warm_up(config):
         _report_load_error(err)
         return None
     failures = []
+    import inspect
+
+    if config.interface == "asgi":
+        # An async warm-up runs on the worker's own event loop, before the lifespan startup:
+        # what it makes (clients, pools) belongs to the loop the requests run on.
+        from coldbrew import asgi
+
+        asgi.WARMUPS[:] = [item for item in functions if inspect.iscoroutinefunction(item[0])]
+        functions = [item for item in functions if not inspect.iscoroutinefunction(item[0])]
+        if not functions:
+            return time.perf_counter() - started
 
     def warm(function, text):
         try:
-            call_hook(function, text, "--warmup")
+            if inspect.iscoroutinefunction(function):
+                # A WSGI app has no loop: the coroutine gets one of its own, in its thread.
+                import asyncio
+
+                call_hook(lambda: asyncio.run(function()), text, "--warmup")
+            else:
+                call_hook(function, text, "--warmup")
         except AppLoadError as err:
             failures.append(err)
 

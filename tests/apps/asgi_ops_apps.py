@@ -6,6 +6,16 @@ import os
 import time
 
 log = logging.getLogger("opsapp")
+warmed = {}
+
+
+async def warm_on_the_loop():
+    await asyncio.sleep(0.05)
+    warmed["loop"] = id(asyncio.get_running_loop())
+
+
+async def warm_and_fail():
+    raise RuntimeError("the database is unreachable")
 
 
 async def wait_upstream():
@@ -35,6 +45,11 @@ async def app(scope, receive, send):
                 return
             await send({"type": "websocket.send", "text": message.get("text") or ""})
     path = scope["path"]
+    if path == "/warmed":
+        same = warmed.get("loop") == id(asyncio.get_running_loop())
+        await send({"type": "http.response.start", "status": 200, "headers": []})
+        await send({"type": "http.response.body", "body": b"same loop" if same else b"other loop"})
+        return
     if path == "/extensions":
         body = repr(sorted(scope["extensions"])).encode()
         await send({"type": "http.response.start", "status": 200, "headers": []})
