@@ -50,6 +50,7 @@ ALL_FLAGS = [
     "--http", "--forwarded-allow-ips", "--header-timeout", "--keep-alive", "--body-timeout", "--send-timeout",
     "--max-pending", "--limit-request-line", "--limit-request-fields", "--limit-request-field-size", "--limit-request-body",
     "--interface", "--loop", "--lifespan",
+    "--loop-block-warning", "--ws-ping-interval", "--ws-ping-timeout", "--ws-max-size",
 ]
 
 CONFIG_FIELDS = [
@@ -61,6 +62,7 @@ CONFIG_FIELDS = [
     "max_requests_jitter", "timeout", "warmup", "health_path", "cgroup_root",
     "forwarded_allow_ips", "header_timeout", "keep_alive", "body_timeout", "send_timeout", "max_pending",
     "http", "interface", "loop", "lifespan", "interface_reason",
+    "ws_ping_interval", "ws_ping_timeout", "ws_max_size", "loop_block_warning",
 ]
 
 GUNICORN_ACCESS_FORMAT = '%(h)s %(l)s %(u)s %(t)s "%(r)s" %(s)s %(b)s "%(f)s" "%(a)s"'
@@ -390,6 +392,10 @@ def test_defaults():
         body_timeout=60.0,
         send_timeout=60.0,
         max_pending=1024,
+        loop_block_warning=0.5,
+        ws_ping_interval=20.0,
+        ws_ping_timeout=20.0,
+        ws_max_size=16 * 1024 * 1024,
     )
     assert cfg == Config("main:app")
     assert isinstance(cfg.graceful_timeout, float)
