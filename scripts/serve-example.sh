@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The README's first command:  bash scripts/serve-example.sh [hello|flask|django]
+# The README's first command:  bash scripts/serve-example.sh [hello|flask|django|fastapi]
 #
 # Builds coldbrew into .venv (`pip install .`, a release build) and serves one of examples/
 # on http://localhost:8080 (or $PORT): hello.py by default, which needs nothing else;
-# `flask` or `django` first installs that framework into .venv (the only time this script
-# downloads anything beyond coldbrew's own build), then serves flask_app.py or django_app.py.
+# `flask`, `django` or `fastapi` first installs that framework into .venv (the only time this script
+# downloads anything beyond coldbrew's own build), then serves flask_app.py, django_app.py or fastapi_app.py.
 # Ctrl-C stops it.
 # Needs Rust (cargo) and Python 3.10+; PYTHON picks the interpreter (default python3).
 set -euo pipefail
@@ -24,13 +24,14 @@ case "${1:-hello}" in
     hello) app=hello:app framework= ;;
     flask) app=flask_app:app framework='flask>=3.0' ;;
     django) app=django_app:app framework='django>=4.2' ;;
+    fastapi) app=fastapi_app:app framework='fastapi>=0.110' ;;
     *)
-        printf 'usage: bash scripts/serve-example.sh [hello|flask|django]\n' >&2
+        printf 'usage: bash scripts/serve-example.sh [hello|flask|django|fastapi]\n' >&2
         exit 2
         ;;
 esac
 if [ $# -gt 1 ]; then
-    printf 'usage: bash scripts/serve-example.sh [hello|flask|django]\n' >&2
+    printf 'usage: bash scripts/serve-example.sh [hello|flask|django|fastapi]\n' >&2
     exit 2
 fi
 
