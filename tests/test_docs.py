@@ -158,7 +158,7 @@ def test_the_readme_names_only_examples_the_script_serves():
     result = subprocess.run(["bash", str(ROOT / "scripts" / "serve-example.sh"), "no-such-example"],
                             capture_output=True, text=True, timeout=60)
     assert result.returncode == 2
-    assert result.stderr == "usage: bash scripts/serve-example.sh [hello|flask|django]\n"
+    assert result.stderr == "usage: bash scripts/serve-example.sh [hello|flask|django|fastapi]\n"
     choices = set(re.search(r"\[(.+)\]", result.stderr).group(1).split("|"))
     named = set(re.findall(r"bash scripts/serve-example\.sh (\w+)", README))
     assert named and named <= choices, named
