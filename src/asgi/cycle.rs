@@ -99,12 +99,16 @@ impl Ready {
         slf
     }
 
-    fn __next__(&mut self, py: Python<'_>) -> PyResult<()> {
-        let value = self.0.take().unwrap_or_else(|| py.None());
-        Err(PyStopIteration::new_err((value,)))
+    /// Never yields: `Ok(None)` ends the iteration with no value (what `send()` returns, and
+    /// cheaper than raising), `StopIteration(value)` ends it with one.
+    fn __next__(&mut self, py: Python<'_>) -> PyResult<Option<Py<PyAny>>> {
+        match self.0.take() {
+            Some(value) if !value.is_none(py) => Err(PyStopIteration::new_err((value,))),
+            _ => Ok(None),
+        }
     }
 
-    fn send(&mut self, py: Python<'_>, _value: Py<PyAny>) -> PyResult<()> {
+    fn send(&mut self, py: Python<'_>, _value: Py<PyAny>) -> PyResult<Option<Py<PyAny>>> {
         self.__next__(py)
     }
 
@@ -653,17 +657,32 @@ fn client_disconnected() -> PyErr {
 pub(crate) fn read_headers(message: &Bound<'_, PyDict>, headers: &mut HeaderMap) -> PyResult<()> {
     let py = message.py();
     if let Some(list) = message.get_item(pyo3::intern!(py, "headers"))? {
+        // Frameworks send a list of 2-tuples (or 2-lists): read those directly, anything else
+        // iterable the slow way.
+        if let Ok(list) = list.cast::<pyo3::types::PyList>() {
+            for pair in list.iter() {
+                let (name, value) = match pair.cast::<pyo3::types::PyTuple>() {
+                    Ok(tuple) if tuple.len() == 2 => (tuple.get_borrowed_item(0)?.to_owned(), tuple.get_borrowed_item(1)?.to_owned()),
+                    _ => (pair.get_item(0)?, pair.get_item(1)?),
+                };
+                append_header(headers, &name, &value)?;
+            }
+            return Ok(());
+        }
         for pair in list.try_iter()? {
             let pair = pair?;
-            let name = pair.get_item(0)?;
-            let value = pair.get_item(1)?;
-            let name = name.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header names must be bytes"))?;
-            let value = value.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header values must be bytes"))?;
-            let name = HeaderName::from_bytes(name.as_bytes())
-                .map_err(|_| PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(name.as_bytes()))))?;
-            let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| PyValueError::new_err(format!("invalid value for header {name}")))?;
-            headers.append(name, value);
+            append_header(headers, &pair.get_item(0)?, &pair.get_item(1)?)?;
         }
     }
+    Ok(())
+}
+
+fn append_header(headers: &mut HeaderMap, name: &Bound<'_, PyAny>, value: &Bound<'_, PyAny>) -> PyResult<()> {
+    let name = name.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header names must be bytes"))?;
+    let value = value.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("header values must be bytes"))?;
+    let name = HeaderName::from_bytes(name.as_bytes())
+        .map_err(|_| PyValueError::new_err(format!("invalid header name {:?}", String::from_utf8_lossy(name.as_bytes()))))?;
+    let value = HeaderValue::from_bytes(value.as_bytes()).map_err(|_| PyValueError::new_err(format!("invalid value for header {name}")))?;
+    headers.append(name, value);
     Ok(())
 }
