@@ -16,7 +16,7 @@
 use std::collections::VecDeque;
 use std::future::Future;
 use std::pin::Pin;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicU8, Ordering};
 use std::sync::{Arc, Mutex};
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
@@ -62,7 +62,16 @@ impl Settings {
     fn options(&self) -> Options {
         // One frame may be as large as a whole message; yawc refuses a frame that reaches
         // its limit, so the limit is one past the largest allowed.
-        Options::default().with_max_payload_read(self.max_size.saturating_add(1)).with_balanced_compression()
+        // The client's window: 15 bits when its offer leaves the value to the server (yawc
+        // would pick the smallest, 9, which costs compression ratio for nothing).
+        // An empty message goes out uncompressed: yawc's deflate flush waits for zlib's sync
+        // marker, which zlib (unlike miniz) does not write again for no new input, so an
+        // empty message after another spun forever.
+        Options::default()
+            .with_max_payload_read(self.max_size.saturating_add(1))
+            .with_balanced_compression()
+            .with_client_max_window_bits(15)
+            .with_compression_threshold(1)
     }
 }
 
@@ -117,10 +126,17 @@ pub(crate) fn handshake(parts: &http::request::Parts, settings: &Settings) -> Op
     for offer in offers {
         let Ok(value) = HeaderValue::from_str(&offer) else { continue };
         request.headers_mut().insert(http::header::SEC_WEBSOCKET_EXTENSIONS, value);
-        extensions = yawc::HttpWebSocket::upgrade_with_options(&mut request, settings.options())
+        let agreed = yawc::HttpWebSocket::upgrade_with_options(&mut request, settings.options())
             .ok()
             .and_then(|(response, _)| response.headers().get(http::header::SEC_WEBSOCKET_EXTENSIONS).cloned());
-        if extensions.is_some() {
+        if let Some(agreed) = agreed {
+            // RFC 7692 section 7.1.2.2: no client_max_window_bits in the answer to an offer
+            // without it (the client then uses 15, as yawc assumes without the parameter).
+            let offered_bits = offer.split(';').any(|param| param.trim().split('=').next().map(str::trim) == Some("client_max_window_bits"));
+            extensions = match agreed.to_str() {
+                Ok(text) if !offered_bits => HeaderValue::from_str(&text.replace("; client_max_window_bits=15", "")).ok(),
+                _ => Some(agreed),
+            };
             break;
         }
     }
@@ -227,6 +243,8 @@ enum Ending {
 /// changes when the server stops: the connection is then closed with 1001.
 pub(crate) async fn run(io: Switched, link: Arc<Link>, extensions: Option<String>, mut ending: watch::Receiver<bool>) {
     let settings = link.settings;
+    let reserved = Arc::new(AtomicU8::new(0));
+    let io = OpcodeGuard { io, reserved: reserved.clone(), partial: HeaderSoFar::default(), payload: 0 };
     let ws = match yawc::WebSocket::from_stream_with_extensions(io, Role::Server, extensions.as_deref(), settings.options()) {
         Ok(ws) => ws,
         Err(err) => {
@@ -245,6 +263,7 @@ pub(crate) async fn run(io: Switched, link: Arc<Link>, extensions: Option<String
         closing_since: None,
         awaiting_pong: None,
         ping_count: 0,
+        reserved,
         timer: Box::pin(tokio::time::sleep(settings.ping_interval.unwrap_or(IDLE_TIMER))),
     };
     let stopping = async {
@@ -308,7 +327,9 @@ struct Assembling {
 }
 
 struct Conn {
-    ws: yawc::streaming::Streaming<Switched>,
+    ws: yawc::streaming::Streaming<OpcodeGuard>,
+    /// A frame with a reserved opcode arrived (the opcode), seen by the [`OpcodeGuard`].
+    reserved: Arc<AtomicU8>,
     link: Arc<Link>,
     assembling: Option<Assembling>,
     unflushed: bool,
@@ -417,6 +438,13 @@ impl Conn {
         let frame = match self.ws.poll_next_frame(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(frame)) => frame,
+            Poll::Ready(Err(WebSocketError::ConnectionClosed)) if self.reserved.load(Ordering::Relaxed) != 0 => {
+                let reason = format!("a frame with the reserved opcode {:#x}", self.reserved.load(Ordering::Relaxed) & 0x0f);
+                if Pin::new(&mut self.ws).start_send(Frame::close(CloseCode::Protocol, &reason)).is_ok() {
+                    self.flush_close(cx);
+                }
+                return Poll::Ready(Some(Ending::Failed(1002, reason)));
+            }
             Poll::Ready(Err(WebSocketError::ConnectionClosed)) => {
                 return Poll::Ready(Some(match self.closing_since {
                     Some(_) => Ending::ServerClosed,
@@ -429,7 +457,6 @@ impl Conn {
                 let code = match err {
                     WebSocketError::FrameTooLarge => 1009,
                     WebSocketError::InvalidUTF8 => 1007,
-                    WebSocketError::InvalidOpCode(_) => 1003,
                     _ => 1002,
                 };
                 self.flush_close(cx);
@@ -574,6 +601,115 @@ impl Conn {
             };
             self.timer.as_mut().reset(next);
         }
+    }
+}
+
+/// The socket as yawc reads it, stopped at the first frame whose opcode RFC 6455 reserves.
+///
+/// yawc fails such a frame with close code 1003 (unsupported data), which is for a message
+/// type an endpoint does not take; a reserved opcode is a protocol error, 1002. So the frame
+/// never reaches yawc: reading ends where it begins, and the connection is failed with 1002.
+/// Only frame headers are looked at; payloads are counted past.
+pub(crate) struct OpcodeGuard {
+    io: Switched,
+    /// The opcode seen (with 0x10 set, so that opcode 0 would show), or 0.
+    reserved: Arc<AtomicU8>,
+    /// The frame header being read.
+    partial: HeaderSoFar,
+    /// Payload bytes of the current frame still to come; then the next header starts.
+    payload: u64,
+}
+
+/// The bytes of a frame header read so far.
+#[derive(Default)]
+struct HeaderSoFar {
+    len: usize,
+    bytes: [u8; 14],
+}
+
+impl OpcodeGuard {
+    /// Follows `bytes` through frame headers and payloads; returns how many of them come
+    /// before a frame with a reserved opcode, if one begins in them.
+    fn follow(&mut self, bytes: &[u8], header: &mut HeaderSoFar) -> Option<usize> {
+        let mut i = 0;
+        while i < bytes.len() {
+            if self.payload > 0 {
+                let n = self.payload.min((bytes.len() - i) as u64);
+                self.payload -= n;
+                i += n as usize;
+                continue;
+            }
+            if header.len == 0 {
+                let opcode = bytes[i] & 0x0f;
+                if matches!(opcode, 0x3..=0x7 | 0xb..=0xf) {
+                    self.reserved.store(0x10 | opcode, Ordering::Relaxed);
+                    return Some(i);
+                }
+            }
+            header.bytes[header.len] = bytes[i];
+            header.len += 1;
+            i += 1;
+            if header.len < 2 {
+                continue;
+            }
+            let mask = if header.bytes[1] & 0x80 != 0 { 4 } else { 0 };
+            let (extended, length) = match header.bytes[1] & 0x7f {
+                126 => (2, None),
+                127 => (8, None),
+                n => (0, Some(u64::from(n))),
+            };
+            let full = 2 + extended + mask;
+            if header.len < full {
+                continue;
+            }
+            self.payload = length.unwrap_or_else(|| header.bytes[2..2 + extended].iter().fold(0u64, |n, b| n << 8 | u64::from(*b)));
+            header.len = 0;
+        }
+        None
+    }
+}
+
+impl tokio::io::AsyncRead for OpcodeGuard {
+    fn poll_read(mut self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut tokio::io::ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+        if self.reserved.load(Ordering::Relaxed) != 0 {
+            // Read no further: the end of the stream, for yawc.
+            return Poll::Ready(Ok(()));
+        }
+        let before = buf.filled().len();
+        std::task::ready!(Pin::new(&mut self.io).poll_read(cx, buf))?;
+        let mut header = std::mem::take(&mut self.partial);
+        let stop = {
+            let this = &mut *self;
+            let filled = &buf.filled()[before..];
+            this.follow(filled, &mut header)
+        };
+        self.partial = header;
+        if let Some(at) = stop {
+            buf.set_filled(before + at);
+        }
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl tokio::io::AsyncWrite for OpcodeGuard {
+    fn poll_write(mut self: Pin<&mut Self>, cx: &mut Context<'_>, data: &[u8]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write(cx, data)
+    }
+
+    fn poll_write_vectored(mut self: Pin<&mut Self>, cx: &mut Context<'_>, bufs: &[std::io::IoSlice<'_>]) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.io).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.io.is_write_vectored()
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.io).poll_shutdown(cx)
     }
 }
 
