@@ -83,8 +83,8 @@ pub(super) async fn drive<S, B>(
             // A 101 went out: the connection is the handler's now, and counts as open (the
             // graceful stop waits for it) until its protocol ends.
             switch.clock.switched();
-            let stream = parts.io.into_inner().into_stream();
-            takeover(Switched::new(stream, parts.read_buf)).await;
+            let (stream, unread) = parts.io.into_inner().into_switched(parts.read_buf);
+            takeover(Switched::new(stream, unread)).await;
             return;
         }
     }

@@ -222,6 +222,8 @@ pub(super) struct Watched {
     raw_refused: Option<(&'static str, u64, u8)>,
     /// Bytes handed to hyper so far.
     delivered: u64,
+    /// Where the CRLF CRLF put after a refused byte went in those bytes, and its length.
+    appended: Option<(u64, usize)>,
 }
 
 struct Refusal {
@@ -232,16 +234,29 @@ struct Refusal {
 
 impl Watched {
     pub fn new(stream: TcpStream, clock: Arc<ConnClock>) -> Self {
-        Watched { stream, clock, scan: RawScan::new(), refusal: None, head: None, raw_refused: None, delivered: 0 }
+        Watched { stream, clock, scan: RawScan::new(), refusal: None, head: None, raw_refused: None, delivered: 0, appended: None }
     }
 
     pub fn stream(&self) -> &TcpStream {
         &self.stream
     }
 
-    /// The socket, for a connection that leaves HTTP (its response head is written).
-    pub fn into_stream(self) -> TcpStream {
-        self.stream
+    /// The socket, for a connection that leaves HTTP (its response head is written), with
+    /// `unread`, the bytes hyper had read past the last head, as the client sent them: the
+    /// raw-head check took them for the next request and may have changed them.
+    pub fn into_switched(self, unread: bytes::Bytes) -> (TcpStream, bytes::Bytes) {
+        let start = self.delivered - unread.len() as u64;
+        let mut sent = match self.as_sent(&unread) {
+            std::borrow::Cow::Borrowed(_) => None,
+            std::borrow::Cow::Owned(sent) => Some(sent),
+        };
+        if let Some((at, len)) = self.appended {
+            if let Some(i) = at.checked_sub(start).map(|i| i as usize).filter(|i| i + len <= unread.len()) {
+                let bytes = sent.get_or_insert_with(|| unread.to_vec());
+                bytes.drain(i..i + len);
+            }
+        }
+        (self.stream, sent.map_or(unread, bytes::Bytes::from))
     }
 
     /// When the request head now arriving (or the last one) began to arrive.
@@ -384,6 +399,7 @@ impl AsyncRead for Watched {
                 // that came in pieces only once it has seen its end: a CRLF CRLF after it
                 // (where the read buffer has room) makes it parse, and refuse, now.
                 let room = buf.remaining().min(4);
+                self.appended = Some((offset + (buf.filled().len() - before) as u64, room));
                 buf.put_slice(&b"\r\n\r\n"[..room]);
             }
             self.delivered += (buf.filled().len() - before) as u64;
