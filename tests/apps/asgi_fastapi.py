@@ -2,7 +2,7 @@
 
 from contextlib import asynccontextmanager
 
-from fastapi import FastAPI, Request
+from fastapi import FastAPI, Request, WebSocket, WebSocketDisconnect
 from fastapi.responses import StreamingResponse
 from pydantic import BaseModel
 
@@ -42,3 +42,25 @@ async def events():
             yield f"data: {i}\n\n"
 
     return StreamingResponse(stream(), media_type="text/event-stream")
+
+
+# Websockets, as a user writes them: an echo that ends on WebSocketDisconnect, and a route that
+# says what the last one ended with.
+ws_disconnects = []
+
+
+@app.websocket("/ws")
+async def ws_echo(websocket: WebSocket, greeting: str = "hello"):
+    await websocket.accept()
+    await websocket.send_text(greeting)
+    try:
+        while True:
+            text = await websocket.receive_text()
+            await websocket.send_text(f"echo: {text}")
+    except WebSocketDisconnect as exc:
+        ws_disconnects.append(exc.code)
+
+
+@app.get("/ws/disconnects")
+async def ws_disconnects_seen():
+    return {"codes": ws_disconnects}
