@@ -5,7 +5,9 @@ Usually started by `bash bench/run.sh`, which installs wrk and the two virtual
 environments first; see bench/README.md. Run it directly with --help for the options.
 
 Every server runs pinned to one CPU (`taskset -c 0`) with one worker process; wrk, the slow
-clients and this runner share the other CPU. Results go to bench/results/<UTC>.json and
+clients, the ASGI load clients (asgi_clients.py) and this runner share the other CPU. The WSGI
+scenarios measure coldbrew, granian, gunicorn, uWSGI and waitress; the ASGI scenarios
+(asgi-*) coldbrew, granian, uvicorn and hypercorn. Results go to bench/results/<UTC>.json and
 bench/results/latest.json, and are rendered into docs/benchmarks.md and
 docs/benchmarks-hello.svg.
 """
@@ -34,24 +36,47 @@ ROOT = BENCH.parent
 APPS = BENCH / "apps"
 LUA = BENCH / "wrk" / "report.lua"
 SLOW_HELPER = BENCH / "slow_clients.py"
+ASGI_CLIENTS = BENCH / "asgi_clients.py"
 DOCS = ROOT / "docs"
 
-ALL_SERVERS = ["coldbrew", "granian", "gunicorn", "uwsgi", "waitress"]
+WSGI_SERVERS = ["coldbrew", "granian", "gunicorn", "uwsgi", "waitress"]
+ASGI_SERVERS = ["coldbrew", "granian", "uvicorn", "hypercorn"]
+ALL_SERVERS = WSGI_SERVERS + [s for s in ASGI_SERVERS if s not in WSGI_SERVERS]
 SERVER_LABELS = {
     "coldbrew": "coldbrew",
     "granian": "granian",
     "gunicorn": "gunicorn gthread",
     "uwsgi": "uWSGI (pyuwsgi)",
     "waitress": "waitress",
+    "uvicorn": "uvicorn",
+    "hypercorn": "hypercorn",
 }
-ALL_SCENARIOS = ["hello", "flask", "django", "blocking", "large", "echo", "slow", "cold"]
-SCENARIO_ALIASES = {"memory": "hello", "post": "echo", "upload": "echo", "1mib": "large"}
+WSGI_SCENARIOS = ["hello", "flask", "django", "blocking", "large", "echo", "slow", "cold"]
+ASGI_SCENARIOS = ["asgi-hello", "asgi-fastapi", "asgi-starlette", "asgi-echo", "asgi-stream", "asgi-sse",
+                  "asgi-ws", "asgi-cold"]
+ALL_SCENARIOS = WSGI_SCENARIOS + ASGI_SCENARIOS
+# Names that stand for several scenarios in --scenarios.
+SCENARIO_GROUPS = {"all": ALL_SCENARIOS, "wsgi": WSGI_SCENARIOS, "asgi": ASGI_SCENARIOS}
+SCENARIO_ALIASES = {"memory": "hello", "post": "echo", "upload": "echo", "1mib": "large",
+                    "asgi-memory": "asgi-hello", "fastapi": "asgi-fastapi", "starlette": "asgi-starlette",
+                    "asgi-post": "asgi-echo", "sse": "asgi-sse", "ws": "asgi-ws", "websocket": "asgi-ws"}
+
+
+def scenario_interface(scenario):
+    return "asgi" if scenario.startswith("asgi-") else "wsgi"
+
+
+def scenario_servers(scenario, servers):
+    """The servers among `servers` that can run `scenario` (WSGI or ASGI)."""
+    able = ASGI_SERVERS if scenario_interface(scenario) == "asgi" else WSGI_SERVERS
+    return [s for s in servers if s in able]
 
 MIB = 1024 * 1024
 PAGE = os.sysconf("SC_PAGE_SIZE")
 
 # Environment variables that would change how a server is configured behind our back.
-_ENV_PREFIXES = ("COLDBREW_", "GUNICORN_", "GRANIAN_", "UWSGI_", "WAITRESS_", "DJANGO_")
+_ENV_PREFIXES = ("COLDBREW_", "GUNICORN_", "GRANIAN_", "UWSGI_", "WAITRESS_", "DJANGO_", "UVICORN_",
+                 "HYPERCORN_")
 _ENV_NAMES = ("PORT", "WEB_CONCURRENCY", "PYTHONPATH", "VIRTUAL_ENV", "PYTHONHOME", "PYTHONDONTWRITEBYTECODE")
 
 
@@ -266,8 +291,35 @@ def bin_beside(python, name):
     return str(Path(python).parent / name)
 
 
-def server_argv(server, cfg, target, port, threads):
+def asgi_server_argv(server, cfg, target, port):
+    """The command line of `server` serving the ASGI app `target` on 127.0.0.1:port: one
+    worker process, one event loop, uvloop everywhere (each server's fastest loop)."""
+    if server == "coldbrew":
+        py = cfg.coldbrew_python
+        script = bin_beside(py, "coldbrew")
+        head = [script] if os.access(script, os.X_OK) else [py, "-m", "coldbrew"]
+        return head + ["--bind", f"127.0.0.1:{port}", "--workers", "1", "--interface", "asgi", "--loop", "uvloop",
+                       "--log-level", "warning", target]
+    py = cfg.peers_python
+    if server == "granian":
+        return [bin_beside(py, "granian"), "--interface", "asgi", "--host", "127.0.0.1", "--port", str(port),
+                "--workers", "1", "--loop", "uvloop", "--log-level", "warning", target]
+    if server == "uvicorn":
+        # One worker is one process (no supervisor); httptools' parser; the access log off.
+        return [bin_beside(py, "uvicorn"), "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
+                "--loop", "uvloop", "--http", "httptools", "--log-level", "warning", "--no-access-log", target]
+    if server == "hypercorn":
+        # --workers 1 is a supervisor and one spawned worker (both counted); its accept queue
+        # is made as long as the others' (its default is 100); no access log by default.
+        return [bin_beside(py, "hypercorn"), "--bind", f"127.0.0.1:{port}", "--workers", "1",
+                "--worker-class", "uvloop", "--backlog", "1024", "--log-level", "warning", target]
+    raise ValueError(server)
+
+
+def server_argv(server, cfg, target, port, threads, interface="wsgi"):
     """The command line of `server` serving `target` (MODULE:app) on 127.0.0.1:port."""
+    if interface == "asgi":
+        return asgi_server_argv(server, cfg, target, port)
     if server == "coldbrew":
         py = cfg.coldbrew_python
         script = bin_beside(py, "coldbrew")
@@ -291,9 +343,9 @@ def server_argv(server, cfg, target, port, threads):
     raise ValueError(server)
 
 
-def display_command(server, cfg):
+def display_command(server, cfg, interface="wsgi"):
     """The command line as the docs show it: program names without their venv path, port P."""
-    argv = server_argv(server, cfg, "MODULE:app", 0, 8)
+    argv = server_argv(server, cfg, "MODULE:app", 0, 8, interface)
     argv = [Path(argv[0]).name] + argv[1:]
     if argv[0].startswith("python"):
         argv[0] = "python"
@@ -325,10 +377,10 @@ def http_get_status(port, path, timeout):
 class Server:
     """One server process (tree) serving one app; `with Server(...) as s:` stops it."""
 
-    def __init__(self, name, cfg, module, threads=8, ready_path="/", ready_timeout=60.0):
+    def __init__(self, name, cfg, module, threads=8, ready_path="/", ready_timeout=60.0, interface="wsgi"):
         self.name, self.cfg, self.module = name, cfg, module
         self.port = free_port()
-        self.argv = server_argv(name, cfg, f"{module}:app", self.port, threads)
+        self.argv = server_argv(name, cfg, f"{module}:app", self.port, threads, interface)
         if not os.access(self.argv[0], os.X_OK):
             raise BenchError(f"{self.argv[0]} not found (is {name} installed? run bench/run.sh without --no-setup)")
         self.log = tempfile.TemporaryFile(prefix=f"bench-{name}-")
@@ -453,8 +505,8 @@ def sc_hello(name, cfg):
         return out
 
 
-def _one_route(name, cfg, module, path, connections=64, body_bytes=0):
-    with Server(name, cfg, module, ready_path=path if not body_bytes else "/") as srv:
+def _one_route(name, cfg, module, path, connections=64, body_bytes=0, interface="wsgi"):
+    with Server(name, cfg, module, ready_path=path if not body_bytes else "/", interface=interface) as srv:
         warm_up(cfg, srv.port, path, connections, body_bytes)
         return {"run": run_wrk(cfg, srv.port, path, connections, cfg.duration, body_bytes, server=srv)}
 
@@ -541,18 +593,18 @@ def time_import(cfg, python, module):
     return dt
 
 
-def sc_cold(name, cfg):
+def sc_cold(name, cfg, apps=COLD_APPS, interface="wsgi"):
     python = cfg.coldbrew_python if name == "coldbrew" else cfg.peers_python
     out = {"runs": cfg.cold_runs, "apps": {}}
-    for label, module in COLD_APPS:
+    for label, module in apps:
         entry = {}
         try:
             # One unmeasured start first: it writes the .pyc files and fills the page cache.
-            with Server(name, cfg, module):
+            with Server(name, cfg, module, interface=interface):
                 pass
             samples, floor = [], []
             for _ in range(cfg.cold_runs):  # interleaved, so both see the same machine load
-                with Server(name, cfg, module) as srv:
+                with Server(name, cfg, module, interface=interface) as srv:
                     samples.append(srv.startup_s * 1000)
                 floor.append(time_import(cfg, python, module) * 1000)
             entry = {
@@ -569,6 +621,89 @@ def sc_cold(name, cfg):
     return out
 
 
+# ASGI scenarios: the same servers' ASGI sides, one worker (one event loop) each.
+
+
+def sc_asgi_hello(name, cfg):
+    with Server(name, cfg, "asgi_hello", interface="asgi") as srv:
+        time.sleep(0.3 if cfg.quick else 1.0)  # let start-up settle before the idle figures
+        pids = tree_pids(srv.proc.pid)
+        out = {
+            "startup_ms": round(srv.startup_s * 1000, 1),
+            "processes": len(pids),
+            "idle_rss_mib": round(rss_bytes(pids) / MIB, 1),
+            "idle_pss_mib": round(pss_bytes(pids) / MIB, 1),
+        }
+        warm_up(cfg, srv.port, "/", 64)
+        out["run"] = run_wrk(cfg, srv.port, "/", 64, cfg.duration, server=srv)
+        return out
+
+
+def sc_asgi_fastapi(name, cfg):
+    return _one_route(name, cfg, "asgi_fastapi", "/json", interface="asgi")
+
+
+def sc_asgi_starlette(name, cfg):
+    return _one_route(name, cfg, "asgi_starlette", "/json", interface="asgi")
+
+
+def sc_asgi_echo(name, cfg):
+    return _one_route(name, cfg, "asgi_echo", "/", body_bytes=64 * 1024, interface="asgi")
+
+
+def sc_asgi_stream(name, cfg):
+    return _one_route(name, cfg, "asgi_stream", "/", connections=16, interface="asgi")
+
+
+def run_client(cfg, srv, mode, connections, extra=()):
+    """One run of asgi_clients.py (on the load CPU) against `srv`, with the server's peak RSS."""
+    argv = cfg.pin_load + [cfg.client_python, str(ASGI_CLIENTS), mode, "--port", str(srv.port),
+                           "--connections", str(connections), "--warmup", f"{cfg.warmup:g}",
+                           "--duration", f"{cfg.duration:g}", "--server-pid", str(srv.proc.pid), *extra]
+    sampler = Sampler(srv.proc.pid, srv.port)
+    sampler.start()
+    try:
+        rc, out, err = CHILDREN.run(argv, timeout=cfg.warmup + cfg.duration + 90, env=clean_env())
+    finally:
+        mem = sampler.stop()
+    line = next((ln for ln in out.splitlines() if ln.startswith("ASGI_JSON ")), None)
+    if line is None:
+        raise BenchError(f"asgi_clients.py {mode} exited {rc}: {(err or out).strip()[-500:]}")
+    res = json.loads(line[len("ASGI_JSON "):])
+    if "error" in res:
+        raise BenchError(f"asgi_clients.py {mode}: {res['error']}")
+    res.update(mem)
+    return res
+
+
+SSE_CONNECTIONS = 100
+SSE_INTERVAL = 0.010
+WS_CONNECTIONS = 64
+
+
+def sc_asgi_sse(name, cfg):
+    out = {"connections": SSE_CONNECTIONS, "runs": {}}
+    for key, interval in (("paced", SSE_INTERVAL), ("flood", 0.0)):
+        try:
+            with Server(name, cfg, "asgi_sse", interface="asgi") as srv:  # a fresh server per run
+                out["runs"][key] = run_client(cfg, srv, "sse", SSE_CONNECTIONS, ["--interval", f"{interval:g}"])
+        except BenchError as e:
+            out["runs"][key] = {"error": str(e)}
+    return out
+
+
+def sc_asgi_ws(name, cfg):
+    with Server(name, cfg, "asgi_echo_ws", interface="asgi") as srv:
+        return {"run": run_client(cfg, srv, "ws", WS_CONNECTIONS)}
+
+
+COLD_ASGI_APPS = (("hello", "asgi_hello"), ("fastapi", "asgi_fastapi"))
+
+
+def sc_asgi_cold(name, cfg):
+    return sc_cold(name, cfg, apps=COLD_ASGI_APPS, interface="asgi")
+
+
 SCENARIO_FUNCS = {
     "hello": sc_hello,
     "flask": sc_flask,
@@ -578,6 +713,14 @@ SCENARIO_FUNCS = {
     "echo": sc_echo,
     "slow": sc_slow,
     "cold": sc_cold,
+    "asgi-hello": sc_asgi_hello,
+    "asgi-fastapi": sc_asgi_fastapi,
+    "asgi-starlette": sc_asgi_starlette,
+    "asgi-echo": sc_asgi_echo,
+    "asgi-stream": sc_asgi_stream,
+    "asgi-sse": sc_asgi_sse,
+    "asgi-ws": sc_asgi_ws,
+    "asgi-cold": sc_asgi_cold,
 }
 
 
@@ -646,12 +789,20 @@ def environment(cfg):
     env["coldbrew_tree_dirty"] = bool(dirty) if rc2 == 0 else None
     if "coldbrew" in cfg.servers:
         env["coldbrew_python"] = cfg.coldbrew_python
-        env["coldbrew_env"] = python_versions(cfg.coldbrew_python, ["coldbrew", "flask", "django"])
+        env["coldbrew_env"] = python_versions(cfg.coldbrew_python, ["coldbrew", "flask", "django"] + ASGI_PACKAGES)
     if any(s != "coldbrew" for s in cfg.servers):
         env["peers_python"] = cfg.peers_python
         env["peers_env"] = python_versions(cfg.peers_python,
-                                           ["gunicorn", "waitress", "pyuwsgi", "granian", "flask", "django"])
+                                           ["gunicorn", "waitress", "pyuwsgi", "granian", "flask", "django",
+                                            "uvicorn", "hypercorn", "httptools"] + ASGI_PACKAGES)
+    if any(scenario_interface(s) == "asgi" for s in cfg.scenarios):
+        env["client_python"] = cfg.client_python
+        env["client_env"] = python_versions(cfg.client_python, ["uvloop"])
     return env
+
+
+# The ASGI frameworks and libraries whose versions every run records.
+ASGI_PACKAGES = ["fastapi", "starlette", "pydantic", "uvloop", "websockets"]
 
 
 def server_version(results, name):
@@ -1094,8 +1245,10 @@ def parse_args(argv):
     p = argparse.ArgumentParser(description="Benchmark coldbrew beside its peers (see bench/README.md).")
     p.add_argument("--servers", default=",".join(ALL_SERVERS),
                    help=f"comma-separated, from {','.join(ALL_SERVERS)} (default: all)")
-    p.add_argument("--scenarios", default=",".join(ALL_SCENARIOS),
-                   help=f"comma-separated, from {','.join(ALL_SCENARIOS)} (default: all; 'memory' is part of hello)")
+    p.add_argument("--scenarios", default="all",
+                   help=f"comma-separated, from {','.join(ALL_SCENARIOS)}, or the groups wsgi, asgi and all "
+                        "(default: all; 'memory' is part of hello)")
+    p.add_argument("--asgi", action="store_true", help="the ASGI scenarios only: --scenarios asgi")
     p.add_argument("--duration", type=float, default=10.0, help="seconds per measured wrk run (default 10)")
     p.add_argument("--warmup", type=float, default=None, help="seconds of warm-up before each measurement (default 3)")
     p.add_argument("--cold-runs", type=int, default=None, help="measured starts per app for cold start (default 5)")
@@ -1105,6 +1258,9 @@ def parse_args(argv):
                    help="interpreter whose environment has coldbrew (default bench/.venv-coldbrew)")
     p.add_argument("--peers-python", default=str(BENCH / ".venv-peers" / "bin" / "python"),
                    help="interpreter whose environment has the peers (default bench/.venv-peers)")
+    p.add_argument("--client-python", default=None,
+                   help="interpreter for the ASGI websocket and SSE load clients (default: the peers', else "
+                        "coldbrew's, else this one; uvloop is used when it has it)")
     p.add_argument("--out", default=str(BENCH / "results"), help="directory for the JSON results")
     p.add_argument("--no-docs", action="store_true", help="do not write docs/benchmarks.md and the SVG")
     p.add_argument("--render", metavar="JSON", help="only render docs/ from an existing results file")
@@ -1116,12 +1272,20 @@ def parse_args(argv):
     if bad:
         p.error(f"unknown server(s): {', '.join(bad)}; choose from {', '.join(ALL_SERVERS)}")
     scen = []
-    for s in (x.strip() for x in a.scenarios.split(",") if x.strip()):
+    names = [x.strip() for x in a.scenarios.split(",") if x.strip()]
+    if a.asgi:
+        if a.scenarios != "all":
+            p.error("--asgi selects the ASGI scenarios: give it or --scenarios, not both")
+        names = ["asgi"]
+    for s in names:
         s = SCENARIO_ALIASES.get(s, s)
-        if s not in ALL_SCENARIOS:
-            p.error(f"unknown scenario: {s}; choose from {', '.join(ALL_SCENARIOS)}")
-        if s not in scen:
-            scen.append(s)
+        group = SCENARIO_GROUPS.get(s, [s])
+        for g in group:
+            if g not in ALL_SCENARIOS:
+                p.error(f"unknown scenario: {g}; choose from {', '.join(ALL_SCENARIOS)} "
+                        f"or {', '.join(SCENARIO_GROUPS)}")
+            if g not in scen:
+                scen.append(g)
     cfg.scenarios = [s for s in ALL_SCENARIOS if s in scen]
     cfg.quick = a.quick
     cfg.duration = 1.0 if a.quick else a.duration
@@ -1131,6 +1295,11 @@ def parse_args(argv):
         (shutil.which(a.coldbrew_python) or a.coldbrew_python)
     cfg.peers_python = os.path.abspath(a.peers_python) if os.sep in a.peers_python else \
         (shutil.which(a.peers_python) or a.peers_python)
+    if a.client_python:
+        cfg.client_python = shutil.which(a.client_python) or os.path.abspath(a.client_python)
+    else:
+        cfg.client_python = next((py for py in (cfg.peers_python, cfg.coldbrew_python)
+                                  if os.access(py, os.X_OK)), sys.executable)
     cfg.out = Path(a.out)
     cfg.no_docs = a.no_docs
     cfg.render = a.render
@@ -1172,8 +1341,27 @@ def summarize(scenario, entry):
     if scenario == "slow":
         return (f"alone {_num(entry['without']['ok_rps'])} req/s, with slow clients "
                 f"{_num(entry['with']['ok_rps'])} req/s p99 {_ms(entry['with']['p99_ms'])} ms")
-    if scenario == "cold":
+    if scenario in ("cold", "asgi-cold"):
         return ", ".join(f"{k} {a.get('median_ms', 'ERR')} ms" for k, a in entry["apps"].items())
+    if scenario in ("asgi-hello", "asgi-fastapi", "asgi-starlette", "asgi-echo", "asgi-stream"):
+        r = entry["run"]
+        note = _errors_note(r)
+        mib = f", {_num(r['mib_per_s'])} MiB/s" if scenario == "asgi-stream" else ""
+        return f"{_num(r['ok_rps'])} req/s{mib} p99 {_ms(r['p99_ms'])} ms" + (f" [{note}]" if note else "")
+    if scenario == "asgi-sse":
+        parts = []
+        for k, r in entry["runs"].items():
+            if "error" in r:
+                parts.append(f"{k} ERROR {_short(r['error'], 100)}")
+                continue
+            lag = f", lag p99 {_ms(r.get('lag_p99_ms'))} ms" if "lag_p99_ms" in r else ""
+            parts.append(f"{k} {_num(r['events_per_s'])} events/s{lag}, server CPU {r.get('server_cpu_pct')}%, "
+                         f"client CPU {r.get('client_cpu_pct')}%")
+        return "; ".join(parts)
+    if scenario == "asgi-ws":
+        r = entry["run"]
+        return (f"{_num(r['messages_per_s'])} msg/s p99 {_ms(r.get('p99_ms'))} ms, server CPU "
+                f"{r.get('server_cpu_pct')}%, client CPU {r.get('client_cpu_pct')}%")
     return ""
 
 
@@ -1202,7 +1390,8 @@ def main(argv=None):
         "servers": cfg.servers,
         "scenarios": cfg.scenarios,
         "options": {"duration": cfg.duration, "warmup": cfg.warmup, "cold_runs": cfg.cold_runs, "quick": cfg.quick},
-        "commands": {s: display_command(s, cfg) for s in cfg.servers},
+        "commands": {s: display_command(s, cfg) for s in cfg.servers if s in WSGI_SERVERS},
+        "asgi_commands": {s: display_command(s, cfg, "asgi") for s in cfg.servers if s in ASGI_SERVERS},
         "results": {},
         "interrupted": False,
     }
@@ -1211,8 +1400,12 @@ def main(argv=None):
         log("collecting versions")
         results["environment"] = environment(cfg)
         for scenario in cfg.scenarios:
+            servers = scenario_servers(scenario, cfg.servers)
+            if not servers:
+                log(f"{scenario}: none of the chosen servers runs {scenario_interface(scenario).upper()}; skipped")
+                continue
             results["results"][scenario] = {}
-            for name in cfg.servers:
+            for name in servers:
                 log(f"{scenario} / {name}")
                 t0 = time.monotonic()
                 try:

@@ -1,18 +1,21 @@
 #!/usr/bin/env bash
 # The benchmark command:  bash bench/run.sh [options]
 #
-# Measures coldbrew beside gunicorn, waitress, uWSGI and granian in one run and writes
-# bench/results/<UTC timestamp>.json, bench/results/latest.json, docs/benchmarks.md and
-# docs/benchmarks-hello.svg. Unless --no-setup is given it first
+# Measures coldbrew beside gunicorn, waitress, uWSGI and granian (WSGI) and beside granian,
+# uvicorn and hypercorn (ASGI) in one run and writes bench/results/<UTC timestamp>.json,
+# bench/results/latest.json, docs/benchmarks.md and docs/benchmarks-hello.svg. Unless
+# --no-setup is given it first
 #   1. installs wrk with apt-get when it is missing (root on Debian/Ubuntu),
 #   2. creates bench/.venv-coldbrew and builds coldbrew from this checkout into it
 #      (`pip install .`, a release build, redone every run so the current tree is measured;
 #      cargo's files go to bench/.cargo-target so the next build is incremental),
-#      plus Flask and Django,
-#   3. creates bench/.venv-peers with gunicorn, waitress, pyuwsgi, granian, Flask and Django.
+#      plus Flask, Django, FastAPI, Starlette and uvloop,
+#   3. creates bench/.venv-peers with gunicorn, waitress, pyuwsgi, granian, uvicorn[standard]
+#      (uvloop, httptools, websockets), hypercorn, Flask, Django, FastAPI and Starlette.
 # Then it runs bench/run.py with every argument (see `python3 bench/run.py --help`):
-#   --servers coldbrew,granian,...   --scenarios hello,flask,...   --duration S (default 10)
-#   --quick (1 s runs)   --no-setup   --coldbrew-python PATH   --no-docs
+#   --servers coldbrew,granian,...   --scenarios hello,flask,asgi-hello,...|wsgi|asgi
+#   --asgi (the ASGI scenarios only)   --duration S (default 10)   --quick (1 s runs)
+#   --no-setup   --coldbrew-python PATH   --peers-python PATH   --no-docs
 # PYTHON picks the interpreter for the virtual environments (default python3).
 set -euo pipefail
 
@@ -51,7 +54,7 @@ wants() {  # wants NAME: true when NAME is among the servers to measure
 wants_peers() {
     [ "$servers" = all ] && return 0
     local s
-    for s in granian gunicorn uwsgi waitress; do wants "$s" && return 0; done
+    for s in granian gunicorn uwsgi waitress uvicorn hypercorn; do wants "$s" && return 0; done
     return 1
 }
 
@@ -67,8 +70,9 @@ if [ "$setup" = 1 ]; then
     if wants coldbrew && [ -z "$coldbrew_python" ]; then
         need_build_tools "$PYTHON"
         make_venv "$PYTHON" "$BENCH/.venv-coldbrew"
-        say "installing maturin, flask and django into bench/.venv-coldbrew"
-        "$BENCH/.venv-coldbrew/bin/python" -m pip install -q 'maturin>=1.5,<2' flask django
+        say "installing maturin, flask, django, fastapi, starlette and uvloop into bench/.venv-coldbrew"
+        "$BENCH/.venv-coldbrew/bin/python" -m pip install -q 'maturin>=1.5,<2' flask django \
+            fastapi starlette uvloop
         say "building coldbrew from $ROOT (pip install ., release build)"
         t0=$SECONDS
         CARGO_TARGET_DIR=$BENCH/.cargo-target \
@@ -82,8 +86,13 @@ if [ "$setup" = 1 ]; then
     # --- the peers --------------------------------------------------------------------------
     if wants_peers; then
         make_venv "$PYTHON" "$BENCH/.venv-peers"
-        say "installing gunicorn, waitress, pyuwsgi, granian, flask and django into bench/.venv-peers"
-        "$BENCH/.venv-peers/bin/python" -m pip install -q gunicorn waitress pyuwsgi granian flask django
+        say "installing gunicorn, waitress, pyuwsgi, granian, uvicorn, hypercorn, flask, django," \
+            "fastapi and starlette into bench/.venv-peers"
+        # uvicorn[standard] brings uvloop, httptools and websockets (its --loop uvloop, --http
+        # httptools and websocket support); hypercorn's uvloop worker and granian's --loop
+        # uvloop use the same uvloop.
+        "$BENCH/.venv-peers/bin/python" -m pip install -q gunicorn waitress pyuwsgi granian flask django \
+            'uvicorn[standard]' hypercorn fastapi starlette uvloop httptools websockets
     fi
 fi
 
