@@ -333,10 +333,7 @@ impl HttpCycle {
             }
             None => Bytes::new(),
         };
-        let more = match message.get_item(pyo3::intern!(py, "more_body"))? {
-            Some(more) => more.is_truthy()?,
-            None => false,
-        };
+        let more = flag(message, pyo3::intern!(py, "more_body"))?;
         if self.disconnected {
             return Err(client_disconnected());
         }
@@ -414,10 +411,7 @@ impl HttpCycle {
                 trailers.append(name, value);
             }
         }
-        let more = match message.get_item(pyo3::intern!(py, "more_trailers"))? {
-            Some(more) => more.is_truthy()?,
-            None => false,
-        };
+        let more = flag(message, pyo3::intern!(py, "more_trailers"))?;
         if !more {
             let trailers = self.trailers.take().unwrap_or_default();
             match self.stream.take() {
@@ -551,12 +545,8 @@ impl HttpCycle {
     }
 
     fn send(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let message = message.cast::<PyDict>().map_err(|_| PyTypeError::new_err("an ASGI message must be a dict"))?;
-        let kind = match message.get_item(pyo3::intern!(py, "type"))? {
-            Some(kind) => kind,
-            None => return Err(PyValueError::new_err("an ASGI message needs a type")),
-        };
-        let kind = kind.cast::<PyString>().map_err(|_| PyTypeError::new_err("an ASGI message type must be a str"))?;
+        let (message, kind) = message_type(message)?;
+        let message = &message;
         let result = match kind.to_str()? {
             "http.response.start" => self.start_message(message).and_then(|()| ready(py, py.None())),
             "http.response.body" => self.body_message(py, message),
@@ -651,6 +641,26 @@ fn disconnect_message(py: Python<'_>) -> PyResult<Py<PyAny>> {
 /// What `send()` raises once the client has gone: an `OSError`, as the ASGI spec asks.
 fn client_disconnected() -> PyErr {
     PyOSError::new_err("the client disconnected")
+}
+
+/// An ASGI message as a dict, with its `type`.
+pub(crate) fn message_type<'py>(message: &Bound<'py, PyAny>) -> PyResult<(Bound<'py, PyDict>, Bound<'py, PyString>)> {
+    let py = message.py();
+    let message = message.cast::<PyDict>().map_err(|_| PyTypeError::new_err("an ASGI message must be a dict"))?.clone();
+    let kind = match message.get_item(pyo3::intern!(py, "type"))? {
+        Some(kind) => kind,
+        None => return Err(PyValueError::new_err("an ASGI message needs a type")),
+    };
+    let kind = kind.cast_into::<PyString>().map_err(|_| PyTypeError::new_err("an ASGI message type must be a str"))?;
+    Ok((message, kind))
+}
+
+/// A flag of an ASGI message (`more_body`, `more_trailers`): false when absent.
+pub(crate) fn flag(message: &Bound<'_, PyDict>, name: &Bound<'_, PyString>) -> PyResult<bool> {
+    match message.get_item(name)? {
+        Some(value) => value.is_truthy(),
+        None => Ok(false),
+    }
 }
 
 /// The `headers` of an ASGI message (an iterable of `[name, value]` byte pairs), added to `headers`.

@@ -32,7 +32,7 @@ use tokio::sync::{oneshot, watch};
 use yawc::close::CloseCode;
 use yawc::{Frame, OpCode, Options, Role, WebSocketError};
 
-use super::cycle::{read_headers, ready, resolve, CycleShared};
+use super::cycle::{flag, message_type, read_headers, ready, resolve, CycleShared};
 use crate::http::{self as proto, ResponseBody, Switched};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::{metrics, TraceContext};
@@ -385,7 +385,7 @@ impl Conn {
         while self.closing_since.is_none() && !state.outbound.is_empty() {
             match Pin::new(&mut self.ws).poll_ready(cx) {
                 Poll::Ready(Ok(())) => {}
-                Poll::Ready(Err(err)) => return Poll::Ready(Ending::Dropped(write_error(&err))),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ending::Dropped(WRITE_FAILED)),
                 Poll::Pending => break,
             }
             let frame = match state.outbound.pop_front().unwrap() {
@@ -404,8 +404,8 @@ impl Conn {
                     Frame::close(CloseCode::from(code), reason)
                 }
             };
-            if let Err(err) = Pin::new(&mut self.ws).start_send(frame) {
-                return Poll::Ready(Ending::Dropped(write_error(&err)));
+            if Pin::new(&mut self.ws).start_send(frame).is_err() {
+                return Poll::Ready(Ending::Dropped(WRITE_FAILED));
             }
             moved = true;
         }
@@ -419,7 +419,7 @@ impl Conn {
         if self.unflushed {
             match Pin::new(&mut self.ws).poll_flush(cx) {
                 Poll::Ready(Ok(())) => self.unflushed = false,
-                Poll::Ready(Err(err)) => return Poll::Ready(Ending::Dropped(write_error(&err))),
+                Poll::Ready(Err(_)) => return Poll::Ready(Ending::Dropped(WRITE_FAILED)),
                 Poll::Pending => {}
             }
         }
@@ -730,9 +730,8 @@ fn append(assembling: &mut Assembling, payload: &[u8], max: usize) -> Result<(),
     Ok(())
 }
 
-fn write_error(_err: &WebSocketError) -> &'static str {
-    "the connection broke while writing"
-}
+/// Why a websocket ended when a write to it failed.
+const WRITE_FAILED: &str = "the connection broke while writing";
 
 // ------------------------------------------------------------------------------------------
 // The loop thread's side.
@@ -994,10 +993,7 @@ impl WebSocketCycle {
             let chunk = chunk.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("websocket.http.response.body's body must be bytes"))?;
             body.extend_from_slice(chunk.as_bytes());
         }
-        let more = match message.get_item(pyo3::intern!(py, "more_body"))? {
-            Some(more) => more.is_truthy()?,
-            None => false,
-        };
+        let more = flag(message, pyo3::intern!(py, "more_body"))?;
         if !more {
             let Phase::Denying { status, headers, body } = std::mem::replace(&mut self.phase, Phase::Closed) else { unreachable!() };
             let mut response = proto::Response::new(ResponseBody::full(Bytes::from(body)));
@@ -1039,12 +1035,8 @@ impl WebSocketCycle {
     }
 
     fn send(&mut self, py: Python<'_>, message: &Bound<'_, PyAny>) -> PyResult<Py<PyAny>> {
-        let message = message.cast::<PyDict>().map_err(|_| PyTypeError::new_err("an ASGI message must be a dict"))?;
-        let kind = match message.get_item(pyo3::intern!(py, "type"))? {
-            Some(kind) => kind,
-            None => return Err(PyValueError::new_err("an ASGI message needs a type")),
-        };
-        let kind = kind.cast::<PyString>().map_err(|_| PyTypeError::new_err("an ASGI message type must be a str"))?;
+        let (message, kind) = message_type(message)?;
+        let message = &message;
         let done = match kind.to_str()? {
             "websocket.send" => return self.send_message(py, message),
             "websocket.accept" => self.accept_message(message),
