@@ -33,6 +33,9 @@ import resource
 import sys
 import time
 
+# This script's folder is first on sys.path: the runner's /proc helpers.
+from run import tree_pids
+
 HOST = "127.0.0.1"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 
@@ -46,32 +49,12 @@ def own_cpu():
     return ru.ru_utime + ru.ru_stime
 
 
-def _tree(root):
-    kids = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                stat = f.read()
-        except OSError:
-            continue
-        fields = stat[stat.rfind(b")") + 2:].split()
-        kids.setdefault(int(fields[1]), []).append(int(entry))
-    out, todo = [], [root]
-    while todo:
-        pid = todo.pop()
-        out.append(pid)
-        todo.extend(kids.get(pid, ()))
-    return out
-
-
 def tree_cpu(root):
     """User + system seconds of `root` and its live descendants (all their threads)."""
     if not root:
         return None
     total = 0
-    for pid in _tree(root):
+    for pid in tree_pids(root):
         try:
             with open(f"/proc/{pid}/stat", "rb") as f:
                 stat = f.read()
