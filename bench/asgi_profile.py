@@ -2,6 +2,7 @@
 switches per request, coldbrew against granian's ASGI, under the same load.
 
     python bench/asgi_profile.py [--requests N] [--connections C] [--servers coldbrew,granian]
+                                 [--app asgi_fastapi:app]
 
 Instructions: each server runs under valgrind's callgrind (--separate-threads=yes, following
 child processes; "p1t4" below is the first process's fourth thread) twice,
@@ -166,15 +167,18 @@ def switch_run(server, requests, connections):
 
 
 def main():
+    global APP
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--requests", type=int, default=3000)
     parser.add_argument("--connections", type=int, default=64)
     parser.add_argument("--servers", default="coldbrew,granian")
+    parser.add_argument("--app", default=APP, help="module:app in bench/apps answering GET / (default %(default)s)")
     args = parser.parse_args()
+    APP = args.app
     if not shutil.which("valgrind"):
         raise SystemExit("valgrind not found: apt-get install valgrind")
     work = tempfile.mkdtemp()
-    print(f"hello ASGI, {args.requests} keep-alive requests over {args.connections} connections")
+    print(f"{APP}, {args.requests} keep-alive requests over {args.connections} connections")
     for server in args.servers.split(","):
         none = callgrind_run(server, 0, args.connections, work)
         many = callgrind_run(server, args.requests, args.connections, work)
