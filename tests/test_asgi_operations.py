@@ -237,3 +237,14 @@ def test_a_failing_async_warmup_stops_the_server_with_status_3(serve):
     assert server.proc.wait(timeout=30) == 3
     server.stop()
     assert "--warmup asgi_ops_apps:warm_and_fail raised RuntimeError: the database is unreachable" in server.stderr
+
+
+def test_requests_run_in_named_tasks_or_in_the_apps_task_factory(serve):
+    # Without a task factory coldbrew makes the task itself, with a fixed name.
+    server = serve("asgi_ops_apps:factory_app")
+    assert requests.get(server.url + "/", timeout=10).text == "coldbrew request False"
+    assert server.stop() == 0
+    # A factory the app installs in its lifespan startup makes every request's task.
+    server = serve("asgi_ops_apps:factory_app", env={"ASGI_TASK_FACTORY": "1"})
+    assert requests.get(server.url + "/", timeout=10).text.endswith(" True")
+    assert server.stop() == 0

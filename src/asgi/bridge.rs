@@ -27,6 +27,9 @@ pub struct Bridge {
     app: Py<PyAny>,
     runner: Option<Py<PyAny>>,
     create_task: Option<Py<PyAny>>,
+    /// `loop` and `name` for `asyncio.Task`: a fixed name spares asyncio formatting a
+    /// "Task-N" for each request. None when the app set a task factory, which gets the call.
+    task_kwargs: Option<Py<PyDict>>,
     create_future: Option<Py<PyAny>>,
     batch: Vec<Event>,
     response_buffer: usize,
@@ -63,6 +66,7 @@ impl Bridge {
             app,
             runner: None,
             create_task: None,
+            task_kwargs: None,
             create_future: None,
             batch: Vec::with_capacity(64),
             response_buffer: config.response_buffer,
@@ -95,7 +99,16 @@ impl Bridge {
 
     /// Called once the loop runs: what a request's task is made of, and the lifespan state.
     fn prepare(&mut self, event_loop: &Bound<'_, PyAny>, runner: Py<PyAny>, state: Option<Py<PyDict>>) -> PyResult<()> {
-        self.create_task = Some(event_loop.getattr("create_task")?.unbind());
+        let py = event_loop.py();
+        if event_loop.call_method0("get_task_factory")?.is_none() {
+            let kwargs = PyDict::new(py);
+            kwargs.set_item("loop", event_loop)?;
+            kwargs.set_item("name", "coldbrew request")?;
+            self.create_task = Some(py.import("asyncio")?.getattr("Task")?.unbind());
+            self.task_kwargs = Some(kwargs.unbind());
+        } else {
+            self.create_task = Some(event_loop.getattr("create_task")?.unbind());
+        }
         self.create_future = Some(event_loop.getattr("create_future")?.unbind());
         self.runner = Some(runner);
         self.scope.set_state(state);
@@ -202,7 +215,7 @@ impl Bridge {
             let cycle = Py::new(py, WebSocketCycle::new(shared.clone(), offer, reply, create_future.clone_ref(py), line, trace))?;
             *shared.cycle.lock().unwrap() = Some(LoopSide::WebSocket(cycle.clone_ref(py)));
             let coroutine = runner.call1(py, (self.app.bind(py), scope, cycle, trace_var))?;
-            create_task.call1(py, (coroutine,))?;
+            create_task.call(py, (coroutine,), self.task_kwargs.as_ref().map(|kwargs| kwargs.bind(py)))?;
             return Ok(());
         }
         let cycle = Py::new(
@@ -224,7 +237,7 @@ impl Bridge {
             None => runner.call1(py, (self.app.bind(py), scope, cycle.clone_ref(py)))?,
             Some(trace) => runner.call1(py, (self.app.bind(py), scope, cycle.clone_ref(py), trace))?,
         };
-        let task = create_task.call1(py, (coroutine,))?;
+        let task = create_task.call(py, (coroutine,), self.task_kwargs.as_ref().map(|kwargs| kwargs.bind(py)))?;
         if self.timeout {
             cycle.bind(py).borrow_mut().task = Some(task);
         }

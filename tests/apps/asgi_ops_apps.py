@@ -99,3 +99,29 @@ async def app(scope, receive, send):
                 return
     await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
     await send({"type": "http.response.body", "body": b"done"})
+
+
+async def factory_app(scope, receive, send):
+    """Its lifespan startup installs a task factory; each request says which task runs it."""
+    import asyncio
+
+    if scope["type"] == "lifespan":
+        message = await receive()
+        if os.environ.get("ASGI_TASK_FACTORY") == "1":
+            loop = asyncio.get_running_loop()
+
+            def factory(loop, coro, **kwargs):
+                task = asyncio.Task(coro, loop=loop, **kwargs)
+                task.made_by_the_factory = True
+                return task
+
+            loop.set_task_factory(factory)
+        await send({"type": "lifespan.startup.complete"})
+        message = await receive()
+        assert message["type"] == "lifespan.shutdown"
+        await send({"type": "lifespan.shutdown.complete"})
+        return
+    task = asyncio.current_task()
+    body = f"{task.get_name()} {getattr(task, 'made_by_the_factory', False)}".encode()
+    await send({"type": "http.response.start", "status": 200, "headers": [(b"content-type", b"text/plain")]})
+    await send({"type": "http.response.body", "body": body})
