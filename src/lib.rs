@@ -11,6 +11,7 @@
 pub mod asgi;
 pub mod clock;
 pub mod config;
+pub mod gateway;
 pub mod http;
 pub mod lifecycle;
 pub mod telemetry;
@@ -119,7 +120,7 @@ fn emit_app_log(
     function: String,
     trace: Option<&Bound<'_, PyAny>>,
 ) {
-    let trace = trace.and_then(|t| t.cast::<wsgi::RequestTrace>().ok()).map(|t| t.get().0);
+    let trace = trace.and_then(|t| t.cast::<gateway::RequestTrace>().ok()).map(|t| t.get().0);
     let source = pathname.map(|file| telemetry::log::SourceLocation { file, line: lineno, function });
     telemetry::log::emit_app(telemetry::log::Level::from_python(levelno), message, logger, source, trace);
 }
@@ -157,7 +158,7 @@ fn _coldbrew(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(emit_app_log, m)?)?;
     m.add_function(wrap_pyfunction!(set_log_format, m)?)?;
     m.add_function(wrap_pyfunction!(container_resources, m)?)?;
-    m.add_class::<wsgi::RequestTrace>()?;
+    m.add_class::<gateway::RequestTrace>()?;
     m.add_class::<asgi::Bridge>()?;
     m.add_class::<asgi::HttpCycle>()?;
     m.add_class::<asgi::Ready>()?;

@@ -300,6 +300,34 @@ def test_a_client_is_held_back_while_the_app_does_not_read(serve):
 # --- Expect: 100-continue -----------------------------------------------------------------
 
 
+def test_an_answer_before_the_body_is_read_closes_the_connection(serve):
+    """The app answers while most of the body is still unsent. The rest is dropped unread, so
+    the head must say the connection closes: a client that reused it would send its next
+    request into a connection the server is closing."""
+    server = serve(APP, "--request-buffer", "64KiB")
+    with Conn(server) as conn:
+        conn.sock.sendall(head("/ignore", f"Content-Length: {1 * MiB}") + b"x" * 1000)
+        reply = conn.read_response()
+        assert reply.status == 200, reply
+        assert reply.body == b"ignored"
+        assert reply.headers.get("connection") == "close", reply
+    still_serving(server)
+
+
+def test_a_body_read_to_its_end_keeps_the_connection_for_the_next_request(serve):
+    server = serve(APP, "--request-buffer", "64KiB")
+    body = os.urandom(1 * MiB)
+    with Conn(server, timeout=30) as conn:
+        conn.sock.sendall(head("/digest?id=reuse", f"Content-Length: {len(body)}") + body)
+        reply = conn.read_response()
+        assert reply.status == 200, reply
+        assert reply.json()["sha256"] == sha(body)
+        assert "connection" not in reply.headers, reply
+        conn.sock.sendall(head("/ping", method="GET"))
+        again = conn.read_response()
+        assert (again.status, again.body) == (200, b"pong"), again
+
+
 def test_expect_continue_unanswered_when_the_app_does_not_read(serve):
     server = serve(APP, "--request-buffer", "64KiB")
     with Conn(server) as conn:

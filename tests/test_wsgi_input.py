@@ -6,7 +6,9 @@ by the app while it reads them in pieces and compared with the client's hash.
 """
 
 import hashlib
+import http.client
 import io
+import json
 import os
 import random
 import sys
@@ -17,7 +19,7 @@ import requests
 from conftest import APPS
 
 sys.path.insert(0, str(APPS))
-from pep3333_client import raw_request  # noqa: E402
+from pep3333_client import connect_raw, raw_request  # noqa: E402
 
 APP = "pep3333_apps:app"
 
@@ -303,6 +305,42 @@ def test_two_requests_on_one_connection_keep_their_bodies(server):
         b = s.post(server.url + "/input/ops", params={"ops": "read"}, data=b"second-body", timeout=10)
     assert a.json() == ["first-body"]
     assert b.json() == ["second-body"]
+
+
+def _response_on(sock):
+    response = http.client.HTTPResponse(sock)
+    response.begin()
+    return response, response.read()
+
+
+def test_an_answer_before_the_body_is_read_closes_the_connection(serve):
+    """The app answers while most of a streamed body is still unsent. The rest is dropped
+    unread, so the head must say the connection closes: a client that reused it would send
+    its next request into a connection the server is closing."""
+    server = serve(APP, "--request-buffer", "64K")
+    with connect_raw(server) as sock:
+        host = f"127.0.0.1:{server.port}"
+        sock.sendall(f"POST /ok HTTP/1.1\r\nHost: {host}\r\nContent-Length: {1 << 20}\r\n\r\n".encode() + b"x" * 1000)
+        response, _ = _response_on(sock)
+        assert response.status == 200
+        assert response.getheader("Connection") == "close", response.getheaders()
+
+
+def test_a_streamed_body_read_to_its_end_keeps_the_connection(serve):
+    server = serve(APP, "--request-buffer", "64K")
+    body = os.urandom(1 << 20)
+    with connect_raw(server) as sock:
+        host = f"127.0.0.1:{server.port}"
+        # The app reads exactly Content-Length bytes and never asks past them.
+        head = f"POST /input/sha256-cl HTTP/1.1\r\nHost: {host}\r\nContent-Length: {len(body)}\r\n\r\n"
+        sock.sendall(head.encode() + body)
+        response, answer = _response_on(sock)
+        assert response.status == 200
+        assert json.loads(answer) == {"size": len(body), "sha256": hashlib.sha256(body).hexdigest()}
+        assert response.getheader("Connection") is None, response.getheaders()
+        sock.sendall(f"GET /ok HTTP/1.1\r\nHost: {host}\r\n\r\n".encode())
+        again, _ = _response_on(sock)
+        assert again.status == 200
 
 
 def test_unread_body_does_not_break_next_request(serve):

@@ -13,7 +13,6 @@ use std::sync::{Arc, Condvar, Mutex};
 use std::time::Duration;
 
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
 
 use crate::clock::Moment;
 use crate::telemetry::log;
@@ -53,7 +52,7 @@ impl Heartbeat {
 
     /// On the loop thread, once: whose stack to read.
     pub fn set_thread(&self) {
-        self.thread.store(crate::wsgi::python_thread_ident(), Ordering::Relaxed);
+        self.thread.store(crate::gateway::python_thread_ident(), Ordering::Relaxed);
     }
 
     /// On the loop thread: a request arrived. True if the beat must be started.
@@ -95,7 +94,7 @@ impl Heartbeat {
             }
             reported = last;
             let thread = self.thread.load(Ordering::Relaxed);
-            let stack = Python::attach(|py| loop_stack(py, thread));
+            let stack = Python::attach(|py| crate::gateway::python_stack(py, thread)).map(|stack| stack.trim_end().to_owned());
             let limit = self.limit.as_secs_f64();
             let stalled = stalled.as_secs_f64();
             match stack {
@@ -109,15 +108,4 @@ impl Heartbeat {
             }
         }
     }
-}
-
-/// The loop thread's Python stack now, outermost call first.
-fn loop_stack(py: Python<'_>, thread: u64) -> PyResult<String> {
-    let frames = py.import("sys")?.call_method0("_current_frames")?;
-    let frame = frames
-        .cast::<PyDict>()?
-        .get_item(thread)?
-        .ok_or_else(|| pyo3::exceptions::PyLookupError::new_err("the loop thread has no Python frame"))?;
-    let lines = py.import("traceback")?.call_method1("format_stack", (frame,))?;
-    PyString::new(py, "").call_method1("join", (lines,))?.call_method0("rstrip")?.extract()
 }

@@ -15,7 +15,7 @@ use super::scope::ScopeBuilder;
 use crate::config::ServerConfig;
 use crate::telemetry::log;
 use crate::telemetry::TraceContext;
-use crate::wsgi::RequestTrace;
+use crate::gateway::RequestTrace;
 
 /// How the lifespan startup ended: `Ok` to serve, or the reason not to.
 pub type Started = Result<(), String>;

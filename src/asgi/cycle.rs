@@ -21,6 +21,7 @@ use tokio::sync::oneshot;
 
 use super::queue::{Event, LoopQueue};
 use super::request_body::{BodyReader, Taken};
+use crate::gateway;
 use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::TraceContext;
@@ -283,8 +284,11 @@ impl HttpCycle {
         self.complete = true;
     }
 
-    fn respond(&mut self, response: proto::Response) {
+    fn respond(&mut self, mut response: proto::Response) {
         if let Some(reply) = self.reply.take() {
+            if matches!(&self.body, RequestBody::Piped(reader) if !reader.0.read_to_end()) {
+                gateway::close_after_unread_body(&mut response);
+            }
             if reply.send(response).is_err() {
                 self.disconnected = true;
             }

@@ -23,7 +23,7 @@ use tokio::sync::{oneshot, watch};
 
 use crate::http::{self as proto, ConnInfo, Handler};
 use crate::telemetry::log;
-use crate::wsgi::{read_body, refuse_body, ReadAhead, RequestBody};
+use crate::gateway::{self, read_body, refuse_body, ReadAhead, RequestBody};
 use request_body::PumpSource;
 use std::task::Waker;
 
@@ -255,7 +255,7 @@ impl EventLoop {
                         .import("coldbrew.asgi")
                         .and_then(|module| module.call_method1("run_loop", (bridge.bind(py), loop_kind, lifespan)));
                     if let Err(err) = ran {
-                        let text = crate::wsgi::format_traceback(py, &err);
+                        let text = gateway::format_traceback(py, &err);
                         bridge.bind(py).borrow().started_failed(format!("the event loop failed:\n{text}"));
                         crate::telemetry::log::error(format_args!("the event loop failed:\n{text}"));
                     }
@@ -267,7 +267,7 @@ impl EventLoop {
             let _ = py.detach(|| thread.join());
             return Ok(Err(reason));
         }
-        let ahead = ReadAhead { limit: config.request_buffer, timeout: config.body_timeout, body_limit: config.limits.body };
+        let ahead = ReadAhead::from_config(config);
         let websockets = websocket::Settings {
             ping_interval: config.ws_ping_interval,
             ping_timeout: config.ws_ping_timeout,

@@ -15,7 +15,7 @@ use bytes::Bytes;
 use hyper::body::Incoming;
 
 use crate::http::Rejection;
-use crate::wsgi::next_data;
+use crate::gateway::{concat, next_data};
 
 /// How a piped body ended, or that it has not yet.
 pub(crate) enum PipeEnd {
@@ -59,6 +59,11 @@ impl BodyPipe {
         }
     }
 
+    /// Whether the pump has read the body to its end (what it read may still be queued).
+    pub fn read_to_end(&self) -> bool {
+        matches!(self.state.lock().unwrap().end, PipeEnd::Complete)
+    }
+
     /// Takes every queued chunk as one piece.
     pub fn take(&self) -> Taken {
         let mut state = self.state.lock().unwrap();
@@ -82,7 +87,7 @@ impl BodyPipe {
         let more = !matches!(state.end, PipeEnd::Complete);
         Self::wake_pump(&mut state);
         drop(state);
-        Taken::Data(crate::wsgi::concat(chunks, total), more)
+        Taken::Data(concat(chunks, total), more)
     }
 }
 

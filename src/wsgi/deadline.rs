@@ -15,12 +15,12 @@ use crossbeam_channel::Sender;
 use http::header::CONNECTION;
 use http::{HeaderValue, StatusCode};
 use pyo3::prelude::*;
-use pyo3::types::{PyDict, PyString};
 use tokio::sync::oneshot;
 
 use super::doorbell::Doorbell;
 use super::response::RequestLine;
-use super::{enqueue, no_answer, read_body, refuse_body, ReadAhead, RequestBody, RequestJob};
+use super::{enqueue, no_answer, RequestJob};
+use crate::gateway::{self, read_body, refuse_body, ReadAhead, RequestBody};
 use crate::http::{self as proto, ConnInfo};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::TraceContext;
@@ -79,12 +79,6 @@ impl Drop for Running<'_> {
     fn drop(&mut self) {
         self.0 .0.store(DONE, SeqCst);
     }
-}
-
-/// The calling thread's ident as `threading.get_ident()` and `sys._current_frames()` know it.
-pub(crate) fn python_thread_ident() -> u64 {
-    // Safety: callable from any thread, attached or not; it only asks the OS for the thread id.
-    unsafe { pyo3::ffi::PyThread_get_thread_ident() as u64 }
 }
 
 /// [`super::WsgiHandler::call`] with a deadline. One timer covers reading the body ahead,
@@ -178,7 +172,7 @@ fn report_stuck(claim: Arc<Claim>, thread: u64, line: RequestLine, trace: Option
     tokio::task::spawn_blocking(move || {
         // The thread only marks the request done with the GIL held, so while this holds it the
         // stack it reads is still this request's.
-        let stack = Python::attach(|py| claim.running_on(thread).then(|| python_stack(py, thread)));
+        let stack = Python::attach(|py| claim.running_on(thread).then(|| gateway::python_stack(py, thread)));
         let elapsed = started.elapsed().as_secs_f64();
         let limit = limit.as_secs_f64();
         match stack {
@@ -209,21 +203,9 @@ fn report_stuck(claim: Arc<Claim>, thread: u64, line: RequestLine, trace: Option
     });
 }
 
-/// The Python stack of another thread, outermost call first, as `traceback` prints it.
-fn python_stack(py: Python<'_>, thread: u64) -> PyResult<String> {
-    let frames = py.import("sys")?.call_method0("_current_frames")?;
-    let frame = frames
-        .cast::<PyDict>()?
-        .get_item(thread)?
-        .ok_or_else(|| pyo3::exceptions::PyLookupError::new_err(format!("thread {thread} has no Python frame")))?;
-    let lines = py.import("traceback")?.call_method1("format_stack", (frame,))?;
-    PyString::new(py, "").call_method1("join", (lines,))?.extract()
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
-    use std::ffi::CString;
 
     #[test]
     fn a_request_is_either_run_or_skipped() {
@@ -238,44 +220,5 @@ mod tests {
         drop(running);
         assert!(!late.running_on(7));
         assert_eq!(late.abandon(), Stage::Done);
-    }
-
-    #[test]
-    fn reads_the_stack_of_another_python_thread() {
-        Python::initialize();
-        let code = CString::new(
-            "import threading\n\
-             entered = threading.Event()\n\
-             release = threading.Event()\n\
-             def stuck_in_here():\n\
-             \x20   entered.set()\n\
-             \x20   release.wait(10)\n\
-             worker = threading.Thread(target=stuck_in_here)\n\
-             worker.start()\n\
-             entered.wait(10)\n",
-        )
-        .unwrap();
-        Python::attach(|py| {
-            let globals = PyDict::new(py);
-            py.run(&code, Some(&globals), None).unwrap();
-            let worker = globals.get_item("worker").unwrap().unwrap();
-            let ident: u64 = worker.getattr("ident").unwrap().extract().unwrap();
-            let stack = python_stack(py, ident).unwrap();
-            globals.get_item("release").unwrap().unwrap().call_method0("set").unwrap();
-            worker.call_method0("join").unwrap();
-            assert!(stack.contains("in stuck_in_here"), "{stack}");
-            assert!(stack.ends_with('\n'), "{stack:?}");
-            assert!(python_stack(py, ident).is_err(), "a finished thread has no stack");
-        });
-        // A pool thread is a Rust thread that attached itself; its ident must be the one
-        // `sys._current_frames()` files its frames under.
-        std::thread::spawn(|| {
-            Python::attach(|py| {
-                let threading: u64 = py.import("threading").unwrap().call_method0("get_ident").unwrap().extract().unwrap();
-                assert_eq!(python_thread_ident(), threading);
-            })
-        })
-        .join()
-        .unwrap();
     }
 }

@@ -14,7 +14,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyBytes, PyList};
 use tokio::runtime::Handle;
 
-use super::{next_data, BodyError, RequestBody};
+use crate::gateway::{next_data, BodyError, RequestBody};
 use crate::telemetry::metrics;
 
 #[pyclass(frozen, module = "coldbrew._coldbrew")]
@@ -32,6 +32,8 @@ struct State {
     source: Source,
     /// Set once the body went over `--limit-request-body` (the limit).
     too_large: Option<u64>,
+    /// The rest of the body was dropped unread after an error.
+    abandoned: bool,
 }
 
 enum Source {
@@ -51,12 +53,12 @@ impl InputStream {
                 (head, Source::Network { body: rest, runtime: runtime.clone(), allowed, limit })
             }
         };
-        InputStream { state: Mutex::new(State { buf, source, too_large: None }), timeout, timed_out: AtomicBool::new(false) }
+        InputStream { state: Mutex::new(State { buf, source, too_large: None, abandoned: false }), timeout, timed_out: AtomicBool::new(false) }
     }
 
     pub(crate) fn empty() -> InputStream {
         InputStream {
-            state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted, too_large: None }),
+            state: Mutex::new(State { buf: Bytes::new(), source: Source::Exhausted, too_large: None, abandoned: false }),
             timeout: None,
             timed_out: AtomicBool::new(false),
         }
@@ -83,6 +85,16 @@ impl InputStream {
     /// `Some(limit)` once reading went over `--limit-request-body`.
     pub(crate) fn too_large(&self) -> Option<u64> {
         self.state.lock().unwrap().too_large
+    }
+
+    /// Whether part of the body is still on the connection, or was dropped from it unread.
+    pub(crate) fn unfinished(&self) -> bool {
+        let state = self.state.lock().unwrap();
+        match &state.source {
+            Source::Network { body, .. } => !http_body::Body::is_end_stream(body),
+            Source::InUse => true,
+            Source::Exhausted => state.abandoned,
+        }
     }
 
     /// Pulls the next chunk from the network into the buffer. False at the end of the body.
@@ -123,6 +135,7 @@ impl InputStream {
             }
             Err(err @ BodyError::TooSlow(_)) => {
                 state.source = Source::Exhausted;
+                state.abandoned = true;
                 self.timed_out.store(true, Ordering::Relaxed);
                 Err(PyTimeoutError::new_err(err.to_string()))
             }
@@ -130,6 +143,7 @@ impl InputStream {
                 // The rest of the body is dropped unread, so the connection closes after the
                 // response.
                 state.source = Source::Exhausted;
+                state.abandoned = true;
                 if let BodyError::TooLarge(limit) = err {
                     state.too_large = Some(limit);
                 }

@@ -13,7 +13,6 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::doorbell::Doorbell;
 use pyo3::prelude::*;
-use pyo3::types::PyString;
 use tokio::runtime::Handle;
 
 use super::environ::{Constants, EnvironBuilder};
@@ -23,29 +22,8 @@ use super::{InputStream, ReadAhead, RequestJob, WsgiHandler};
 use crate::config::ServerConfig;
 use crate::telemetry::log::Format;
 use crate::telemetry::metrics;
+use crate::gateway::RequestTrace;
 use crate::telemetry::TraceContext;
-
-/// The trace of the request a `logging` record was made in, as the app's log handler sees it.
-#[pyclass(frozen, module = "coldbrew._coldbrew")]
-pub struct RequestTrace(pub TraceContext);
-
-#[pymethods]
-impl RequestTrace {
-    #[getter]
-    fn trace_id(&self) -> &str {
-        self.0.trace_id()
-    }
-
-    #[getter]
-    fn span_id(&self) -> Option<&str> {
-        self.0.span_id()
-    }
-
-    #[getter]
-    fn sampled(&self) -> bool {
-        self.0.sampled
-    }
-}
 
 /// What every Python thread shares: the app and everything prepared for it at startup.
 pub(crate) struct WorkerContext {
@@ -72,26 +50,6 @@ impl WorkerContext {
         };
         var.bind(py).call_method1(pyo3::intern!(py, "set"), (value,))?;
         Ok(())
-    }
-
-    /// The traceback as Python prints it. `traceback` is imported on the first error only: it
-    /// costs milliseconds of startup that a healthy app never needs.
-    pub fn format_traceback(&self, py: Python<'_>, err: &PyErr) -> String {
-        format_traceback(py, err)
-    }
-}
-
-/// The traceback as Python prints it. `traceback` is imported on the first error only: it
-/// costs milliseconds of startup that a healthy app never needs.
-pub(crate) fn format_traceback(py: Python<'_>, err: &PyErr) -> String {
-    let formatted = py
-        .import("traceback")
-        .and_then(|module| module.getattr("format_exception"))
-        .and_then(|format| format.call1((err.get_type(py), err.value(py), err.traceback(py))))
-        .and_then(|lines| PyString::new(py, "").call_method1("join", (lines,)));
-    match formatted {
-        Ok(text) => text.to_string().trim_end().to_owned(),
-        Err(_) => err.to_string(),
     }
 }
 
@@ -150,7 +108,7 @@ impl Pool {
         Ok((Pool { threads }, WsgiHandler::new(
                 sender,
                 doorbell,
-                ReadAhead { limit: config.request_buffer, timeout: config.body_timeout, body_limit: config.limits.body },
+                ReadAhead::from_config(config),
                 config.timeout,
             )))
     }

@@ -20,11 +20,11 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::oneshot;
 
-use super::deadline;
 use super::pool::WorkerContext;
 use super::shared_bytes;
 use super::streams::FileWrapper;
-use super::{InputStream, RequestBody, RequestJob};
+use super::{InputStream, RequestJob};
+use crate::gateway::{self, RequestBody};
 use crate::http::{self as proto, ChunkSender, Closed, OriginalCase, ResponseBody};
 use crate::telemetry::{log, metrics, TraceContext};
 
@@ -37,7 +37,7 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
     }
     // Held until the app has returned; dropped with the GIL held, as `Claim::start` requires.
     let _running = match &claim {
-        Some(claim) => match claim.start(deadline::python_thread_ident()) {
+        Some(claim) => match claim.start(gateway::python_thread_ident()) {
             Some(running) => Some(running),
             // The deadline passed just now; the client already has its 504.
             None => return,
@@ -52,14 +52,14 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
                 streamed = Some(input.clone());
                 input.into_any()
             }
-            Err(err) => return internal_error(py, ctx, &parts, err, reply),
+            Err(err) => return internal_error(py, &parts, err, reply),
         },
     };
     let environ = match ctx.environ.build(py, &parts, &conn, input) {
         Ok(environ) => environ,
-        Err(err) => return internal_error(py, ctx, &parts, err, reply),
+        Err(err) => return internal_error(py, &parts, err, reply),
     };
-    let exchange = match Bound::new(py, StartResponse::new(reply, ctx.response_buffer, ctx.send_timeout, parts.method, parts.uri)) {
+    let exchange = match Bound::new(py, StartResponse::new(reply, ctx.response_buffer, ctx.send_timeout, parts.method, parts.uri, streamed.as_ref().map(|input| input.clone().unbind()))) {
         Ok(exchange) => exchange,
         Err(err) => {
             log::error(format_args!("cannot prepare start_response: {err}"));
@@ -82,7 +82,7 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
             exchange.get().fail_slow_body(py, ctx, err);
         } else {
             let too_large = streamed.as_ref().and_then(|input| input.get().too_large());
-            exchange.get().fail(py, ctx, err, too_large);
+            exchange.get().fail(py, err, too_large);
         }
     }
     if let Some(input) = streamed {
@@ -92,8 +92,8 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
     log::set_current_trace(None);
 }
 
-fn internal_error(py: Python<'_>, ctx: &WorkerContext, parts: &http::request::Parts, err: PyErr, reply: oneshot::Sender<proto::Response>) {
-    log::error(format_args!("error preparing {} {}:\n{}", parts.method, parts.uri.path(), ctx.format_traceback(py, &err)));
+fn internal_error(py: Python<'_>, parts: &http::request::Parts, err: PyErr, reply: oneshot::Sender<proto::Response>) {
+    log::error(format_args!("error preparing {} {}:\n{}", parts.method, parts.uri.path(), gateway::format_traceback(py, &err)));
     let _ = reply.send(server_error());
 }
 
@@ -231,6 +231,9 @@ struct Exchange {
     /// The app's Content-Length once the head is sent, and the body bytes queued since.
     declared: Option<u64>,
     streamed: u64,
+    /// The request body, when it was not read ahead in full: its state decides whether the
+    /// connection can carry another request after this response.
+    input: Option<Py<InputStream>>,
 }
 
 struct Head {
@@ -258,7 +261,14 @@ impl Head {
 }
 
 impl StartResponse {
-    fn new(reply: oneshot::Sender<proto::Response>, buffer: usize, send_timeout: Option<Duration>, method: Method, uri: http::Uri) -> Self {
+    fn new(
+        reply: oneshot::Sender<proto::Response>,
+        buffer: usize,
+        send_timeout: Option<Duration>,
+        method: Method,
+        uri: http::Uri,
+        input: Option<Py<InputStream>>,
+    ) -> Self {
         let head_request = method == Method::HEAD;
         StartResponse {
             request: RequestLine { method, uri },
@@ -272,6 +282,7 @@ impl StartResponse {
                 client_gone: false,
                 declared: None,
                 streamed: 0,
+                input,
             }),
         }
     }
@@ -288,7 +299,11 @@ impl StartResponse {
             .ok_or_else(|| PyAssertionError::new_err("the app did not call start_response()"))?;
         state.declared = head.content_length;
         if let Some(reply) = state.reply.take() {
-            if reply.send(head.into_response(body)).is_err() {
+            let mut response = head.into_response(body);
+            if state.input.as_ref().is_some_and(|input| input.get().unfinished()) {
+                gateway::close_after_unread_body(&mut response);
+            }
+            if reply.send(response).is_err() {
                 state.client_gone = true;
             }
         }
@@ -365,7 +380,7 @@ impl StartResponse {
             total += chunk.len();
             chunks.push(chunk);
         }
-        let body = super::concat(chunks, total);
+        let body = gateway::concat(chunks, total);
         let mut state = self.state.lock().unwrap();
         if let Some(declared) = state.head.as_ref().and_then(|h| h.content_length) {
             if declared != body.len() as u64 && !state.head_request {
@@ -414,7 +429,7 @@ impl StartResponse {
     /// The app raised: a 500 if nothing was sent yet, otherwise the connection is aborted.
     /// If reading the body went over `--limit-request-body` (`too_large`), which is why an app
     /// usually raises then, the answer is 413 instead of 500.
-    fn fail(&self, py: Python<'_>, ctx: &WorkerContext, err: PyErr, too_large: Option<u64>) {
+    fn fail(&self, py: Python<'_>, err: PyErr, too_large: Option<u64>) {
         let mut state = self.state.lock().unwrap();
         let parts = &self.request;
         if state.client_gone {
@@ -430,7 +445,7 @@ impl StartResponse {
                 return;
             }
         }
-        let traceback = ctx.format_traceback(py, &err);
+        let traceback = gateway::format_traceback(py, &err);
         if let Some(reply) = state.reply.take() {
             log::error(format_args!("error handling {parts}:\n{traceback}"));
             let _ = reply.send(server_error());
@@ -457,9 +472,9 @@ impl StartResponse {
                     limit.as_secs_f64(),
                     err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default()
                 ));
-                let _ = reply.send(super::body_timed_out(limit));
+                let _ = reply.send(gateway::body_timed_out(limit));
             }
-            None => self.fail(py, ctx, err, None),
+            None => self.fail(py, err, None),
         }
     }
 
