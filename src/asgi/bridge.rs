@@ -15,7 +15,7 @@ use super::scope::ScopeBuilder;
 use crate::config::ServerConfig;
 use crate::telemetry::log;
 use crate::telemetry::TraceContext;
-use crate::gateway::RequestTrace;
+use crate::gateway::{RequestLine, RequestTrace};
 
 /// How the lifespan startup ended: `Ok` to serve, or the reason not to.
 pub type Started = Result<(), String>;
@@ -202,7 +202,7 @@ impl Bridge {
             return Err(pyo3::exceptions::PyRuntimeError::new_err("the loop is not prepared"));
         };
         let scope = self.scope.build(py, &parts, &conn)?;
-        let line = format!("{} {}", parts.method, parts.uri.path());
+        let line = RequestLine { method: parts.method.clone(), uri: parts.uri.clone() };
         let trace = parts.extensions.get::<TraceContext>().copied();
         // The app's log records find the trace through a context variable, which the task
         // sets in its own context.

@@ -21,7 +21,7 @@ use tokio::sync::oneshot;
 
 use super::queue::{Event, LoopQueue};
 use super::request_body::{BodyReader, Taken};
-use crate::gateway;
+use crate::gateway::{self, RequestLine};
 use crate::http::{self as proto, ChunkSender, Closed, ResponseBody};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::TraceContext;
@@ -161,7 +161,7 @@ pub struct HttpCycle {
     send_timeout: Option<Duration>,
     create_future: Py<PyAny>,
     /// `GET /path`, for log lines.
-    pub(crate) line: String,
+    pub(crate) line: RequestLine,
     /// The request's trace, on the server's log lines about it.
     trace: Option<TraceContext>,
     /// The app's task, kept only with `--timeout`.
@@ -180,7 +180,7 @@ impl HttpCycle {
         response_buffer: usize,
         send_timeout: Option<Duration>,
         create_future: Py<PyAny>,
-        line: String,
+        line: RequestLine,
         trace: Option<TraceContext>,
     ) -> Self {
         HttpCycle {

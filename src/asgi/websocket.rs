@@ -33,6 +33,7 @@ use yawc::close::CloseCode;
 use yawc::{Frame, OpCode, Options, Role, WebSocketError};
 
 use super::cycle::{flag, message_type, read_headers, ready, resolve, CycleShared};
+use crate::gateway::RequestLine;
 use crate::http::{self as proto, ResponseBody, Switched};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::{metrics, TraceContext};
@@ -760,7 +761,7 @@ pub struct WebSocketCycle {
     waiting_receive: Option<Py<PyAny>>,
     blocked_send: Option<Py<PyAny>>,
     create_future: Py<PyAny>,
-    line: String,
+    line: RequestLine,
     trace: Option<TraceContext>,
 }
 
@@ -770,7 +771,7 @@ impl WebSocketCycle {
         offer: Offer,
         reply: oneshot::Sender<proto::Response>,
         create_future: Py<PyAny>,
-        line: String,
+        line: RequestLine,
         trace: Option<TraceContext>,
     ) -> Self {
         WebSocketCycle {

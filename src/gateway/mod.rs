@@ -1,6 +1,7 @@
 //! What the two Python interfaces share, below them and above the HTTP layer: how a request
 //! body reaches Python ([`body`]) and what both need from the interpreter besides the app
-//! call ([`python`]). `wsgi` and `asgi` each add only their own way of calling the app.
+//! call ([`python`]), and how a request is named in log lines. `wsgi` and `asgi` each add only
+//! their own way of calling the app.
 
 mod body;
 mod python;
@@ -8,3 +9,17 @@ mod python;
 pub(crate) use body::{body_timed_out, close_after_unread_body, concat, next_data, read_body, refuse_body, BodyError, ReadAhead, RequestBody};
 pub(crate) use python::{format_traceback, python_stack, python_thread_ident};
 pub use python::RequestTrace;
+
+use http::Method;
+
+/// `GET /path`, kept for log lines about a request after its parts were handed on.
+pub(crate) struct RequestLine {
+    pub method: Method,
+    pub uri: http::Uri,
+}
+
+impl std::fmt::Display for RequestLine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} {}", self.method, self.uri.path())
+    }
+}

@@ -18,9 +18,8 @@ use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
 use super::doorbell::Doorbell;
-use super::response::RequestLine;
 use super::{enqueue, no_answer, RequestJob};
-use crate::gateway::{self, read_body, refuse_body, ReadAhead, RequestBody};
+use crate::gateway::{self, read_body, refuse_body, ReadAhead, RequestBody, RequestLine};
 use crate::http::{self as proto, ConnInfo};
 use crate::telemetry::log::{self, Level};
 use crate::telemetry::TraceContext;

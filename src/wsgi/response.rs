@@ -24,7 +24,7 @@ use super::pool::WorkerContext;
 use super::shared_bytes;
 use super::streams::FileWrapper;
 use super::{InputStream, RequestJob};
-use crate::gateway::{self, RequestBody};
+use crate::gateway::{self, RequestBody, RequestLine};
 use crate::http::{self as proto, ChunkSender, Closed, OriginalCase, ResponseBody};
 use crate::telemetry::{log, metrics, TraceContext};
 
@@ -203,18 +203,6 @@ pub struct StartResponse {
     state: Mutex<Exchange>,
     /// Names the request in log lines.
     request: RequestLine,
-}
-
-/// `GET /path`, kept for log lines about a request after its parts were handed on.
-pub(super) struct RequestLine {
-    pub method: Method,
-    pub uri: http::Uri,
-}
-
-impl std::fmt::Display for RequestLine {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{} {}", self.method, self.uri.path())
-    }
 }
 
 struct Exchange {
