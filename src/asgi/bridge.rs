@@ -111,7 +111,7 @@ impl Bridge {
         }
         self.create_future = Some(event_loop.getattr("create_future")?.unbind());
         self.runner = Some(runner);
-        self.scope.set_state(state);
+        self.scope.set_state(py, state)?;
         if let Some(heartbeat) = &self.heartbeat {
             heartbeat.set_thread();
         }
