@@ -89,6 +89,10 @@ pub struct ServerOptions {
     pub limits: Limits,
     /// `--http`.
     pub protocols: Protocols,
+    /// HTTP/1 response names in Title-Case, with the app's other spellings restored
+    /// (`header_case.rs`): what WSGI apps write. ASGI apps write lower-case, as the spec
+    /// requires, and hyper writes names as stored, lower-case, for nothing.
+    pub title_case: bool,
 }
 
 /// Serves connections from `listener` until `shutdown` resolves. On [`Stop::Graceful`] it
@@ -111,9 +115,8 @@ pub async fn serve<H: Handler>(
         // switch to copying every body into one per-connection buffer that keeps its largest
         // size: 1 MiB responses at 64 connections held 74 MiB instead of 8 MiB.
         .writev(true)
-        // Names as the app wrote them: most are Title-Case, the rest are restored as the head
-        // is written (header_case.rs). Some clients and many tests still compare case.
-        .title_case_headers(true)
+        // Names as the app wrote them.
+        .title_case_headers(options.title_case)
         // Timed per connection by the watchdog instead: hyper's timer would cost one per
         // request and would also cut idle keep-alive connections at the header timeout.
         .header_read_timeout(None);

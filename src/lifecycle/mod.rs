@@ -228,6 +228,7 @@ fn serve_with<H: Handler>(
         trusted_proxies: Arc::new(config.forwarded_allow_ips.clone()),
         limits: config.limits,
         protocols: config.protocols,
+        title_case: config.interface != crate::config::Interface::Asgi,
     };
     let finished = py.detach(move || {
         let stop_began = Arc::new(std::sync::Mutex::new(None::<std::time::Instant>));

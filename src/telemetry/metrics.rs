@@ -517,6 +517,7 @@ pub async fn serve(listener: tokio::net::TcpListener, shutdown: impl Future<Outp
         trusted_proxies: Default::default(),
         limits: crate::http::Limits::default(),
         protocols: crate::http::Protocols::Http1,
+        title_case: true,
     };
     crate::http::serve(listener, std::sync::Arc::new(Scrape), options, shutdown).await;
 }
