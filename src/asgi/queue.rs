@@ -3,7 +3,9 @@
 //! The loop sleeps in its selector and watches an eventfd. A push writes the eventfd only when
 //! the `armed` flag says the loop is not already coming: the loop re-arms it before it takes
 //! the batch, so a push that races the drain still wakes it, and while the loop is busy the
-//! pushes of a burst cost one write between them.
+//! pushes of a burst cost one write between them. On the I/O thread the write is left to the
+//! end of the current round of connection tasks, so that one wake carries every request that
+//! arrived in it.
 
 use std::os::fd::{AsRawFd, FromRawFd, OwnedFd, RawFd};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
@@ -57,17 +59,43 @@ impl LoopQueue {
         self.eventfd.as_raw_fd()
     }
 
-    pub fn push(&self, event: Event) {
-        if matches!(event, Event::Request(_)) {
-            self.pending.fetch_add(1, Ordering::Relaxed);
-        }
+    pub fn push(self: &Arc<Self>, event: Event) {
+        let urgent = match event {
+            Event::Request(_) => {
+                self.pending.fetch_add(1, Ordering::Relaxed);
+                false
+            }
+            Event::Wake(_) => false,
+            Event::TimedOut(..) | Event::EndStreams | Event::Stop => true,
+        };
         self.events.lock().unwrap().push(event);
-        if self.armed.swap(false, Ordering::AcqRel) {
-            let one: u64 = 1;
-            // SAFETY: writes 8 bytes from a u64 to our eventfd. It cannot fail but by
-            // overflow, which needs 2^64 - 1 unread wakes.
-            unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
+        if urgent {
+            // Never left to a task that a stopping runtime might not run.
+            self.armed.store(false, Ordering::Release);
+            self.ring();
+            return;
         }
+        if self.armed.swap(false, Ordering::AcqRel) {
+            match tokio::runtime::Handle::try_current() {
+                // On the I/O thread the wake waits for the end of this scheduling round: a task
+                // spawned now runs after every connection task that is already due, so the
+                // requests that arrived together wake the loop once. Rung at once, each would
+                // wake the loop on its own, and on a shared core the loop preempts the I/O
+                // thread for every one of them.
+                Ok(runtime) => {
+                    let queue = self.clone();
+                    drop(runtime.spawn(async move { queue.ring() }));
+                }
+                Err(_) => self.ring(),
+            }
+        }
+    }
+
+    fn ring(&self) {
+        let one: u64 = 1;
+        // SAFETY: writes 8 bytes from a u64 to our eventfd. It cannot fail but by overflow,
+        // which needs 2^64 - 1 unread wakes.
+        unsafe { libc::write(self.eventfd.as_raw_fd(), (&one as *const u64).cast(), 8) };
     }
 
     /// On the loop thread, in the eventfd's reader callback: clears the wake, re-arms, and
