@@ -110,6 +110,7 @@ impl Bridge {
             self.create_task = Some(event_loop.getattr("create_task")?.unbind());
         }
         self.create_future = Some(event_loop.getattr("create_future")?.unbind());
+        self.queue.outbox.prepare(py, event_loop.getattr("call_soon")?.unbind())?;
         self.runner = Some(runner);
         self.scope.set_state(py, state)?;
         if let Some(heartbeat) = &self.heartbeat {

@@ -263,7 +263,7 @@ impl HttpCycle {
                     self.body = RequestBody::Done;
                     if self.reply.is_some() {
                         log::emit_traced(Level::Info, self.trace, format_args!("{}: {}; answered {}", self.line, rejection.reason, rejection.status.as_u16()));
-                        self.respond(rejection.response());
+                        self.respond(py, rejection.response());
                         self.complete = true;
                     }
                     self.disconnected = true;
@@ -284,14 +284,16 @@ impl HttpCycle {
         self.complete = true;
     }
 
-    fn respond(&mut self, mut response: proto::Response) {
+    fn respond(&mut self, py: Python<'_>, mut response: proto::Response) {
         if let Some(reply) = self.reply.take() {
             if matches!(&self.body, RequestBody::Piped(reader) if !reader.0.read_to_end()) {
                 gateway::close_after_unread_body(&mut response);
             }
-            if reply.send(response).is_err() {
+            if reply.is_closed() {
                 self.disconnected = true;
+                return;
             }
+            self.shared.queue.outbox.send(py, reply, response);
         }
     }
 
@@ -357,7 +359,7 @@ impl HttpCycle {
                 let mut response = proto::Response::new(ResponseBody::full(body));
                 *response.status_mut() = status;
                 *response.headers_mut() = headers;
-                self.respond(response);
+                self.respond(py, response);
                 self.complete = true;
                 return ready(py, py.None());
             }
@@ -365,7 +367,7 @@ impl HttpCycle {
             let mut response = proto::Response::new(stream);
             *response.status_mut() = status;
             *response.headers_mut() = headers;
-            self.respond(response);
+            self.respond(py, response);
             sender.watch_receiver(&self.waker);
             self.stream = Some(sender);
             self.shared.queue.add_stream(&self.shared);
@@ -454,7 +456,7 @@ impl HttpCycle {
         *response.status_mut() = status;
         *response.headers_mut() = headers;
         response.headers_mut().entry(CONTENT_LENGTH).or_insert_with(|| HeaderValue::from(length));
-        self.respond(response);
+        self.respond(py, response);
         self.body_ended = true;
         self.complete = true;
         ready(py, py.None())
@@ -467,7 +469,7 @@ impl HttpCycle {
             // The response began in time; its answer was already on its way.
             return;
         }
-        self.respond(proto::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"));
+        self.respond(py, proto::plain(StatusCode::GATEWAY_TIMEOUT, "Gateway Timeout\n"));
         self.complete = true;
         self.timed_out = true;
         let limit = limit.as_secs_f64();
@@ -514,9 +516,9 @@ impl HttpCycle {
 
     /// Ends a response the app left unfinished: 500 if nothing was sent, else the connection
     /// is cut, so the client sees the body is incomplete.
-    fn abandon(&mut self, why: &str) {
+    fn abandon(&mut self, py: Python<'_>, why: &str) {
         if self.reply.is_some() {
-            self.respond(proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"));
+            self.respond(py, proto::plain(StatusCode::INTERNAL_SERVER_ERROR, "Internal Server Error\n"));
         }
         if let Some(stream) = self.stream.take() {
             stream.abort(why.to_owned());
@@ -567,7 +569,7 @@ impl HttpCycle {
     }
 
     /// The app's coroutine returned.
-    fn returned(&mut self) {
+    fn returned(&mut self, py: Python<'_>) {
         self.shared.cycle.lock().unwrap().take();
         self.task = None;
         if self.complete {
@@ -581,11 +583,12 @@ impl HttpCycle {
         } else {
             log::emit_traced(Level::Error, self.trace, format_args!("{}: the ASGI app returned before its response was complete", self.line));
         }
-        self.abandon("the app returned before the response was complete");
+        self.abandon(py, "the app returned before the response was complete");
     }
 
     /// The app's coroutine raised `error`, with `traceback` formatted.
     fn failed(&mut self, error: &Bound<'_, PyAny>, traceback: &str) {
+        let py = error.py();
         self.shared.cycle.lock().unwrap().take();
         self.task = None;
         if self.timed_out {
@@ -603,7 +606,7 @@ impl HttpCycle {
             log::emit_traced(Level::Error, self.trace, format_args!("error in ASGI app for {} during its response; connection aborted:\n{traceback}", self.line));
         }
         if !self.complete {
-            self.abandon("the app raised during the response");
+            self.abandon(py, "the app raised during the response");
         }
     }
 

@@ -9,6 +9,7 @@
 mod blocked;
 mod bridge;
 mod cycle;
+mod outbox;
 mod queue;
 mod request_body;
 mod scope;
@@ -97,6 +98,7 @@ impl Handler for AsgiHandler {
     }
 
     fn call(&self, request: proto::Request, conn: ConnInfo) -> impl Future<Output = proto::Response> + Send + use<> {
+        self.queue.outbox.start_delivering();
         let queue = self.queue.clone();
         let ahead = self.read_ahead;
         let max_pending = self.max_pending;

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 
 use super::cycle::CycleShared;
+use super::outbox::Outbox;
 use super::Job;
 
 pub(crate) enum Event {
@@ -35,6 +36,8 @@ pub(crate) struct LoopQueue {
     pending: AtomicUsize,
     /// Responses that stream, for the graceful stop to end (only the loop thread uses it).
     streams: Mutex<Vec<Weak<CycleShared>>>,
+    /// The other way: responses from the loop to their connections.
+    pub outbox: Arc<Outbox>,
 }
 
 impl LoopQueue {
@@ -52,6 +55,7 @@ impl LoopQueue {
             eventfd,
             pending: AtomicUsize::new(0),
             streams: Mutex::new(Vec::new()),
+            outbox: Arc::default(),
         }))
     }
 
