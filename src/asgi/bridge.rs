@@ -142,6 +142,7 @@ impl Bridge {
     /// the server is stopping and no request will come any more, START_BEAT when requests
     /// arrived and the heartbeat must start.
     fn drain(&mut self, py: Python<'_>) -> PyResult<u8> {
+        crate::gateway::release_shared_bytes(py);
         let mut batch = std::mem::take(&mut self.batch);
         self.queue.take(&mut batch);
         let mut stop = false;

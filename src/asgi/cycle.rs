@@ -335,7 +335,7 @@ impl HttpCycle {
         let body = match message.get_item(pyo3::intern!(py, "body"))? {
             Some(body) => {
                 let body = body.cast::<PyBytes>().map_err(|_| PyTypeError::new_err("http.response.body's body must be bytes"))?;
-                Bytes::copy_from_slice(body.as_bytes())
+                gateway::share_bytes(body)
             }
             None => Bytes::new(),
         };

@@ -99,7 +99,8 @@ pub struct Flush(Arc<Outbox>);
 
 #[pymethods]
 impl Flush {
-    fn __call__(&self) {
+    fn __call__(&self, py: Python<'_>) {
+        crate::gateway::release_shared_bytes(py);
         self.0.flush();
     }
 }

@@ -1,14 +1,17 @@
 //! What the two Python interfaces share, below them and above the HTTP layer: how a request
 //! body reaches Python ([`body`]) and what both need from the interpreter besides the app
-//! call ([`python`]), and how a request is named in log lines. `wsgi` and `asgi` each add only
+//! call ([`python`]), large response bodies handed to the I/O thread without a copy
+//! ([`shared_bytes`]), and how a request is named in log lines. `wsgi` and `asgi` each add only
 //! their own way of calling the app.
 
 mod body;
 mod python;
+mod shared_bytes;
 
 pub(crate) use body::{body_timed_out, close_after_unread_body, concat, next_data, read_body, refuse_body, BodyError, ReadAhead, RequestBody};
 pub(crate) use python::{format_traceback, python_stack, python_thread_ident};
 pub use python::RequestTrace;
+pub(crate) use shared_bytes::{release_finished as release_shared_bytes, share as share_bytes};
 
 use http::Method;
 

@@ -13,7 +13,6 @@ mod fuzz;
 mod input;
 mod pool;
 mod response;
-mod shared_bytes;
 mod streams;
 
 use std::future::Future;

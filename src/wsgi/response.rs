@@ -21,7 +21,6 @@ use pyo3::types::{PyByteArray, PyBytes, PyList, PyString, PyTuple};
 use tokio::sync::oneshot;
 
 use super::pool::WorkerContext;
-use super::shared_bytes;
 use super::streams::FileWrapper;
 use super::{InputStream, RequestJob};
 use crate::gateway::{self, RequestBody, RequestLine};
@@ -29,7 +28,7 @@ use crate::http::{self as proto, ChunkSender, Closed, OriginalCase, ResponseBody
 use crate::telemetry::{log, metrics, TraceContext};
 
 pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
-    shared_bytes::release_finished(py);
+    gateway::release_shared_bytes(py);
     let RequestJob { parts, body, conn, reply, claim } = job;
     if reply.is_closed() {
         // The client left, or the deadline passed, while the request waited for a thread.
@@ -152,7 +151,7 @@ fn close_iterable(iterable: &Bound<'_, PyAny>) -> PyResult<()> {
 
 fn chunk_bytes(item: &Bound<'_, PyAny>) -> PyResult<Bytes> {
     if let Ok(bytes) = item.cast::<PyBytes>() {
-        return Ok(shared_bytes::share(bytes));
+        return Ok(gateway::share_bytes(bytes));
     }
     if let Ok(array) = item.cast::<PyByteArray>() {
         return Ok(Bytes::from(array.to_vec()));

@@ -3,7 +3,8 @@
 //! A response chunk of a megabyte would otherwise be copied once more on its way out. Instead
 //! the I/O thread reads the `bytes` object's own buffer, which Python never mutates. Releasing
 //! the object needs the GIL, which the I/O thread never takes: when it is done with one, it
-//! parks the reference here, and a Python thread releases them all at its next request.
+//! parks the reference here, and a Python thread releases them all at its next request (WSGI)
+//! or the event loop at its next wake or pass (ASGI).
 
 use std::sync::Mutex;
 
