@@ -144,7 +144,7 @@ impl ReadAhead {
 /// connection instead of into one that is about to close. An app that reads the rest while
 /// its response streams loses only the reuse of the connection.
 pub(crate) fn close_after_unread_body(response: &mut proto::Response) {
-    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    proto::close_connection(response);
 }
 
 /// 408 for a body that stopped arriving; the rest of it is still on the connection, so the
@@ -154,7 +154,7 @@ pub(crate) fn body_timed_out(limit: Duration) -> proto::Response {
         StatusCode::REQUEST_TIMEOUT,
         format!("Request Timeout: no request body bytes arrived for {} s\n", limit.as_secs_f64()),
     );
-    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+    proto::close_connection(&mut response);
     response
 }
 

@@ -7,7 +7,7 @@
 
 use std::borrow::Cow;
 
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap};
 use http::{Method, StatusCode, Uri, Version};
 
 use super::ConnInfo;
@@ -62,7 +62,7 @@ impl Rejection {
     pub fn response(&self) -> super::Response {
         let text = format!("{}: {}\n", self.status.canonical_reason().unwrap_or("Error"), self.reason);
         let mut response = super::plain(self.status, text);
-        response.headers_mut().insert(header::CONNECTION, HeaderValue::from_static("close"));
+        super::close_connection(&mut response);
         response
     }
 }
@@ -797,6 +797,7 @@ fn valid_host(value: &[u8]) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use http::HeaderValue;
 
     /// A head as an HTTP/1.1 client sends it: with a Host, the target's authority if it has
     /// one, unless the test gives its own.

@@ -138,6 +138,11 @@ pub fn plain(status: http::StatusCode, text: impl Into<bytes::Bytes>) -> Respons
     response
 }
 
+/// Says in `response`'s head that the connection closes after it (`Connection: close`).
+pub fn close_connection(response: &mut Response) {
+    response.headers_mut().insert(http::header::CONNECTION, http::HeaderValue::from_static("close"));
+}
+
 /// 400 for forwarding headers from a trusted proxy that cannot be believed. The message is
 /// well framed, so the connection (often a proxy's pooled one) stays open.
 pub fn bad_forwarding(refusal: &forwarded::Refusal) -> Response {

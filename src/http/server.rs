@@ -23,7 +23,6 @@ use crate::telemetry::log;
 use crate::telemetry::request_headers::TelemetryHeaders;
 
 const SERVER_HEADER: http::HeaderValue = http::HeaderValue::from_static("coldbrew");
-const CLOSE: http::HeaderValue = http::HeaderValue::from_static("close");
 
 /// After a graceful stop begins, how long keep-alive connections may still bring a request
 /// (answered with `Connection: close`) before the idle ones are closed. A client that is busy
@@ -209,7 +208,7 @@ pub async fn serve<H: Handler>(
                 }
                 if http1 && draining.load(Ordering::Relaxed) && response.status() != http::StatusCode::SWITCHING_PROTOCOLS {
                     // hyper closes the connection after a response that says so.
-                    response.headers_mut().insert(http::header::CONNECTION, CLOSE);
+                    super::close_connection(&mut response);
                 }
                 if let Some(mut observation) = observation {
                     observation.respond(response.status(), response.headers());

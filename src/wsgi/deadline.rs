@@ -12,8 +12,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use crossbeam_channel::Sender;
-use http::header::CONNECTION;
-use http::{HeaderValue, StatusCode};
+use http::StatusCode;
 use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
@@ -148,7 +147,7 @@ fn gateway_timeout(limit: Duration, reusable: bool) -> proto::Response {
         format!("Gateway Timeout: the app did not answer within {} s\n", limit.as_secs_f64()),
     );
     if !reusable {
-        response.headers_mut().insert(CONNECTION, HeaderValue::from_static("close"));
+        proto::close_connection(&mut response);
     }
     response
 }
