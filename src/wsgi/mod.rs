@@ -10,6 +10,7 @@ mod doorbell;
 pub(crate) mod environ;
 #[cfg(test)]
 mod fuzz;
+mod gil;
 mod input;
 mod pool;
 mod response;

@@ -12,6 +12,7 @@ use std::time::{Duration, Instant};
 use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::doorbell::Doorbell;
+use super::gil::GilHandoff;
 use pyo3::prelude::*;
 use tokio::runtime::Handle;
 
@@ -36,6 +37,8 @@ pub(crate) struct WorkerContext {
     /// `--body-timeout`, for bodies the app streams from the connection.
     pub body_timeout: Option<std::time::Duration>,
     pub empty_input: Py<InputStream>,
+    /// Keeps a searching thread from interrupting a running request.
+    gil: GilHandoff,
     /// `coldbrew.cloud_logging.current_trace`, set per request when the app's log records go
     /// through coldbrew's JSON writer.
     trace_var: Option<Py<PyAny>>,
@@ -88,6 +91,7 @@ impl Pool {
             send_timeout: config.send_timeout,
             body_timeout: config.body_timeout,
             empty_input: Py::new(py, InputStream::empty())?,
+            gil: GilHandoff::new(py),
             trace_var,
         });
 
@@ -143,6 +147,7 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
                         doorbell.found(!jobs.is_empty());
                         searching = false;
                     }
+                    let _in_app = context.gil.enter_app();
                     response::handle(py, &context, job);
                     continue;
                 }
@@ -150,7 +155,8 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
                 Err(TryRecvError::Empty) => {}
             }
             let was_searching = std::mem::replace(&mut searching, false);
-            if !py.detach(|| doorbell.wait(was_searching, || !jobs.is_empty())) {
+            let (open, asked) = py.detach(|| (doorbell.wait(was_searching, || !jobs.is_empty()), context.gil.ask()));
+            if !open {
                 // Closed: finish what is still queued (their clients are gone), then stop.
                 while let Ok(job) = jobs.try_recv() {
                     metrics::requests_waiting(-1);
@@ -159,6 +165,7 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
                 return;
             }
             searching = true;
+            context.gil.settle(py, asked, || !jobs.is_empty());
         }
     });
 }
