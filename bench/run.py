@@ -37,6 +37,9 @@ APPS = BENCH / "apps"
 LUA = BENCH / "wrk" / "report.lua"
 SLOW_HELPER = BENCH / "slow_clients.py"
 ASGI_CLIENTS = BENCH / "asgi_clients.py"
+MIX_CLIENT = BENCH / "mix_client.py"
+POST_JSON_LUA = BENCH / "wrk" / "post_json.lua"  # POSTs ORDER_JSON, then report.lua's figures
+ORDER_JSON = BENCH / "wrk" / "order.json"
 DOCS = ROOT / "docs"
 
 WSGI_SERVERS = ["coldbrew", "granian", "gunicorn", "uwsgi", "waitress"]
@@ -51,7 +54,8 @@ SERVER_LABELS = {
     "uvicorn": "uvicorn",
     "hypercorn": "hypercorn",
 }
-WSGI_SCENARIOS = ["hello", "flask", "django", "blocking", "large", "echo", "slow", "cold"]
+WSGI_SCENARIOS = ["hello", "flask", "django", "blocking", "large", "echo", "slow", "cold",
+                  "flask-service", "django-service", "io-mix"]
 ASGI_SCENARIOS = ["asgi-hello", "asgi-fastapi", "asgi-starlette", "asgi-echo", "asgi-stream", "asgi-sse",
                   "asgi-ws", "asgi-cold"]
 ALL_SCENARIOS = WSGI_SCENARIOS + ASGI_SCENARIOS
@@ -59,7 +63,9 @@ ALL_SCENARIOS = WSGI_SCENARIOS + ASGI_SCENARIOS
 SCENARIO_GROUPS = {"all": ALL_SCENARIOS, "wsgi": WSGI_SCENARIOS, "asgi": ASGI_SCENARIOS}
 SCENARIO_ALIASES = {"memory": "hello", "post": "echo", "upload": "echo", "1mib": "large",
                     "asgi-memory": "asgi-hello", "fastapi": "asgi-fastapi", "starlette": "asgi-starlette",
-                    "asgi-post": "asgi-echo", "sse": "asgi-sse", "ws": "asgi-ws", "websocket": "asgi-ws"}
+                    "asgi-post": "asgi-echo", "sse": "asgi-sse", "ws": "asgi-ws", "websocket": "asgi-ws",
+                    "flask_service": "flask-service", "django_service": "django-service", "io_mix": "io-mix",
+                    "iomix": "io-mix"}
 
 
 def scenario_interface(scenario):
@@ -438,13 +444,16 @@ class Server:
 # Load generation
 
 
-def run_wrk(cfg, port, path="/", connections=64, duration=10.0, body_bytes=0, server=None):
-    """One wrk run; returns its figures, and the server's peak RSS during it."""
+def run_wrk(cfg, port, path="/", connections=64, duration=10.0, body_bytes=0, server=None, script=LUA,
+            wrk_env=None):
+    """One wrk run; returns its figures, and the server's peak RSS during it. `script` is the
+    Lua script (it must print report.lua's BENCH_JSON line); `wrk_env` adds to wrk's environment."""
     secs = max(1, int(round(duration)))
     argv = cfg.pin_load + ["wrk", "-t1", f"-c{connections}", f"-d{secs}s", "--latency", "--timeout", "10s",
-                           "-s", str(LUA), f"http://127.0.0.1:{port}{path}"]
+                           "-s", str(script), f"http://127.0.0.1:{port}{path}"]
     env = dict(os.environ)
     env["BENCH_BODY_BYTES"] = str(body_bytes)
+    env.update(wrk_env or {})
     sampler = Sampler(server.proc.pid, port) if server is not None else None
     if sampler:
         sampler.start()
@@ -479,9 +488,9 @@ def run_wrk(cfg, port, path="/", connections=64, duration=10.0, body_bytes=0, se
     return res
 
 
-def warm_up(cfg, port, path, connections, body_bytes=0):
+def warm_up(cfg, port, path, connections, body_bytes=0, **wrk_kw):
     if cfg.warmup > 0:
-        run_wrk(cfg, port, path, connections, cfg.warmup, body_bytes)
+        run_wrk(cfg, port, path, connections, cfg.warmup, body_bytes, **wrk_kw)
 
 
 # --------------------------------------------------------------------------------------
@@ -505,10 +514,13 @@ def sc_hello(name, cfg):
         return out
 
 
-def _one_route(name, cfg, module, path, connections=64, body_bytes=0, interface="wsgi"):
-    with Server(name, cfg, module, ready_path=path if not body_bytes else "/", interface=interface) as srv:
-        warm_up(cfg, srv.port, path, connections, body_bytes)
-        return {"run": run_wrk(cfg, srv.port, path, connections, cfg.duration, body_bytes, server=srv)}
+def _one_route(name, cfg, module, path, connections=64, body_bytes=0, interface="wsgi", ready_path=None,
+               **wrk_kw):
+    if ready_path is None:
+        ready_path = path if not body_bytes else "/"
+    with Server(name, cfg, module, ready_path=ready_path, interface=interface) as srv:
+        warm_up(cfg, srv.port, path, connections, body_bytes, **wrk_kw)
+        return {"run": run_wrk(cfg, srv.port, path, connections, cfg.duration, body_bytes, server=srv, **wrk_kw)}
 
 
 def sc_flask(name, cfg):
@@ -621,6 +633,60 @@ def sc_cold(name, cfg, apps=COLD_APPS, interface="wsgi"):
     return out
 
 
+# The app-shaped scenarios: what a service does per request, and fast requests beside I/O waits.
+
+
+def sc_flask_service(name, cfg):
+    # POST /orders/1016 with the 4 KiB JSON order of bench/wrk/order.json (its order_id is 1016).
+    return _one_route(name, cfg, "flask_service", "/orders/1016", ready_path="/", script=POST_JSON_LUA,
+                      wrk_env={"BENCH_BODY_FILE": str(ORDER_JSON)})
+
+
+def sc_django_service(name, cfg):
+    return _one_route(name, cfg, "django_service", "/products/42/")
+
+
+# io-mix: 10 % of the requests wait 50 ms (GIL released), the rest are fast. 8 connections, as
+# many as the server has threads: a request never waits for a free thread, so whatever delays
+# a fast request is the server's doing. In a closed loop each connection spends ~95 % of its
+# time in the slow requests, so with more connections than threads the 50 ms waits occupy all
+# 8 threads and the fast requests queue behind them (see bench/README.md).
+IO_MIX_CONNECTIONS = 8
+IO_MIX_SHARE = 0.1
+IO_MIX_WAIT_MS = 50
+
+
+def run_mix(cfg, srv, connections, io_share):
+    """One run of mix_client.py (on the load CPU) against `srv`, with the server's peak RSS."""
+    argv = cfg.pin_load + [sys.executable, str(MIX_CLIENT), "--port", str(srv.port),
+                           "--connections", str(connections), "--io-share", f"{io_share:g}",
+                           "--warmup", f"{cfg.warmup:g}", "--duration", f"{cfg.duration:g}",
+                           "--server-pid", str(srv.proc.pid)]
+    sampler = Sampler(srv.proc.pid, srv.port)
+    sampler.start()
+    try:
+        rc, out, err = CHILDREN.run(argv, timeout=cfg.warmup + cfg.duration + 60, env=clean_env())
+    finally:
+        mem = sampler.stop()
+    line = next((ln for ln in out.splitlines() if ln.startswith("MIX_JSON ")), None)
+    if line is None:
+        raise BenchError(f"mix_client.py exited {rc}: {(err or out).strip()[-500:]}")
+    res = json.loads(line[len("MIX_JSON "):])
+    if "error" in res:
+        raise BenchError(f"mix_client.py: {res['error']}")
+    res.update(mem)
+    return res
+
+
+def sc_io_mix(name, cfg):
+    with Server(name, cfg, "io_mix", ready_path="/fast/1") as srv:
+        run = run_mix(cfg, srv, IO_MIX_CONNECTIONS, IO_MIX_SHARE)
+    fast = run.get("fast") or {}
+    if fast.get("p50_ms"):
+        run["fast_p99_over_p50"] = round(fast["p99_ms"] / fast["p50_ms"], 2)
+    return {"io_wait_ms": IO_MIX_WAIT_MS, "io_share": IO_MIX_SHARE, "run": run}
+
+
 # ASGI scenarios: the same servers' ASGI sides, one worker (one event loop) each.
 
 
@@ -713,6 +779,9 @@ SCENARIO_FUNCS = {
     "echo": sc_echo,
     "slow": sc_slow,
     "cold": sc_cold,
+    "flask-service": sc_flask_service,
+    "django-service": sc_django_service,
+    "io-mix": sc_io_mix,
     "asgi-hello": sc_asgi_hello,
     "asgi-fastapi": sc_asgi_fastapi,
     "asgi-starlette": sc_asgi_starlette,
@@ -789,12 +858,13 @@ def environment(cfg):
     env["coldbrew_tree_dirty"] = bool(dirty) if rc2 == 0 else None
     if "coldbrew" in cfg.servers:
         env["coldbrew_python"] = cfg.coldbrew_python
-        env["coldbrew_env"] = python_versions(cfg.coldbrew_python, ["coldbrew", "flask", "django"] + ASGI_PACKAGES)
+        env["coldbrew_env"] = python_versions(cfg.coldbrew_python, ["coldbrew", "flask", "django", "jinja2"]
+                                              + ASGI_PACKAGES)
     if any(s != "coldbrew" for s in cfg.servers):
         env["peers_python"] = cfg.peers_python
         env["peers_env"] = python_versions(cfg.peers_python,
                                            ["gunicorn", "waitress", "pyuwsgi", "granian", "flask", "django",
-                                            "uvicorn", "hypercorn", "httptools"] + ASGI_PACKAGES)
+                                            "jinja2", "uvicorn", "hypercorn", "httptools"] + ASGI_PACKAGES)
     if any(scenario_interface(s) == "asgi" for s in cfg.scenarios):
         env["client_python"] = cfg.client_python
         env["client_env"] = python_versions(cfg.client_python, ["uvloop"])
@@ -856,6 +926,18 @@ def _errors_note(run):
     unaccepted = run.get("unaccepted_connections")
     if unaccepted:
         parts.append(f"{unaccepted} conns never accepted")
+    return ", ".join(parts)
+
+
+def _mix_errors(run):
+    """Errors of a mix_client.py run (io-mix): its error kinds, failed connections, and the
+    connections left in the accept queue."""
+    parts = []
+    if run.get("connect_errors"):
+        parts.append(f"{run['connect_errors']} of {run.get('connections')} connections failed")
+    parts += [f"{n:,} {k.replace('_', ' ')}" for k, n in sorted((run.get("errors") or {}).items()) if n]
+    if run.get("unaccepted_connections"):
+        parts.append(f"{run['unaccepted_connections']} conns never accepted")
     return ", ".join(parts)
 
 
@@ -1085,6 +1167,18 @@ def render_wsgi(results, svg_name=None):
         ("django", "Django JSON view", "`GET /json` on a single-file Django project (settings.configure, no "
                                        "database, Security and Common middleware; "
                                        "[apps/django_app.py](../bench/apps/django_app.py)), 64 connections."),
+        ("flask-service", "Flask service (JSON in, template out)",
+         "`POST /orders/1016` on a Flask app ([apps/flask_service.py](../bench/apps/flask_service.py)): wrk sends the "
+         "same 4 KiB JSON order with 30 line items ([wrk/order.json](../bench/wrk/order.json)); the view parses and "
+         "validates it, totals it, renders an autoescaped Jinja2 page with a loop over the items (about 10 KB of "
+         "HTML) and sets a cookie. 64 connections."),
+        ("django-service", "Django service (default middleware, template)",
+         "`GET /products/42/` on a single-file Django project with `startproject`'s default middleware (Security, "
+         "Session, Common, Csrf, Authentication, Message, XFrameOptions) and context processors; the view stores "
+         "the product in the session (signed cookies, no database) and renders a template through `render()`: "
+         "an extended base template, loops over variants and reviews, `{% url %}`, `{% csrf_token %}`: about 4 KB "
+         "of HTML, with a session and a CSRF cookie ([apps/django_service.py](../bench/apps/django_service.py)). "
+         "64 connections."),
     ):
         if key in R:
             add(f"## {title}")
@@ -1108,6 +1202,49 @@ def render_wsgi(results, svg_name=None):
             add(_load_table(results, "blocking", lambda e, k=key: e.get("runs", {}).get(k),
                             extra_cols=(("% of bound", lambda r: _num(r.get("pct_of_bound"), 1)),)))
             add("")
+
+    if "io-mix" in R:
+        # The parameters as this run recorded them (a later change to the constants must not
+        # relabel an older run).
+        ran = next((e for e in R["io-mix"].values() if "error" not in e), {})
+        wait_ms = ran.get("io_wait_ms", IO_MIX_WAIT_MS)
+        share = ran.get("io_share", IO_MIX_SHARE)
+        conns = (ran.get("run") or {}).get("connections", IO_MIX_CONNECTIONS)
+        add("## Fast requests beside I/O waits (io-mix)")
+        add("")
+        add(f"A Flask app with a fast JSON route and a route that first waits {wait_ms} ms with the GIL "
+            "released (`time.sleep`, standing for a database or HTTP call; "
+            "[apps/io_mix.py](../bench/apps/io_mix.py)). The load client "
+            "([mix_client.py](../bench/mix_client.py), Python, on the load CPU) keeps "
+            f"{conns} keep-alive connections busy, sends each request to the I/O route with "
+            f"probability {share:g}, and times the two kinds apart; it runs {opts.get('warmup')} s "
+            f"unmeasured, then measures {opts.get('duration')} s. {conns} connections, as many "
+            "as the server has threads: no request ever waits for a free thread, so whatever delays a fast request "
+            "beyond its own work is the server's doing (with more connections the waits fill every thread and the "
+            "fast requests queue behind them, which says nothing about the server). The target: **fast p99 no more "
+            "than 2× fast p50**. req/s counts both kinds; **coldbrew ÷ server** divides coldbrew's req/s (above 1: "
+            "coldbrew did more) and its fast p99 (below 1: coldbrew's was lower) by that server's.")
+        add("")
+        rows = []
+        cb = (R["io-mix"].get("coldbrew") or {}).get("run") or {}
+        cb_fast = (cb.get("fast") or {}).get("p99_ms")
+        for s in servers:
+            e = R["io-mix"].get(s)
+            if e is None:
+                continue
+            if "error" in e:
+                rows.append([SERVER_LABELS[s]] + ["–"] * 9 + [f"failed: {_short(e['error'])}"])
+                continue
+            r = e.get("run") or {}
+            f, i = r.get("fast") or {}, r.get("io") or {}
+            rows.append([SERVER_LABELS[s], _num(r.get("ok_rps")), _ms(f.get("p50_ms")), _ms(f.get("p99_ms")),
+                         _num(r.get("fast_p99_over_p50"), 1) + ("×" if r.get("fast_p99_over_p50") else ""),
+                         _ms(i.get("p50_ms")), _ms(i.get("p99_ms")), _pct(r.get("client_cpu_pct")),
+                         _cb_ratio(cb.get("ok_rps"), r.get("ok_rps")), _cb_ratio(cb_fast, f.get("p99_ms")),
+                         _mix_errors(r) or "none"])
+        add(_table(["server", "req/s", "fast p50 ms", "fast p99 ms", "fast p99 ÷ p50", "I/O p50 ms", "I/O p99 ms",
+                    "client CPU %", "coldbrew ÷ server (req/s)", "coldbrew ÷ server (fast p99)", "errors"], rows))
+        add("")
 
     if "large" in R:
         add("## 1 MiB response")
@@ -1221,7 +1358,8 @@ def render_wsgi(results, svg_name=None):
     pin = env.get("pinning") or {}
     if pin.get("server_cpu") is not None:
         add(f"- **Pinning:** every server runs under `taskset -c {pin['server_cpu']}`; wrk, the slow-client "
-            f"helper and the runner under `taskset -c {pin['load_cpu']}`. One worker process per server, "
+            f"helper{', the io-mix client' if 'io-mix' in R else ''} and the runner under "
+            f"`taskset -c {pin['load_cpu']}`. One worker process per server, "
             "so the server gets one CPU and the load generator is never starved by it.")
     else:
         add("- **Pinning:** none (fewer than two CPUs available).")
@@ -1262,6 +1400,9 @@ def render_wsgi(results, svg_name=None):
     flask_v = ce.get("flask") or pe.get("flask")
     django_v = ce.get("django") or pe.get("django")
     add(f"| Flask / Django | {flask_v or '–'} / {django_v or '–'} |")
+    jinja_v = ce.get("jinja2") or pe.get("jinja2")
+    if jinja_v and "flask-service" in R:
+        add(f"| Jinja2 | {jinja_v} |")
     add(f"| wrk | {env.get('wrk') or '–'} |")
     add(f"| kernel | {env.get('kernel')} |")
     add("")
@@ -1762,7 +1903,7 @@ def summarize(scenario, entry):
     if scenario == "hello":
         return ", ".join(f"{c} {_num(r.get('ok_rps'))} req/s p99 {_ms(r.get('p99_ms'))} ms"
                          for c, r in entry["runs"].items()) + f"; idle RSS {entry['idle_rss_mib']} MiB"
-    if scenario in ("flask", "django", "large", "echo"):
+    if scenario in ("flask", "django", "large", "echo", "flask-service", "django-service"):
         r = entry["run"]
         return f"{_num(r['ok_rps'])} req/s p99 {_ms(r['p99_ms'])} ms" + (f" [{_errors_note(r)}]" if _errors_note(r) else "")
     if scenario == "blocking":
@@ -1773,6 +1914,13 @@ def summarize(scenario, entry):
                 f"{_num(entry['with']['ok_rps'])} req/s p99 {_ms(entry['with']['p99_ms'])} ms")
     if scenario in ("cold", "asgi-cold"):
         return ", ".join(f"{k} {a.get('median_ms', 'ERR')} ms" for k, a in entry["apps"].items())
+    if scenario == "io-mix":
+        r = entry["run"]
+        f, i = r.get("fast") or {}, r.get("io") or {}
+        note = _mix_errors(r)
+        return (f"{_num(r['ok_rps'])} req/s; fast p50 {_ms(f.get('p50_ms'))} p99 {_ms(f.get('p99_ms'))} ms "
+                f"(p99/p50 {_num(r.get('fast_p99_over_p50'), 1)}); io p50 {_ms(i.get('p50_ms'))} "
+                f"p99 {_ms(i.get('p99_ms'))} ms; client CPU {r.get('client_cpu_pct')}%" + (f" [{note}]" if note else ""))
     if scenario in ("asgi-hello", "asgi-fastapi", "asgi-starlette", "asgi-echo", "asgi-stream"):
         r = entry["run"]
         note = _errors_note(r)
