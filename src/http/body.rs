@@ -60,6 +60,7 @@ impl ResponseBody {
                 queued_bytes: 0,
                 end: End::Open,
                 receiver_gone: false,
+                blocked_senders: 0,
                 waker: None,
                 producer: None,
             }),
@@ -188,6 +189,9 @@ struct State {
     queued_bytes: usize,
     end: End,
     receiver_gone: bool,
+    /// Senders waiting on the condition variable: only then is it worth a system call to
+    /// signal it.
+    blocked_senders: usize,
     waker: Option<Waker>,
     /// A producer that must not block (the ASGI event loop) waits on this instead of the
     /// condition variable: woken when the queue has room again or the receiver went away.
@@ -247,7 +251,9 @@ impl ChunkSender {
                 return Ok(());
             }
             let Some(limit) = self.send_timeout else {
+                state.blocked_senders += 1;
                 state = self.shared.space.wait(state).unwrap();
+                state.blocked_senders -= 1;
                 continue;
             };
             if state.queued_bytes < queued {
@@ -271,7 +277,9 @@ impl ChunkSender {
                 ));
                 return Err(Closed);
             };
+            state.blocked_senders += 1;
             state = self.shared.space.wait_timeout(state, left).unwrap().0;
+            state.blocked_senders -= 1;
         }
     }
 
@@ -367,11 +375,14 @@ impl ChunkReceiver {
         if let Some(chunk) = state.queue.pop_front() {
             state.queued_bytes -= chunk.len();
             let producer = state.producer.take();
+            let blocked = state.blocked_senders > 0;
             drop(state);
             if let Some(producer) = producer {
                 producer.wake();
             }
-            self.shared.space.notify_one();
+            if blocked {
+                self.shared.space.notify_one();
+            }
             self.handed_out = true;
             return Poll::Ready(Some(Ok(Frame::data(chunk))));
         }
@@ -406,8 +417,11 @@ impl Drop for ChunkReceiver {
         state.queue.clear();
         state.queued_bytes = 0;
         let producer = state.producer.take();
+        let blocked = state.blocked_senders > 0;
         drop(state);
-        self.shared.space.notify_all();
+        if blocked {
+            self.shared.space.notify_all();
+        }
         if let Some(producer) = producer {
             producer.wake();
         }
