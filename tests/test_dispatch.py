@@ -1,7 +1,11 @@
-"""How the Python threads share the GIL: a request the app is working through is not cut into
-by a thread starting a newer one (docs/architecture.md, "Dispatch")."""
+"""How requests reach the Python threads and answers leave them (docs/architecture.md,
+"Dispatch"): a request the app is working through is not cut into by a thread starting a newer
+one, and an answer held back to share a wake of the I/O thread still goes out while its thread
+is blocked in the app."""
 
+import socket
 import threading
+import time
 
 from test_http1 import RawConn, get
 
@@ -44,3 +48,40 @@ def test_cpu_bound_requests_are_not_interrupted_by_newer_ones(serve):
         f"{interrupted} of {len(counts)} requests had newer ones begin while they ran "
         f"(at most {max(counts)} each)"
     )
+
+
+def test_an_answer_goes_out_while_its_thread_is_blocked_in_the_next_request(serve, tmp_path):
+    # One thread. A's answer is ready while B waits in the queue, so the thread goes straight
+    # on to B, which then blocks until the test sees A's answer: A's answer must not wait for
+    # the thread to come back.
+    server = serve(APP.replace(":app", ":waiting"), "--threads", "1", env={"DISPATCH_DIR": str(tmp_path)})
+    with RawConn.open(server, timeout=15) as a, RawConn.open(server, timeout=15) as b:
+        a.send(get("/until?a"))
+        time.sleep(0.2)  # A holds the thread
+        b.send(get("/until?b"))
+        time.sleep(0.2)  # B is queued behind it
+        (tmp_path / "a").touch()
+        response = a.read_response()
+        assert (response.status, response.body) == (200, b"a")
+        (tmp_path / "b").touch()
+        response = b.read_response()
+        assert (response.status, response.body) == (200, b"b")
+
+
+def test_a_streamed_head_and_first_chunk_go_out_while_the_app_makes_the_next(serve, tmp_path):
+    server = serve(APP.replace(":app", ":waiting"), "--threads", "1", env={"DISPATCH_DIR": str(tmp_path)})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(get("/stream-until?go"))
+        received = b""
+        while b"first;" not in received:
+            data = sock.recv(65536)
+            assert data, f"connection closed after {received!r}"
+            received += data
+        assert received.startswith(b"HTTP/1.1 200 OK\r\n")
+        assert b"second" not in received
+        (tmp_path / "go").touch()
+        while not received.endswith(b"0\r\n\r\n"):
+            data = sock.recv(65536)
+            assert data, f"connection closed after {received!r}"
+            received += data
+        assert b"second" in received

@@ -1,37 +1,25 @@
-//! Responses from the event loop to the I/O thread, a batch at a time.
+//! When the event loop's responses go to the I/O thread: once per pass of its ready queue.
 //!
-//! A response handed straight to its connection's oneshot wakes that connection's task from
-//! another thread, which costs tokio a write to its own eventfd, and on a shared core the
-//! woken I/O thread preempts the loop after every response. Instead the loop queues its
-//! responses here and, once per pass of its ready queue, wakes one task on the I/O thread that
-//! hands them all to their connections (wakes on the I/O thread's own runtime are free).
+//! Responses wait in the shared [`gateway::Outbox`](crate::gateway::Outbox); the first one of
+//! a pass schedules a [`Flush`] with `call_soon`, which runs after every callback already due
+//! and wakes the I/O thread once for all of them.
 
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, OnceLock};
-use std::task::{Poll, Waker};
+use std::sync::{Arc, OnceLock};
 
 use pyo3::prelude::*;
 use tokio::sync::oneshot;
 
+use crate::gateway::Wake;
 use crate::http as proto;
-
-type Reply = (oneshot::Sender<proto::Response>, proto::Response);
 
 #[derive(Default)]
 pub(crate) struct Outbox {
-    replies: Mutex<Replies>,
+    replies: Arc<crate::gateway::Outbox>,
     /// A flush is scheduled on the loop (the loop thread's own flag).
     flush_scheduled: AtomicBool,
     /// `loop.call_soon` and the [`Flush`] it is given, set once the loop runs.
     scheduler: OnceLock<(Py<PyAny>, Py<PyAny>)>,
-    delivering: OnceLock<()>,
-}
-
-#[derive(Default)]
-struct Replies {
-    queued: Vec<Reply>,
-    /// The delivering task, while it waits for a batch.
-    deliverer: Option<Waker>,
 }
 
 impl Outbox {
@@ -44,9 +32,7 @@ impl Outbox {
 
     /// On the I/O thread: starts the task that delivers the batches, the first time only.
     pub fn start_delivering(self: &Arc<Self>) {
-        self.delivering.get_or_init(|| {
-            tokio::spawn(self.clone().deliver());
-        });
+        self.replies.start_delivering(None);
     }
 
     /// On the loop thread: queues a response for its connection. The first of a pass
@@ -57,7 +43,7 @@ impl Outbox {
             let _ = reply.send(response);
             return;
         };
-        self.replies.lock().unwrap().queued.push((reply, response));
+        self.replies.queue(reply, response, Wake::Later);
         if !self.flush_scheduled.swap(true, Ordering::Relaxed) && call_soon.call1(py, (flush.clone_ref(py),)).is_err() {
             // The loop is closing: wake the deliverer now.
             self.flush();
@@ -66,30 +52,7 @@ impl Outbox {
 
     fn flush(&self) {
         self.flush_scheduled.store(false, Ordering::Relaxed);
-        let deliverer = self.replies.lock().unwrap().deliverer.take();
-        if let Some(waker) = deliverer {
-            waker.wake();
-        }
-    }
-
-    async fn deliver(self: Arc<Self>) {
-        let mut batch = Vec::new();
-        loop {
-            std::future::poll_fn(|cx| {
-                let mut replies = self.replies.lock().unwrap();
-                if replies.queued.is_empty() {
-                    replies.deliverer = Some(cx.waker().clone());
-                    return Poll::Pending;
-                }
-                std::mem::swap(&mut replies.queued, &mut batch);
-                Poll::Ready(())
-            })
-            .await;
-            for (reply, response) in batch.drain(..) {
-                // A receiver gone means the client left; the cycle learns it from hyper.
-                let _ = reply.send(response);
-            }
-        }
+        self.replies.wake();
     }
 }
 

@@ -5,10 +5,12 @@
 //! their own way of calling the app.
 
 mod body;
+mod outbox;
 mod python;
 mod shared_bytes;
 
 pub(crate) use body::{body_timed_out, close_after_unread_body, concat, next_data, read_body, refuse_body, BodyError, ReadAhead, RequestBody};
+pub(crate) use outbox::{Outbox, Wake};
 pub(crate) use python::{format_traceback, python_stack, python_thread_ident};
 pub use python::RequestTrace;
 pub(crate) use shared_bytes::{release_finished as release_shared_bytes, share as share_bytes};

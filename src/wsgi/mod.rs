@@ -47,6 +47,7 @@ pub(crate) struct RequestJob {
 /// Hands requests from the I/O thread to the Python thread pool.
 pub struct WsgiHandler {
     queue: Sender<RequestJob>,
+    context: Arc<pool::WorkerContext>,
     doorbell: Arc<Doorbell>,
     read_ahead: ReadAhead,
     timeout: Option<Duration>,
@@ -62,16 +63,18 @@ impl Drop for WsgiHandler {
 impl WsgiHandler {
     pub(crate) fn new(
         queue: Sender<RequestJob>,
+        context: Arc<pool::WorkerContext>,
         doorbell: Arc<Doorbell>,
         read_ahead: ReadAhead,
         timeout: Option<Duration>,
     ) -> Self {
-        WsgiHandler { queue, doorbell, read_ahead, timeout }
+        WsgiHandler { queue, context, doorbell, read_ahead, timeout }
     }
 }
 
 impl Handler for WsgiHandler {
     fn call(&self, request: proto::Request, conn: ConnInfo) -> impl Future<Output = proto::Response> + Send + use<> {
+        self.context.expect_reply();
         let queue = self.queue.clone();
         let doorbell = self.doorbell.clone();
         let read_ahead = self.read_ahead;

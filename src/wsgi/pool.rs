@@ -13,8 +13,10 @@ use crossbeam_channel::{Receiver, Sender, TryRecvError};
 
 use super::doorbell::Doorbell;
 use super::gil::GilHandoff;
+use crate::gateway::{Outbox, Wake};
 use pyo3::prelude::*;
 use tokio::runtime::Handle;
+use tokio::sync::oneshot;
 
 use super::environ::{Constants, EnvironBuilder};
 use super::response;
@@ -39,12 +41,53 @@ pub(crate) struct WorkerContext {
     pub empty_input: Py<InputStream>,
     /// Keeps a searching thread from interrupting a running request.
     gil: GilHandoff,
+    /// Responses on their way to the I/O thread.
+    outbox: Arc<Outbox>,
+    /// The queue the threads take requests from, to see whether a thread goes on with another.
+    jobs: Receiver<RequestJob>,
     /// `coldbrew.cloud_logging.current_trace`, set per request when the app's log records go
     /// through coldbrew's JSON writer.
     trace_var: Option<Py<PyAny>>,
 }
 
+/// How many responses wait for a thread that goes on with more requests before it wakes the
+/// I/O thread for them: about a millisecond of a framework's requests.
+const DEFERRED_RESPONSES: usize = 8;
+
+/// How often the I/O thread looks for responses nobody woke it for, while requests or responses
+/// keep coming: the longest a response waits if the thread that wrote it then blocks in the app.
+const BACKSTOP: Duration = Duration::from_millis(1);
+
 impl WorkerContext {
+    /// Hands a response to the I/O thread. It waits in the outbox while this thread goes on
+    /// (with the rest of the body, or with the next request), so that one wake of the I/O
+    /// thread, and on a shared core one preemption of this one, carries several; see
+    /// [`request_done`](Self::request_done) and the backstop.
+    pub fn reply(&self, reply: oneshot::Sender<crate::http::Response>, response: crate::http::Response) {
+        self.outbox.queue(reply, response, Wake::Deferred(DEFERRED_RESPONSES));
+    }
+
+    /// A thread is about to wait for the I/O thread (a full response buffer): what it answered
+    /// must go out first.
+    pub fn flush_replies(&self) {
+        self.outbox.wake();
+    }
+
+    /// A thread finished a request: with no other queued it goes idle, so what it answered
+    /// goes out now.
+    fn request_done(&self) {
+        if self.jobs.is_empty() {
+            self.outbox.wake();
+        }
+    }
+
+    /// On the I/O thread, for each request: the delivering task runs, and with its backstop
+    /// timer while the pool has work.
+    pub fn expect_reply(&self) {
+        self.outbox.start_delivering(Some(BACKSTOP));
+        self.outbox.arm();
+    }
+
     pub fn set_trace_var(&self, py: Python<'_>, trace: Option<TraceContext>) -> PyResult<()> {
         let Some(var) = &self.trace_var else { return Ok(()) };
         let value = match trace {
@@ -83,6 +126,7 @@ impl Pool {
         } else {
             None
         };
+        let (sender, receiver): (Sender<RequestJob>, Receiver<RequestJob>) = crossbeam_channel::bounded(config.max_pending);
         let context = Arc::new(WorkerContext {
             app,
             environ,
@@ -92,10 +136,11 @@ impl Pool {
             body_timeout: config.body_timeout,
             empty_input: Py::new(py, InputStream::empty())?,
             gil: GilHandoff::new(py),
+            outbox: Arc::default(),
+            jobs: receiver.clone(),
             trace_var,
         });
 
-        let (sender, receiver): (Sender<RequestJob>, Receiver<RequestJob>) = crossbeam_channel::bounded(config.max_pending);
         let doorbell = Arc::new(Doorbell::new());
         let mut threads = Vec::with_capacity(config.threads);
         for index in 0..config.threads {
@@ -111,6 +156,7 @@ impl Pool {
         }
         Ok((Pool { threads }, WsgiHandler::new(
                 sender,
+                context,
                 doorbell,
                 ReadAhead::from_config(config),
                 config.timeout,
@@ -147,8 +193,11 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
                         doorbell.found(!jobs.is_empty());
                         searching = false;
                     }
-                    let _in_app = context.gil.enter_app();
-                    response::handle(py, &context, job);
+                    {
+                        let _in_app = context.gil.enter_app();
+                        response::handle(py, &context, job);
+                    }
+                    context.request_done();
                     continue;
                 }
                 Err(TryRecvError::Disconnected) => return,
@@ -162,6 +211,7 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
                     metrics::requests_waiting(-1);
                     response::handle(py, &context, job);
                 }
+                context.flush_replies();
                 return;
             }
             searching = true;

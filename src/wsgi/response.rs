@@ -8,7 +8,7 @@
 //! makes it wait.
 
 use std::borrow::Cow;
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -27,7 +27,7 @@ use crate::gateway::{self, RequestBody, RequestLine};
 use crate::http::{self as proto, ChunkSender, Closed, OriginalCase, ResponseBody};
 use crate::telemetry::{log, metrics, TraceContext};
 
-pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
+pub(crate) fn handle(py: Python<'_>, ctx: &Arc<WorkerContext>, job: RequestJob) {
     gateway::release_shared_bytes(py);
     let RequestJob { parts, body, conn, reply, claim } = job;
     if reply.is_closed() {
@@ -58,7 +58,7 @@ pub(crate) fn handle(py: Python<'_>, ctx: &WorkerContext, job: RequestJob) {
         Ok(environ) => environ,
         Err(err) => return internal_error(py, &parts, err, reply),
     };
-    let exchange = match Bound::new(py, StartResponse::new(reply, ctx.response_buffer, ctx.send_timeout, parts.method, parts.uri, streamed.as_ref().map(|input| input.clone().unbind()))) {
+    let exchange = match Bound::new(py, StartResponse::new(ctx.clone(), reply, ctx.response_buffer, ctx.send_timeout, parts.method, parts.uri, streamed.as_ref().map(|input| input.clone().unbind()))) {
         Ok(exchange) => exchange,
         Err(err) => {
             log::error(format_args!("cannot prepare start_response: {err}"));
@@ -202,6 +202,8 @@ pub struct StartResponse {
     state: Mutex<Exchange>,
     /// Names the request in log lines.
     request: RequestLine,
+    /// The way to the I/O thread.
+    context: Arc<WorkerContext>,
 }
 
 struct Exchange {
@@ -249,6 +251,7 @@ impl Head {
 
 impl StartResponse {
     fn new(
+        context: Arc<WorkerContext>,
         reply: oneshot::Sender<proto::Response>,
         buffer: usize,
         send_timeout: Option<Duration>,
@@ -258,6 +261,7 @@ impl StartResponse {
     ) -> Self {
         let head_request = method == Method::HEAD;
         StartResponse {
+            context,
             request: RequestLine { method, uri },
             state: Mutex::new(Exchange {
                 head: None,
@@ -279,7 +283,7 @@ impl StartResponse {
     }
 
     /// Sends the pending head with `body`. Fails if start_response was never called.
-    fn commit(state: &mut Exchange, body: ResponseBody) -> PyResult<()> {
+    fn commit(&self, state: &mut Exchange, body: ResponseBody) -> PyResult<()> {
         let head = state
             .head
             .take()
@@ -290,8 +294,10 @@ impl StartResponse {
             if state.input.as_ref().is_some_and(|input| input.get().unfinished()) {
                 gateway::close_after_unread_body(&mut response);
             }
-            if reply.send(response).is_err() {
+            if reply.is_closed() {
                 state.client_gone = true;
+            } else {
+                self.context.reply(reply, response);
             }
         }
         Ok(())
@@ -306,7 +312,7 @@ impl StartResponse {
             let mut state = self.state.lock().unwrap();
             if state.reply.is_some() {
                 let (sender, body) = ResponseBody::channel(state.buffer, state.send_timeout);
-                Self::commit(&mut state, body).map_err(SendError::App)?;
+                self.commit(&mut state, body).map_err(SendError::App)?;
                 state.stream = Some(sender);
             }
             if state.client_gone {
@@ -328,7 +334,10 @@ impl StartResponse {
         };
         let sent = match sender.try_send(chunk) {
             Ok(None) => Ok(()),
-            Ok(Some(chunk)) => py.detach(|| sender.send_blocking(chunk)),
+            Ok(Some(chunk)) => {
+                self.context.flush_replies();
+                py.detach(|| sender.send_blocking(chunk))
+            }
             Err(Closed) => Err(Closed),
         };
         let mut state = self.state.lock().unwrap();
@@ -377,7 +386,7 @@ impl StartResponse {
                 )));
             }
         }
-        Self::commit(&mut state, ResponseBody::full(body))
+        self.commit(&mut state, ResponseBody::full(body))
     }
 
     fn send_file(&self, file: OpenFile) -> PyResult<()> {
@@ -389,14 +398,14 @@ impl StartResponse {
             Some(declared) => declared.min(file.remaining),
             None => file.remaining,
         };
-        Self::commit(&mut state, ResponseBody::file(file.file, length))
+        self.commit(&mut state, ResponseBody::file(file.file, length))
     }
 
     /// The iterable is exhausted: end the body, or send a bodiless response.
     fn finish(&self) -> PyResult<()> {
         let mut state = self.state.lock().unwrap();
         if state.reply.is_some() {
-            return Self::commit(&mut state, ResponseBody::empty());
+            return self.commit(&mut state, ResponseBody::empty());
         }
         if let Some(stream) = state.stream.take() {
             match state.declared {
@@ -428,14 +437,14 @@ impl StartResponse {
                 log::info(format_args!(
                     "{parts}: the request body went over --limit-request-body ({limit} bytes) while the app read it; answered 413"
                 ));
-                let _ = reply.send(proto::too_large(limit).response());
+                self.context.reply(reply, proto::too_large(limit).response());
                 return;
             }
         }
         let traceback = gateway::format_traceback(py, &err);
         if let Some(reply) = state.reply.take() {
             log::error(format_args!("error handling {parts}:\n{traceback}"));
-            let _ = reply.send(server_error());
+            self.context.reply(reply, server_error());
         } else {
             log::error(format_args!(
                 "error after the response head was sent for {parts}; aborting the connection:\n{traceback}"
@@ -459,7 +468,7 @@ impl StartResponse {
                     limit.as_secs_f64(),
                     err.get_type(py).name().map(|n| n.to_string()).unwrap_or_default()
                 ));
-                let _ = reply.send(gateway::body_timed_out(limit));
+                self.context.reply(reply, gateway::body_timed_out(limit));
             }
             None => self.fail(py, err, None),
         }

@@ -1,5 +1,7 @@
-"""A CPU-bound app that reports, per request, how many other requests began while it ran."""
+"""Apps for tests/test_dispatch.py: a CPU-bound one (`app`) that reports, per request, how many
+other requests began while it ran, and one (`waiting`) that blocks until the test lets it go."""
 
+import os
 import threading
 import time
 
@@ -20,5 +22,32 @@ def app(environ, start_response):
     with _lock:
         began_meanwhile = _started[0] - mine
     body = f"{began_meanwhile}".encode()
+    start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    return [body]
+
+
+def _wait_for(name):
+    # Polls with time.sleep, which releases the GIL: an app blocked on I/O.
+    path = os.path.join(os.environ["DISPATCH_DIR"], name)
+    deadline = time.monotonic() + 20
+    while not os.path.exists(path) and time.monotonic() < deadline:
+        time.sleep(0.005)
+
+
+def waiting(environ, start_response):
+    """`/until?NAME` answers once the file NAME exists in $DISPATCH_DIR; `/stream-until?NAME`
+    sends a first chunk at once and the second once NAME exists."""
+    name = environ.get("QUERY_STRING", "")
+    if environ["PATH_INFO"] == "/stream-until":
+        start_response("200 OK", [("Content-Type", "text/plain")])
+
+        def chunks():
+            yield b"first;"
+            _wait_for(name)
+            yield b"second"
+
+        return chunks()
+    _wait_for(name)
+    body = name.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
     return [body]
