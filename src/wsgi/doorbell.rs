@@ -66,6 +66,13 @@ impl Doorbell {
         }
     }
 
+    /// Counts the caller as searching if nobody else is: more than one searcher would wait for
+    /// the GIL at once, and one of them could take it when it is forced from the holder for the
+    /// other (see `gil`).
+    fn become_only_searcher(&self) -> bool {
+        self.searching.compare_exchange(0, 1, SeqCst, SeqCst).is_ok()
+    }
+
     /// Sleeps until rung, unless `has_work` turns true first; called by a thread that found
     /// nothing. On `true` the thread is counted as searching again. False once closed.
     pub fn wait(&self, searching: bool, has_work: impl Fn() -> bool) -> bool {
@@ -73,8 +80,7 @@ impl Doorbell {
             self.searching.fetch_sub(1, SeqCst);
         }
         for _ in 0..YIELDS_BEFORE_SLEEP {
-            if has_work() {
-                self.start_searching();
+            if has_work() && self.become_only_searcher() {
                 return true;
             }
             std::thread::yield_now();
@@ -91,16 +97,18 @@ impl Doorbell {
         // Pairs with `ring`, which reads `sleeping` after the queue push: either it sees this
         // thread parked, or this check sees the request.
         fence(SeqCst);
-        if has_work() {
+        // With another thread searching, that one takes the request (and rings for the next).
+        if has_work() && self.become_only_searcher() {
             let mut sleepers = self.sleepers.lock().unwrap();
             match sleepers.parked.iter().position(|(_, f)| Arc::ptr_eq(f, &flag)) {
                 Some(pos) => {
                     sleepers.parked.remove(pos);
                     self.sleeping.fetch_sub(1, SeqCst);
-                    self.start_searching();
                 }
-                // A ring took this thread off the list meanwhile and counted it.
-                None => {}
+                // A ring took this thread off the list meanwhile and counted it already.
+                None => {
+                    self.searching.fetch_sub(1, SeqCst);
+                }
             }
             return true;
         }

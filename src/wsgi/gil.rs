@@ -34,6 +34,8 @@ pub(crate) struct GilHandoff {
     in_app: AtomicUsize,
     /// Requests the pool has finished, to tell a holder making progress from a stalled one.
     finished: AtomicU64,
+    /// Searchers staying off a GIL they handed back.
+    handing_back: AtomicUsize,
 }
 
 /// Where a searcher stood when it started waiting for the GIL.
@@ -56,13 +58,18 @@ impl GilHandoff {
         // after the whole interval. Nine tenths of it tells the two apart with room for a late
         // wake-up of the searcher on a busy core.
         let forced_after = Duration::from_secs_f64((interval * 0.9).max(0.0));
-        GilHandoff { forced_after, in_app: AtomicUsize::new(0), finished: AtomicU64::new(0) }
+        GilHandoff { forced_after, in_app: AtomicUsize::new(0), finished: AtomicU64::new(0), handing_back: AtomicUsize::new(0) }
     }
 
     /// Marks the calling thread as inside the app until the guard is dropped.
     pub fn enter_app(&self) -> InApp<'_> {
         self.in_app.fetch_add(1, Relaxed);
         InApp(self)
+    }
+
+    /// Whether any pool thread is inside the app; asked by one that just left it.
+    pub fn others_in_app(&self) -> bool {
+        self.in_app.load(Relaxed) > 0
     }
 
     /// Taken by a searcher just before it waits for the GIL (without it).
@@ -73,15 +80,20 @@ impl GilHandoff {
     /// Called by a searcher once it holds the GIL, with what `ask` said before it waited.
     /// Returns once the searcher may take a request: at once if the GIL came free by itself,
     /// if nobody is in the app or if the pool made no progress while it waited; otherwise
-    /// after handing the GIL back to the interrupted thread, as often as that holds.
+    /// after handing the GIL back to the interrupted thread, as often as that holds. A GIL
+    /// that came from another searcher handing it back was meant for the interrupted thread
+    /// too, however short the wait: it is handed on the same way.
     pub fn settle(&self, py: Python<'_>, mut asked: Asked, still_wanted: impl Fn() -> bool) {
-        while asked.at.elapsed() >= self.forced_after
-            && self.in_app.load(Relaxed) > 0
-            && self.finished.load(Relaxed) != asked.finished
-            && still_wanted()
-        {
+        loop {
+            let forced = asked.at.elapsed() >= self.forced_after && self.finished.load(Relaxed) != asked.finished;
+            let handed_back = self.handing_back.load(Relaxed) > 0;
+            if !(forced || handed_back) || self.in_app.load(Relaxed) == 0 || !still_wanted() {
+                return;
+            }
+            self.handing_back.fetch_add(1, Relaxed);
             asked = py.detach(|| {
                 std::thread::sleep(STAY_OFF);
+                self.handing_back.fetch_sub(1, Relaxed);
                 self.ask()
             });
         }

@@ -198,7 +198,12 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
                         response::handle(py, &context, job);
                     }
                     context.request_done();
-                    continue;
+                    if !context.gil.others_in_app() {
+                        continue;
+                    }
+                    // Another thread is in the middle of a request, maybe waiting for the GIL:
+                    // this one does not start a newer request ahead of it, but comes back the
+                    // way an idle thread does (see `gil`).
                 }
                 Err(TryRecvError::Disconnected) => return,
                 Err(TryRecvError::Empty) => {}
@@ -216,6 +221,9 @@ fn run_thread(context: Arc<WorkerContext>, jobs: Receiver<RequestJob>, doorbell:
             }
             searching = true;
             context.gil.settle(py, asked, || !jobs.is_empty());
+            // Taken without a fight, the GIL was released by a thread now blocked in the app:
+            // what it answered before must not wait for the backstop.
+            context.flush_replies();
         }
     });
 }
