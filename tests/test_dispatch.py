@@ -8,6 +8,7 @@ import threading
 import time
 
 from test_http1 import RawConn, get
+from test_lifecycle import wait_for_file
 
 APP = "dispatch_apps:app"
 
@@ -85,3 +86,21 @@ def test_a_streamed_head_and_first_chunk_go_out_while_the_app_makes_the_next(ser
             assert data, f"connection closed after {received!r}"
             received += data
         assert b"second" in received
+
+
+def test_a_client_gone_before_the_answer_is_not_logged_as_a_short_body(serve, tmp_path):
+    # The app answers an iterable with a Content-Length after its client left: nothing was
+    # sent because nobody was there, not because the app sent too little.
+    server = serve(APP.replace(":app", ":waiting"), "--threads", "1", env={"DISPATCH_DIR": str(tmp_path)})
+    with socket.create_connection(("127.0.0.1", server.port), timeout=15) as sock:
+        sock.sendall(get("/iterable-until?gone"))
+        time.sleep(0.2)
+    time.sleep(0.2)
+    (tmp_path / "gone").touch()
+    wait_for_file(tmp_path / "gone.closed", server.proc)
+    with RawConn.open(server, timeout=15) as conn:
+        (tmp_path / "next").touch()
+        conn.send(get("/until?next"))
+        assert conn.read_response().status == 200
+    assert server.stop() == 0, server.stderr
+    assert "Content-Length" not in server.stderr, server.stderr

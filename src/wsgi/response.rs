@@ -409,6 +409,8 @@ impl StartResponse {
         }
         if let Some(stream) = state.stream.take() {
             match state.declared {
+                // The client left before the body was sent; dropping the stream ends it.
+                _ if state.client_gone => {}
                 Some(declared) if declared > state.streamed && !state.head_request => {
                     log::warn(format_args!(
                         "{}: the app sent {} bytes but its Content-Length is {declared}; closing the connection",

@@ -35,8 +35,9 @@ def _wait_for(name):
 
 
 def waiting(environ, start_response):
-    """`/until?NAME` answers once the file NAME exists in $DISPATCH_DIR; `/stream-until?NAME`
-    sends a first chunk at once and the second once NAME exists."""
+    """`/until?NAME` answers once the file NAME exists in $DISPATCH_DIR (`/iterable-until?NAME`
+    the same from an iterable that writes NAME.closed when closed); `/stream-until?NAME` sends a
+    first chunk at once and the second once NAME exists."""
     name = environ.get("QUERY_STRING", "")
     if environ["PATH_INFO"] == "/stream-until":
         start_response("200 OK", [("Content-Type", "text/plain")])
@@ -50,4 +51,20 @@ def waiting(environ, start_response):
     _wait_for(name)
     body = name.encode()
     start_response("200 OK", [("Content-Type", "text/plain"), ("Content-Length", str(len(body)))])
+    if environ["PATH_INFO"] == "/iterable-until":
+        return _Closing([body], os.path.join(os.environ["DISPATCH_DIR"], name + ".closed"))
     return [body]
+
+
+class _Closing:
+    """An iterable, not a list (as Flask and Django return), that marks its close() in a file."""
+
+    def __init__(self, chunks, marker):
+        self._chunks = chunks
+        self._marker = marker
+
+    def __iter__(self):
+        return iter(self._chunks)
+
+    def close(self):
+        open(self._marker, "w").close()
