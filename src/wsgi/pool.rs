@@ -51,8 +51,9 @@ pub(crate) struct WorkerContext {
 }
 
 /// How many responses wait for a thread that goes on with more requests before it wakes the
-/// I/O thread for them: about a millisecond of a framework's requests.
-const DEFERRED_RESPONSES: usize = 8;
+/// I/O thread for them. For a framework's requests (0.1 ms and more) the backstop comes first
+/// and sends a batch about every millisecond; for tiny ones this bounds the batch instead.
+const DEFERRED_RESPONSES: usize = 32;
 
 /// How often the I/O thread looks for responses nobody woke it for, while requests or responses
 /// keep coming: the longest a response waits if the thread that wrote it then blocks in the app.
