@@ -1,7 +1,8 @@
 //! What the two Python interfaces share, below them and above the HTTP layer: how a request
 //! body reaches Python ([`body`]) and what both need from the interpreter besides the app
 //! call ([`python`]), large response bodies handed to the I/O thread without a copy
-//! ([`shared_bytes`]), and how a request is named in log lines. `wsgi` and `asgi` each add only
+//! ([`shared_bytes`]), responses handed to it a batch per wake ([`outbox`]), and how a request
+//! is named in log lines. `wsgi` and `asgi` each add only
 //! their own way of calling the app.
 
 mod body;
