@@ -656,26 +656,32 @@ IO_MIX_SHARE = 0.1
 IO_MIX_WAIT_MS = 50
 
 
+def run_json_client(cfg, srv, argv, tag, label, grace):
+    """Runs a load client that prints one `TAG {json}` line (on the load CPU, as `argv` says)
+    against `srv`; returns its figures with the server's peak RSS during the run."""
+    sampler = Sampler(srv.proc.pid, srv.port)
+    sampler.start()
+    try:
+        rc, out, err = CHILDREN.run(argv, timeout=cfg.warmup + cfg.duration + grace, env=clean_env())
+    finally:
+        mem = sampler.stop()
+    line = next((ln for ln in out.splitlines() if ln.startswith(tag + " ")), None)
+    if line is None:
+        raise BenchError(f"{label} exited {rc}: {(err or out).strip()[-500:]}")
+    res = json.loads(line[len(tag) + 1:])
+    if "error" in res:
+        raise BenchError(f"{label}: {res['error']}")
+    res.update(mem)
+    return res
+
+
 def run_mix(cfg, srv, connections, io_share):
     """One run of mix_client.py (on the load CPU) against `srv`, with the server's peak RSS."""
     argv = cfg.pin_load + [sys.executable, str(MIX_CLIENT), "--port", str(srv.port),
                            "--connections", str(connections), "--io-share", f"{io_share:g}",
                            "--warmup", f"{cfg.warmup:g}", "--duration", f"{cfg.duration:g}",
                            "--server-pid", str(srv.proc.pid)]
-    sampler = Sampler(srv.proc.pid, srv.port)
-    sampler.start()
-    try:
-        rc, out, err = CHILDREN.run(argv, timeout=cfg.warmup + cfg.duration + 60, env=clean_env())
-    finally:
-        mem = sampler.stop()
-    line = next((ln for ln in out.splitlines() if ln.startswith("MIX_JSON ")), None)
-    if line is None:
-        raise BenchError(f"mix_client.py exited {rc}: {(err or out).strip()[-500:]}")
-    res = json.loads(line[len("MIX_JSON "):])
-    if "error" in res:
-        raise BenchError(f"mix_client.py: {res['error']}")
-    res.update(mem)
-    return res
+    return run_json_client(cfg, srv, argv, "MIX_JSON", "mix_client.py", 60)
 
 
 def sc_io_mix(name, cfg):
@@ -726,20 +732,7 @@ def run_client(cfg, srv, mode, connections, extra=()):
     argv = cfg.pin_load + [cfg.client_python, str(ASGI_CLIENTS), mode, "--port", str(srv.port),
                            "--connections", str(connections), "--warmup", f"{cfg.warmup:g}",
                            "--duration", f"{cfg.duration:g}", "--server-pid", str(srv.proc.pid), *extra]
-    sampler = Sampler(srv.proc.pid, srv.port)
-    sampler.start()
-    try:
-        rc, out, err = CHILDREN.run(argv, timeout=cfg.warmup + cfg.duration + 90, env=clean_env())
-    finally:
-        mem = sampler.stop()
-    line = next((ln for ln in out.splitlines() if ln.startswith("ASGI_JSON ")), None)
-    if line is None:
-        raise BenchError(f"asgi_clients.py {mode} exited {rc}: {(err or out).strip()[-500:]}")
-    res = json.loads(line[len("ASGI_JSON "):])
-    if "error" in res:
-        raise BenchError(f"asgi_clients.py {mode}: {res['error']}")
-    res.update(mem)
-    return res
+    return run_json_client(cfg, srv, argv, "ASGI_JSON", f"asgi_clients.py {mode}", 90)
 
 
 SSE_CONNECTIONS = 100
